@@ -1,0 +1,137 @@
+"""What a backbone is: an id, a tokenizer, and an encoder that returns per-residue embeddings.
+
+A backbone object is cheap to create: it holds configuration only. The encoder (an
+``nn.Module``) is built by :meth:`Backbone.build_encoder`, which is where weights are loaded.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from synnav_cli.errors import UserError
+
+
+@dataclass
+class TokenBatch:
+    """A padded batch of tokenized proteins.
+
+    ``attention_mask`` marks every real token (special tokens included); ``residue_mask`` marks
+    only the tokens that stand for residues, which is what mean pooling averages over.
+    """
+
+    input_ids: torch.Tensor  # [batch, length] int64, padded
+    attention_mask: torch.Tensor  # [batch, length] bool
+    residue_mask: torch.Tensor  # [batch, length] bool
+
+    def to(self, device: torch.device | str) -> TokenBatch:
+        return TokenBatch(
+            self.input_ids.to(device, non_blocking=True),
+            self.attention_mask.to(device, non_blocking=True),
+            self.residue_mask.to(device, non_blocking=True),
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+class Vocabulary:
+    """A character-level protein vocabulary with optional ``<cls>``/``<eos>`` framing."""
+
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        *,
+        pad: str,
+        unk: str,
+        cls: str | None = None,
+        eos: str | None = None,
+    ) -> None:
+        self.tokens = list(tokens)
+        self.index = {token: i for i, token in enumerate(self.tokens)}
+        self.pad_id = self.index[pad]
+        self.unk_id = self.index[unk]
+        self.cls_id = self.index[cls] if cls is not None else None
+        self.eos_id = self.index[eos] if eos is not None else None
+        # A byte lookup table makes tokenizing a long protein one numpy-free torch op.
+        table = torch.full((256,), self.unk_id, dtype=torch.int64)
+        for token, i in self.index.items():
+            if len(token) == 1:
+                table[ord(token)] = i
+        self._table = table
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, sequence: str) -> torch.Tensor:
+        raw = torch.frombuffer(bytearray(sequence.encode("ascii")), dtype=torch.uint8)
+        ids = self._table[raw.long()]
+        parts = []
+        if self.cls_id is not None:
+            parts.append(torch.tensor([self.cls_id]))
+        parts.append(ids)
+        if self.eos_id is not None:
+            parts.append(torch.tensor([self.eos_id]))
+        return torch.cat(parts) if len(parts) > 1 else ids
+
+    def batch(self, sequences: Sequence[str]) -> TokenBatch:
+        encoded = [self.encode(s) for s in sequences]
+        length = max((len(e) for e in encoded), default=0)
+        input_ids = torch.full((len(encoded), length), self.pad_id, dtype=torch.int64)
+        attention_mask = torch.zeros((len(encoded), length), dtype=torch.bool)
+        for row, ids in enumerate(encoded):
+            input_ids[row, : len(ids)] = ids
+            attention_mask[row, : len(ids)] = True
+        residue_mask = attention_mask.clone()
+        if self.cls_id is not None:
+            residue_mask[:, 0] = False
+        if self.eos_id is not None:
+            residue_mask &= input_ids != self.eos_id
+        return TokenBatch(input_ids, attention_mask, residue_mask)
+
+
+class Backbone(abc.ABC):
+    """A protein language model (or any per-residue encoder) that synnav can fine-tune.
+
+    Subclasses set the class attributes and implement :meth:`tokenize` and
+    :meth:`build_encoder`. The encoder's ``forward(input_ids, attention_mask)`` returns
+    per-residue embeddings of shape ``[batch, length, embedding_dim]``; positions outside
+    ``attention_mask`` may hold anything (they are never read).
+    """
+
+    id: str
+    embedding_dim: int
+    max_length: int  # the most residues one protein may have (special tokens not counted)
+    license: str  # the licence the weights carry
+    description: str = ""
+    weights_repo: str | None = None  # where pretrained weights come from; None: none needed
+
+    @abc.abstractmethod
+    def tokenize(self, sequences: Sequence[str]) -> TokenBatch:
+        """Tokenize proteins (already validated, upper-case, at most ``max_length`` residues)."""
+
+    @abc.abstractmethod
+    def build_encoder(self, *, pretrained: bool = True, offline: bool = False) -> nn.Module:
+        """Build the encoder.
+
+        With ``pretrained`` the published weights are loaded (downloaded into the synnav cache
+        when missing, unless ``offline``); without, the same architecture is randomly
+        initialised, to receive a state dict from a trained synnav model directory.
+        """
+
+    def weights_cached(self) -> bool | None:
+        """Whether pretrained weights are in the local cache; None when none are needed."""
+        return None if self.weights_repo is None else False
+
+    def fingerprint(self) -> str:
+        """Identifies the weights an embedding was computed with (embedding-cache key)."""
+        return self.id
+
+
+class BackboneUnavailable(UserError):
+    """Raised by a backbone that is registered but cannot be built here."""
