@@ -1,0 +1,218 @@
+"""The ``synnav`` command line: parse options, call typed functions, print results."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from synnav_cli import __version__, console, hardware
+from synnav_cli.errors import UserError
+
+EXAMPLES = """
+\b
+Examples:
+  synnav predict proteome.fasta > out.tsv
+  cat proteins.fasta | synnav predict - --format jsonl
+  synnav train --backbone esmc600m --data data/dataset.json
+  synnav evaluate --model esmc600m-20261125-101500 --data data/dataset.json
+  synnav backbones --json
+"""
+
+
+class SynnavGroup(click.Group):
+    """Turns user errors into one line on stderr and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as error:
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+        except BrokenPipeError:
+            # The reader went away (`synnav predict ... | head`): not an error worth a traceback.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(0)
+
+
+def _verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        console.set_verbosity(quiet=param.name == "quiet", verbose=param.name == "verbose")
+    return value
+
+
+def common_options(function):
+    """--device, --offline, --quiet and --verbose, shared by the commands that run models."""
+    function = click.option("--verbose", "-v", is_flag=True, expose_value=False, callback=_verbosity,
+                            help="Say more on stderr.")(function)
+    function = click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=_verbosity,
+                            help="Say nothing on stderr but errors and warnings.")(function)
+    function = click.option("--offline", is_flag=True, envvar="SYNNAV_OFFLINE",
+                            help="Never download weights; use the cache only. [env: SYNNAV_OFFLINE]")(function)
+    function = click.option("--device", default="auto", show_default=True,
+                            help="auto, cpu, cuda, cuda:N or mps.")(function)
+    return function
+
+
+@click.group(cls=SynnavGroup, epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="synnav")
+def cli() -> None:
+    """Predict where proteins go in a neuron (cytosol, ER, mitochondrion, nucleus, excitatory and
+    inhibitory synapse) with fine-tuned protein language models."""
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+def backbones(as_json: bool) -> None:
+    """List the backbones the plugin registry holds."""
+    from synnav_cli.plugins import DEFAULT_BACKBONE, backbone_registry
+
+    registry = backbone_registry()
+    rows = []
+    for backbone_id, backbone in registry.backbones.items():
+        rows.append({
+            "id": backbone_id,
+            "aliases": list(registry.aliases[backbone_id]),
+            "embedding_dim": backbone.embedding_dim,
+            "max_length": backbone.max_length,
+            "license": backbone.license,
+            "weights": backbone.weights_repo,
+            "cached": backbone.weights_cached(),
+            "default": backbone_id == DEFAULT_BACKBONE,
+            "description": backbone.description,
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    headers = ["id", "dim", "max len", "weights cached", "license", "description"]
+    table = [[r["id"] + (" (default)" if r["default"] else ""), str(r["embedding_dim"]), str(r["max_length"]),
+              {True: "yes", False: "no", None: "not needed"}[r["cached"]], r["license"], r["description"]]
+             for r in rows]
+    _print_table(headers, table)
+
+
+def _print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+@cli.command()
+@click.option("--backbone", "-b", default=None, help="Backbone id or alias (see `synnav backbones`).  [default: esmc600m]")
+@click.option("--data", "-d", type=click.Path(path_type=Path), default=None,
+              help="Labelled dataset: dataset.json (origin format), CSV or TSV.  [default: the bundled data/dataset.json]")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Model directory to create.  [default: <data dir>/models/<backbone>-<time>]")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="JSON config; the origin's keys (batch_size, lr, epochs, precision, loss, ...) work.")
+@click.option("--epochs", type=int, default=None, help="Passes over the training split.  [default: 30]")
+@click.option("--lr", "learning_rate", type=float, default=None, help="Peak learning rate.  [default: 1e-4]")
+@click.option("--batch-size", type=int, default=None, help="Most proteins per step.  [default: 8]")
+@click.option("--max-tokens", type=int, default=None,
+              help="Padded tokens per batch.  [default: from the device's free memory]")
+@click.option("--precision", type=click.Choice(hardware.PRECISIONS), default=None,
+              help="Numeric precision on GPUs (CPU runs fp32).  [default: auto]")
+@click.option("--loss", type=click.Choice(["a2", "balanced", "unweighted"]), default=None,
+              help="Class weighting of the BCE loss.  [default: a2]")
+@click.option("--freeze", is_flag=True, default=None, help="Train the head only; keep the encoder's weights.")
+@click.option("--seed", type=int, default=None, help="Seed for split, initialisation and batch order.  [default: 0]")
+@click.option("--max-length", type=int, default=None, help="Cut longer proteins to their first N residues.  [default: 1800]")
+@click.option("--threshold-metric", type=click.Choice(["f1", "mcc"]), default=None,
+              help="Metric maximised on dev to choose each label's threshold.  [default: f1]")
+@click.option("--force", is_flag=True, help="Replace an existing model directory.")
+@click.option("--resume", type=click.Path(path_type=Path), default=None,
+              help="Continue an interrupted run (its <out>.partial directory).")
+@common_options
+def train(resume: Path | None, data: Path | None, out: Path | None, config_file: Path | None, force: bool,
+          device: str, offline: bool, **options) -> None:
+    """Fine-tune a backbone on a labelled dataset and save a model directory."""
+    from synnav_cli import train as training
+    from synnav_cli.plugins import get_backbone
+
+    if resume is not None:
+        result = training.resume(resume, device=device, offline=offline)
+    else:
+        merged = training.read_config_file(config_file) if config_file else {}
+        merged.update({k: v for k, v in options.items() if v is not None})
+        config = training.TrainConfig(**merged)
+        config.validate()
+        get_backbone(config.backbone)  # an unknown name fails before any data is read
+        result = training.train(config, data or _bundled_dataset(), out, force=force, device=device, offline=offline)
+    click.echo(str(result.model_dir))
+
+
+def _bundled_dataset() -> Path:
+    from synnav_cli.resources import bundled_dataset_path
+
+    path = bundled_dataset_path()
+    if path is None:
+        raise UserError("no --data given and this installation ships no dataset")
+    console.info(f"Using the bundled dataset {path}.")
+    return path
+
+
+@cli.command()
+@click.option("--model", "-m", "models", multiple=True,
+              help="Model directory or name; repeat to compare models.  [default: the newest model]")
+@click.option("--data", "-d", type=click.Path(path_type=Path), default=None,
+              help="Labelled dataset.  [default: the bundled data/dataset.json]")
+@click.option("--split", type=click.Choice(["train", "dev", "test", "all"]), default="test", show_default=True,
+              help="Which split to score.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "tsv", "markdown"]), default="table",
+              show_default=True, help="Output format.")
+@click.option("--max-tokens", type=int, default=None, help="Padded tokens per batch.  [default: from the device]")
+@common_options
+def evaluate(models: tuple[str, ...], data: Path | None, split: str, fmt: str, max_tokens: int | None,
+             device: str, offline: bool) -> None:
+    """Per-label F1, ROC-AUC, PR-AUC and MCC of trained models on a dataset split."""
+    from synnav_cli.evaluate import evaluate as run_evaluation
+    from synnav_cli.modeldir import resolve_model
+    from synnav_cli.report import format_evaluation
+
+    data = data or _bundled_dataset()
+    results = []
+    for name in models or (None,):
+        info, _how = resolve_model(name)
+        results.append(run_evaluation(info, data, split=split, device=device, max_tokens=max_tokens,
+                                      offline=offline))
+    click.echo(format_evaluation(results, fmt), nl=False)
+
+
+@cli.command()
+@click.argument("fasta", default="-", metavar="FASTA")
+@click.option("--model", "-m", default=None, help="Model directory or name.  [default: the newest trained model, else the bundled one]")
+@click.option("--format", "fmt", type=click.Choice(["tsv", "csv", "jsonl"]), default="tsv", show_default=True,
+              help="Output format.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Write to this file (atomically) instead of stdout.")
+@click.option("--threshold", "thresholds", multiple=True,
+              help="Decision threshold: a number for every label, or LABEL=NUMBER; repeatable.  "
+                   "[default: the model's tuned thresholds]")
+@click.option("--long", "long_policy", type=click.Choice(["truncate", "window", "skip"]), default="truncate",
+              show_default=True, help="Proteins longer than the model's maximum: keep the N-terminal part, "
+                                      "average overlapping windows, or skip (reported in the status column).")
+@click.option("--max-tokens", type=int, default=None, help="Padded tokens per batch.  [default: from the device]")
+@common_options
+def predict(fasta: str, model: str | None, fmt: str, out: Path | None, thresholds: tuple[str, ...],
+            long_policy: str, max_tokens: int | None, device: str, offline: bool) -> None:
+    """Predict localizations for the proteins in FASTA (a file, or - for stdin).
+
+    Writes one row per record, in input order: id, length, one probability per label, the
+    predicted labels and a status (ok, truncated, windowed:N or skipped).
+    """
+    from synnav_cli.predict import run_prediction
+
+    run_prediction(fasta, model_name=model, fmt=fmt, out=out, threshold_values=thresholds,
+                   long_policy=long_policy, max_tokens=max_tokens, device=device, offline=offline)
+
+
+def main() -> None:
+    cli(prog_name="synnav")

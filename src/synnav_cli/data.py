@@ -1,0 +1,308 @@
+"""Reading proteins: FASTA for prediction, labelled datasets for training, and splits.
+
+Labels are a float matrix with NaN where a label is unknown for a protein. Public data is often
+positive-only or covers some compartments only; an unknown label must never be trained on as a
+negative, so nothing here turns a missing value into 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from Bio.SeqIO.FastaIO import SimpleFastaParser
+
+from synnav_cli.errors import UserError
+
+# The 20 standard residues plus the IUPAC ambiguity and rare codes protein language models know:
+# X (any), B (D/N), Z (E/Q), J (I/L), U (selenocysteine), O (pyrrolysine).
+AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWYXBZJUO")
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class FastaRecord:
+    id: str
+    description: str
+    sequence: str
+
+
+def normalise_sequence(raw: str, name: str) -> str:
+    """Upper-case, strip whitespace and one terminal stop codon; reject anything else."""
+    sequence = "".join(raw.split()).upper()
+    if sequence.endswith("*"):
+        sequence = sequence[:-1]
+    if not sequence:
+        raise UserError(f"record {name!r} has an empty sequence")
+    bad = set(sequence) - AMINO_ACIDS
+    if bad:
+        shown = "".join(sorted(bad))
+        raise UserError(
+            f"record {name!r} contains characters that are not amino-acid codes: {shown!r}"
+        )
+    return sequence
+
+
+def _open_text(source: str | Path) -> IO[str]:
+    if str(source) == "-":
+        return sys.stdin
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"file not found: {path}")
+    if path.is_dir():
+        raise UserError(f"expected a file, got a directory: {path}")
+    return path.open(encoding="utf-8", errors="strict", newline="")
+
+
+def read_fasta(source: str | Path | IO[str]) -> Iterator[FastaRecord]:
+    """Yield validated records one at a time, so memory stays flat for any file size.
+
+    ``source`` is a path, ``"-"`` for standard input, or an open text handle.
+    """
+    handle = source if hasattr(source, "read") else _open_text(source)  # type: ignore[arg-type]
+    label = "standard input" if str(source) == "-" or handle is sys.stdin else str(source)
+    try:
+        yield from _parse_fasta(handle, label)
+    except UnicodeDecodeError as error:
+        raise UserError(f"{label} is not a text file ({error.reason})") from None
+    finally:
+        if handle is not source and handle is not sys.stdin:
+            handle.close()
+
+
+def _parse_fasta(handle: IO[str], label: str) -> Iterator[FastaRecord]:
+    lines = iter(handle)
+    first = next((line for line in lines if line.strip()), None)
+    if first is None:
+        raise UserError(f"{label} is empty: expected FASTA records")
+    if not first.startswith(">"):
+        raise UserError(f"{label} is not FASTA: the first line does not start with '>'")
+    seen: set[str] = set()
+    for title, raw in SimpleFastaParser(itertools.chain([first], lines)):
+        record_id, _, description = title.strip().partition(" ")
+        if not record_id:
+            raise UserError(f"{label} has a record with an empty header")
+        if record_id in seen:
+            raise UserError(f"duplicate identifier {record_id!r} in {label}")
+        seen.add(record_id)
+        yield FastaRecord(record_id, description.strip(), normalise_sequence(raw, record_id))
+
+
+@dataclass
+class Dataset:
+    """Proteins with multi-label annotations. ``labels[i, j]`` is 1, 0 or NaN (unknown)."""
+
+    label_names: list[str]
+    entries: list[str]
+    sequences: list[str]
+    labels: np.ndarray  # float32 [proteins, labels]
+    splits: list[str] | None  # None when the file carried no split
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def subset(self, split: str) -> Dataset:
+        if self.splits is None:
+            raise UserError("the dataset has no split assigned")
+        index = [i for i, s in enumerate(self.splits) if s == split]
+        return self.take(index)
+
+    def take(self, index: list[int]) -> Dataset:
+        return Dataset(
+            self.label_names,
+            [self.entries[i] for i in index],
+            [self.sequences[i] for i in index],
+            self.labels[index],
+            None if self.splits is None else [self.splits[i] for i in index],
+        )
+
+    def content_hash(self) -> str:
+        """sha256 over entries, sequences and labels: identifies the data a model saw."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps(self.label_names).encode())
+        for entry, sequence, row in zip(self.entries, self.sequences, self.labels):
+            values = ["" if np.isnan(v) else str(int(v)) for v in row]
+            digest.update(f"{entry}\t{sequence}\t{','.join(values)}\n".encode())
+        return digest.hexdigest()
+
+    def split_hash(self) -> str:
+        digest = hashlib.sha256()
+        for entry, split in zip(self.entries, self.splits or []):
+            digest.update(f"{entry}\t{split}\n".encode())
+        return digest.hexdigest()
+
+    def label_counts(self) -> dict[str, dict[str, int]]:
+        counts = {}
+        for j, name in enumerate(self.label_names):
+            column = self.labels[:, j]
+            counts[name] = {
+                "positive": int((column == 1).sum()),
+                "negative": int((column == 0).sum()),
+                "unknown": int(np.isnan(column).sum()),
+            }
+        return counts
+
+
+def _label_value(value: object, entry: str, name: str) -> float:
+    if value is None or value == "" or (isinstance(value, str) and value.lower() in {"na", "nan", "null"}):
+        return np.nan
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return float(value)
+    if isinstance(value, str) and value.strip() in {"0", "1", "0.0", "1.0"}:
+        return float(value.strip())
+    raise UserError(f"label {name!r} of {entry!r} is {value!r}; expected 0, 1 or empty/null")
+
+
+def _split_value(value: object, entry: str) -> str | None:
+    if value is None or value == "":
+        return None
+    split = str(value).strip().lower()
+    split = {"val": "dev", "valid": "dev", "validation": "dev"}.get(split, split)
+    if split not in SPLITS:
+        raise UserError(f"split of {entry!r} is {value!r}; expected train, dev or test")
+    return split
+
+
+def _first_key(record: dict, *names: str) -> object:
+    for name in names:
+        if name in record:
+            return record[name]
+    return None
+
+
+def _records_from_json(path: Path) -> Iterator[tuple[str, str, dict, object]]:
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(payload, list):
+        raise UserError(f"{path}: expected a JSON list of records")
+    for number, record in enumerate(payload, 1):
+        if not isinstance(record, dict):
+            raise UserError(f"{path}: record {number} is not an object")
+        entry = _first_key(record, "entry", "Entry", "id")
+        sequence = _first_key(record, "sequence", "Sequence")
+        labels = record.get("labels")
+        if entry is None or sequence is None or not isinstance(labels, dict):
+            raise UserError(
+                f"{path}: record {number} needs 'entry', 'sequence' and a 'labels' object"
+            )
+        if not isinstance(sequence, str):
+            raise UserError(f"{path}: the sequence of record {number} is not text")
+        yield str(entry), sequence, labels, record.get("split")
+
+
+SEQUENCE_COLUMNS = ("sequence", "Sequence", "seq")
+ENTRY_COLUMNS = ("entry", "Entry", "id", "uniprot_id")
+SPLIT_COLUMNS = ("split", "Split")
+
+
+def _records_from_table(path: Path, delimiter: str) -> Iterator[tuple[str, str, dict, object]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        columns = reader.fieldnames or []
+        entry_col = next((c for c in ENTRY_COLUMNS if c in columns), None)
+        sequence_col = next((c for c in SEQUENCE_COLUMNS if c in columns), None)
+        if entry_col is None or sequence_col is None:
+            raise UserError(f"{path}: needs an 'entry' (or 'id') column and a 'sequence' column")
+        split_col = next((c for c in SPLIT_COLUMNS if c in columns), None)
+        label_cols = [c for c in columns if c not in {entry_col, sequence_col, split_col}]
+        for row in reader:
+            labels = {c: row[c] for c in label_cols}
+            yield row[entry_col], row[sequence_col], labels, row.get(split_col) if split_col else None
+
+
+def read_dataset(path: str | Path) -> Dataset:
+    """Read a labelled dataset: the origin's ``dataset.json`` or a CSV/TSV table.
+
+    The label set is the union of label names in the file, in order of first appearance.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"dataset not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        records = _records_from_json(path)
+    elif suffix in {".csv", ".tsv", ".txt"}:
+        records = _records_from_table(path, "," if suffix == ".csv" else "\t")
+    else:
+        raise UserError(f"{path}: unknown dataset format; use .json, .csv or .tsv")
+    return _build_dataset(list(records), str(path))
+
+
+def _build_dataset(records: list[tuple[str, str, dict, object]], label: str) -> Dataset:
+    if not records:
+        raise UserError(f"{label} holds no records")
+    label_names: list[str] = []
+    for _, _, labels, _ in records:
+        for name in labels:
+            if name not in label_names:
+                label_names.append(name)
+    if not label_names:
+        raise UserError(f"{label} has no label columns")
+    entries, sequences, splits = [], [], []
+    matrix = np.full((len(records), len(label_names)), np.nan, dtype=np.float32)
+    seen: set[str] = set()
+    for i, (entry, raw, labels, split) in enumerate(records):
+        if entry in seen:
+            raise UserError(f"duplicate entry {entry!r} in {label}")
+        seen.add(entry)
+        entries.append(entry)
+        sequences.append(normalise_sequence(raw, entry))
+        splits.append(_split_value(split, entry))
+        for j, name in enumerate(label_names):
+            matrix[i, j] = _label_value(labels.get(name), entry, name)
+    has_split = [s is not None for s in splits]
+    if any(has_split) and not all(has_split):
+        missing = has_split.count(False)
+        raise UserError(f"{label}: {missing} records have no split while others do")
+    return Dataset(label_names, entries, sequences, matrix, splits if all(has_split) else None)
+
+
+def assign_splits(
+    dataset: Dataset, *, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+) -> Dataset:
+    """Keep the dataset's own split; otherwise split 70/15/15 at protein level, seeded.
+
+    Identical sequences form one group and always land in the same split, so a protein listed
+    twice cannot be in train and test at once.
+    """
+    if dataset.splits is not None:
+        return dataset
+    groups: dict[str, int] = {}
+    group_ids = [groups.setdefault(s, len(groups)) for s in dataset.sequences]
+    splits = split_groups(group_ids, fractions=fractions, seed=seed)
+    return Dataset(dataset.label_names, dataset.entries, dataset.sequences, dataset.labels, splits)
+
+
+def split_groups(
+    group_ids: Iterable[int], *, fractions: tuple[float, float, float], seed: int
+) -> list[str]:
+    """Assign each item a split so that every group lands whole in one split."""
+    group_ids = list(group_ids)
+    sizes: dict[int, int] = {}
+    for g in group_ids:
+        sizes[g] = sizes.get(g, 0) + 1
+    order = sorted(sizes)
+    np.random.default_rng(seed).shuffle(order)
+    total = len(group_ids)
+    bounds = np.cumsum(fractions) * total
+    assigned: dict[int, str] = {}
+    filled = 0
+    for g in order:
+        # A group goes to the first split whose quota its middle still falls within.
+        middle = filled + sizes[g] / 2
+        index = int(np.searchsorted(bounds, middle, side="right"))
+        assigned[g] = SPLITS[min(index, len(SPLITS) - 1)]
+        filled += sizes[g]
+    return [assigned[g] for g in group_ids]

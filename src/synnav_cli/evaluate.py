@@ -1,0 +1,59 @@
+"""Score a trained model on a labelled dataset split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from synnav_cli import hardware
+from synnav_cli.data import assign_splits, read_dataset
+from synnav_cli.errors import UserError
+from synnav_cli.inference import Runtime, score_sequences
+from synnav_cli.metrics import evaluate_predictions
+from synnav_cli.modeldir import ModelInfo, load_model
+from synnav_cli.plugins import get_backbone
+
+
+def evaluate(
+    info: ModelInfo,
+    data_path: Path,
+    *,
+    split: str = "test",
+    device: str = "auto",
+    max_tokens: int | None = None,
+    offline: bool = False,
+) -> dict:
+    """Per-label F1 (at the model's thresholds), ROC-AUC, PR-AUC, MCC and support, plus means.
+
+    Arguments:
+        info: the model to evaluate.
+        data_path: labelled dataset; its labels must include the model's labels.
+        split: train, dev, test, or all.
+        device: auto, cpu, cuda, cuda:N or mps.
+        max_tokens: padded tokens per batch; None derives it from the device.
+        offline: never download weights.
+    """
+    dataset = read_dataset(data_path)
+    missing = [name for name in info.label_names if name not in dataset.label_names]
+    if missing:
+        raise UserError(f"{data_path} lacks the model's labels: {', '.join(missing)}")
+    if split != "all":
+        config = info.meta.get("config", {})
+        dataset = assign_splits(dataset, seed=int(config.get("seed", 0))).subset(split)
+        if len(dataset) == 0:
+            raise UserError(f"the {split} split of {data_path} is empty")
+    columns = [dataset.label_names.index(name) for name in info.label_names]
+    backbone = get_backbone(info.meta["backbone"])
+    torch_device = hardware.pick_device(device)
+    precision = hardware.resolve_precision(torch_device, "auto")
+    limit = min(int(info.meta.get("config", {}).get("max_length", backbone.max_length)), backbone.max_length)
+    sequences = [s[:limit] for s in dataset.sequences]
+    budget = max_tokens or hardware.default_token_budget(
+        torch_device, embedding_dim=backbone.embedding_dim, training=False
+    )
+    model = load_model(info, torch_device, offline=offline)
+    probs = score_sequences(model, backbone, sequences, Runtime(torch_device, precision, max(budget, limit + 2)))
+    result = evaluate_predictions(dataset.labels[:, columns], probs, info.label_names, info.thresholds)
+    result["model"] = str(info.path)
+    result["split"] = split
+    result["proteins"] = len(dataset)
+    return result

@@ -1,0 +1,425 @@
+"""Fine-tune a backbone and localization head; keep the best dev epoch; write a model directory.
+
+Training state is checkpointed after every epoch in ``<out>.partial/``; ``resume`` continues
+from there. The finished model directory appears only when training completes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synnav_cli import __version__, batching, console, hardware, paths
+from synnav_cli.data import Dataset, assign_splits, read_dataset
+from synnav_cli.errors import UserError
+from synnav_cli.inference import Runtime, score_sequences
+from synnav_cli.metrics import THRESHOLD_METRICS, evaluate_predictions, selection_score, tune_threshold
+from synnav_cli.model import LOSS_PRESETS, LocalizationModel, masked_bce, positive_weights
+from synnav_cli.modeldir import save_model_dir, write_json_atomic
+from synnav_cli.plugins import DEFAULT_BACKBONE, get_backbone
+
+CHECKPOINT_FILE = "checkpoint.pt"
+RUN_FILE = "run.json"
+WARMUP_FRACTION = 0.05
+
+
+@dataclass
+class TrainConfig:
+    """Training options. Defaults follow the origin's published configuration.
+
+    Arguments:
+        backbone: registered backbone id or alias.
+        epochs: passes over the training split.
+        learning_rate: AdamW peak learning rate (linear warm-up, cosine decay).
+        batch_size: at most this many proteins per optimiser step.
+        max_tokens: padded tokens per batch; None derives it from the device's memory.
+        precision: auto, fp32, bf16 or fp16 (the origin's ``fp16`` keeps working).
+        loss: a2 (class-weighted, synapses up-weighted), balanced or unweighted.
+        freeze: train the head only; the encoder keeps its pretrained weights.
+        seed: seeds the split (when the data has none), initialisation and batch order.
+        max_length: longer proteins are cut to their first ``max_length`` residues.
+        weight_decay: AdamW weight decay.
+        threshold_metric: f1 or mcc, maximised per label on dev to pick thresholds.
+    """
+
+    backbone: str = DEFAULT_BACKBONE
+    epochs: int = 30
+    learning_rate: float = 1e-4
+    batch_size: int = 8
+    max_tokens: int | None = None
+    precision: str = "auto"
+    loss: str = "a2"
+    freeze: bool = False
+    seed: int = 0
+    max_length: int = 1800
+    weight_decay: float = 0.01
+    threshold_metric: str = "f1"
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise UserError("epochs must be at least 1")
+        if not self.learning_rate > 0:
+            raise UserError("learning rate must be positive")
+        if self.batch_size < 1:
+            raise UserError("batch size must be at least 1")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise UserError("max tokens must be at least 1")
+        if self.max_length < 1:
+            raise UserError("max length must be at least 1")
+        self.precision = hardware.normalise_precision(self.precision)
+        self.loss = self.loss.lower()
+        if self.loss not in LOSS_PRESETS:
+            raise UserError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSS_PRESETS)}")
+        if self.threshold_metric not in THRESHOLD_METRICS:
+            raise UserError("threshold metric must be f1 or mcc")
+
+
+# The origin's config keys (and common spellings) mapped to TrainConfig fields.
+CONFIG_KEYS = {
+    "backbone": "backbone", "model": "backbone",
+    "epochs": "epochs", "num_epochs": "epochs", "max_epochs": "epochs", "n_epochs": "epochs",
+    "lr": "learning_rate", "learning_rate": "learning_rate",
+    "batch_size": "batch_size", "train_batch_size": "batch_size",
+    "max_tokens": "max_tokens",
+    "precision": "precision", "mixed_precision": "precision",
+    "loss": "loss", "loss_type": "loss",
+    "freeze": "freeze", "freeze_encoder": "freeze",
+    "seed": "seed", "random_seed": "seed",
+    "max_length": "max_length", "max_len": "max_length", "max_seq_len": "max_length",
+    "max_protein_length": "max_length",
+    "weight_decay": "weight_decay",
+    "threshold_metric": "threshold_metric",
+}  # fmt: skip
+
+
+def read_config_file(path: Path) -> dict:
+    """Options from a JSON config file, accepting the origin's key names."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"config file {path} is not valid JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path} must hold a JSON object")
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    options = {}
+    for key, value in raw.items():
+        name = CONFIG_KEYS.get(key.lower())
+        if name is None:
+            console.warn(f"config key {key!r} is not used by synnav train; ignored")
+            continue
+        if name == "precision" and isinstance(value, bool):
+            value = "fp16" if value else "fp32"
+        if value is not None and "int" in str(types[name]) and not isinstance(value, int):
+            raise UserError(f"config key {key!r} must be a whole number, got {value!r}")
+        options[name] = value
+    return options
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    metrics: dict
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+
+
+def _rng_state() -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": np.random.get_state(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+
+
+def _save_atomic(obj: object, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _truncate(sequences: list[str], limit: int) -> tuple[list[str], int]:
+    cut = sum(len(s) > limit for s in sequences)
+    # The N-terminus carries most targeting signals (signal peptides, mitochondrial presequences),
+    # so a long protein keeps its start.
+    return [s[:limit] for s in sequences], cut
+
+
+class _StopRequest:
+    """Turns SIGTERM/SIGINT into a checkpoint at the end of the current step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _StopRequest:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second signal stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+        console.info("Stopping after this step; the checkpoint will allow --resume.")
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def default_out_dir(backbone_id: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return paths.models_dir() / f"{backbone_id}-{stamp}"
+
+
+def train(
+    config: TrainConfig,
+    data_path: Path,
+    out: Path | None = None,
+    *,
+    force: bool = False,
+    device: str = "auto",
+    offline: bool = False,
+) -> TrainResult:
+    """Train a model on ``data_path`` and write it to ``out`` (default: the models directory).
+
+    Arguments:
+        config: training options.
+        data_path: a dataset.json, CSV or TSV file with labels (and optionally splits).
+        out: the model directory to create; it must not exist unless ``force``.
+        force: replace an existing model directory once the new one is complete.
+        device: auto, cpu, cuda, cuda:N or mps.
+        offline: never download; use only cached weights.
+    """
+    config.validate()
+    backbone = get_backbone(config.backbone)
+    config.backbone = backbone.id
+    out = Path(out) if out is not None else default_out_dir(backbone.id)
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists; choose another --out or pass --force")
+    workspace = out.with_name(out.name + ".partial")
+    if (workspace / CHECKPOINT_FILE).exists():
+        raise UserError(
+            f"an interrupted run is waiting in {workspace}; continue it with "
+            f"`synnav train --resume {workspace}` or delete that directory"
+        )
+    workspace.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(
+        workspace / RUN_FILE,
+        {"config": asdict(config), "data": str(Path(data_path).resolve()), "out": str(out.resolve()),
+         "force": force},
+    )
+    return _run(workspace, device=device, offline=offline)
+
+
+def resume(workspace: Path, *, device: str = "auto", offline: bool = False) -> TrainResult:
+    """Continue an interrupted run from its last checkpoint (``<out>.partial`` or ``<out>``)."""
+    workspace = Path(workspace)
+    if not (workspace / RUN_FILE).exists():
+        sibling = workspace.with_name(workspace.name + ".partial")
+        if (sibling / RUN_FILE).exists():
+            workspace = sibling
+        else:
+            raise UserError(f"nothing to resume in {workspace}: no {RUN_FILE} there")
+    return _run(workspace, device=device, offline=offline)
+
+
+def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
+    run = json.loads((workspace / RUN_FILE).read_text())
+    config = TrainConfig(**run["config"])
+    config.validate()
+    out = Path(run["out"])
+    backbone = get_backbone(config.backbone)
+
+    dataset = assign_splits(read_dataset(run["data"]), seed=config.seed)
+    parts = {name: dataset.subset(name) for name in ("train", "dev", "test")}
+    for name in ("train", "dev"):
+        if len(parts[name]) == 0:
+            raise UserError(f"the {name} split is empty; training needs train and dev proteins")
+    limit = min(config.max_length, backbone.max_length)
+    for name, part in parts.items():
+        part.sequences, cut = _truncate(part.sequences, limit)
+        if cut:
+            console.info(f"{cut} {name} proteins longer than {limit} residues keep their first {limit}.")
+
+    torch_device = hardware.pick_device(device)
+    precision = hardware.resolve_precision(torch_device, config.precision)
+    max_tokens = config.max_tokens or hardware.default_token_budget(
+        torch_device, embedding_dim=backbone.embedding_dim, training=not config.freeze
+    )
+    # The budget must admit at least one protein of the longest allowed length.
+    max_tokens = max(max_tokens, limit + 2)
+    console.info(
+        f"Training {backbone.id} on {len(parts['train'])} proteins "
+        f"(dev {len(parts['dev'])}, test {len(parts['test'])}), device {torch_device}, "
+        f"precision {precision}, up to {config.batch_size} proteins / {max_tokens} tokens a batch."
+    )
+
+    torch.manual_seed(config.seed)
+    encoder = backbone.build_encoder(pretrained=True, offline=offline)
+    model = LocalizationModel(encoder, backbone.embedding_dim, len(dataset.label_names)).to(torch_device)
+    if config.freeze:
+        model.encoder.requires_grad_(False)
+    weights = positive_weights(parts["train"].labels, dataset.label_names, config.loss)
+    pos_weight = torch.tensor(weights, device=torch_device)
+    console.detail("pos_weight: " + ", ".join(f"{n}={w:.2f}" for n, w in zip(dataset.label_names, weights)))
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    runtime = Runtime(torch_device, precision, max_tokens, config.batch_size)
+    rng = np.random.default_rng(config.seed)
+    lengths = [len(s) + 2 for s in parts["train"].sequences]
+    steps_per_epoch = len(batching.training_batches(lengths, max_tokens, config.batch_size, np.random.default_rng(0)))
+    total_steps = steps_per_epoch * config.epochs
+    warmup = max(1, int(total_steps * WARMUP_FRACTION))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scaler = torch.amp.GradScaler(torch_device.type, enabled=precision == "fp16")
+
+    start_epoch, best_score, best_epoch, history = 0, -math.inf, 0, []
+    checkpoint_path = workspace / CHECKPOINT_FILE
+    best_path = workspace / "best.pt"
+    if checkpoint_path.exists():
+        checkpoint = torch.load(checkpoint_path, map_location=torch_device, weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        start_epoch = checkpoint["epoch"]
+        best_score, best_epoch, history = checkpoint["best_score"], checkpoint["best_epoch"], checkpoint["history"]
+        rng.bit_generator.state = checkpoint["batch_rng"]
+        _set_rng_state(checkpoint["rng"])
+        console.info(f"Resuming from the end of epoch {start_epoch}.")
+
+    labels_train = torch.tensor(parts["train"].labels)
+    with _StopRequest() as stop:
+        for epoch in range(start_epoch, config.epochs):
+            started = time.monotonic()
+            model.train()
+            if config.freeze:
+                model.encoder.eval()  # no dropout noise in a frozen encoder
+            batches = batching.training_batches(lengths, max_tokens, config.batch_size, rng)
+            progress = console.Progress(len(lengths), f"epoch {epoch + 1}/{config.epochs}")
+            total_loss = 0.0
+            for index in batches:
+                batch = backbone.tokenize([parts["train"].sequences[i] for i in index]).to(torch_device)
+                targets = labels_train[index].to(torch_device)
+                with hardware.autocast(torch_device, precision):
+                    logits = model(batch)
+                loss = masked_bce(logits, targets, pos_weight)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step_loss = loss.item()
+                total_loss += step_loss * len(index)
+                progress.advance(len(index), f"loss {step_loss:.4f}")
+            progress.close()
+            dev_probs = score_sequences(model, backbone, parts["dev"].sequences, runtime)
+            dev_metrics = evaluate_predictions(parts["dev"].labels, dev_probs, dataset.label_names,
+                                               [0.5] * len(dataset.label_names))
+            score = selection_score(dev_metrics)
+            record = {"epoch": epoch + 1, "train_loss": round(total_loss / len(lengths), 6),
+                      "dev_mean_roc_auc": dev_metrics["mean"]["roc_auc"],
+                      "dev_mean_pr_auc": dev_metrics["mean"]["pr_auc"],
+                      "seconds": round(time.monotonic() - started, 2)}
+            history.append(record)
+            improved = score > best_score or best_epoch == 0
+            if improved:
+                best_score, best_epoch = score, epoch + 1
+                _save_atomic(model.state_dict(), best_path)
+            console.info(
+                f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "
+                f"dev mean ROC-AUC {_fmt(record['dev_mean_roc_auc'])}"
+                f"{' (best)' if improved else ''}, {record['seconds']:.1f}s"
+            )
+            _save_atomic(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                 "epoch": epoch + 1, "best_score": best_score, "best_epoch": best_epoch,
+                 "history": history, "batch_rng": rng.bit_generator.state, "rng": _rng_state()},
+                checkpoint_path,
+            )
+            if stop.requested and epoch + 1 < config.epochs:
+                raise UserError(f"training stopped after epoch {epoch + 1}; "
+                                f"continue with `synnav train --resume {workspace}`")
+
+    model.load_state_dict(torch.load(best_path, map_location=torch_device, weights_only=True))
+    probs = {name: score_sequences(model, backbone, part.sequences, runtime) for name, part in parts.items() if len(part)}
+    thresholds = [
+        tune_threshold(parts["dev"].labels[:, j], probs["dev"][:, j], config.threshold_metric)
+        for j in range(len(dataset.label_names))
+    ]
+    metrics = {name: evaluate_predictions(parts[name].labels, p, dataset.label_names, thresholds)
+               for name, p in probs.items()}
+    meta = _metadata(config, backbone, dataset, run["data"], thresholds, metrics, best_epoch, history,
+                     weights, precision, torch_device)
+    save_model_dir(out, model, meta, encoder_frozen=config.freeze, force=run.get("force", False))
+    shutil.rmtree(workspace, ignore_errors=True)
+    console.info(f"Saved model to {out} (best epoch {best_epoch}).")
+    return TrainResult(out, metrics, best_epoch, history)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _metadata(config, backbone, dataset: Dataset, data_path, thresholds, metrics, best_epoch,
+              history, weights, precision, device) -> dict:
+    return {
+        "backbone": backbone.id,
+        "backbone_fingerprint": backbone.fingerprint(),
+        "labels": dataset.label_names,
+        "thresholds": dict(zip(dataset.label_names, [round(t, 6) for t in thresholds])),
+        "threshold_metric": config.threshold_metric,
+        "metrics": metrics,
+        "best_epoch": best_epoch,
+        "history": history,
+        "config": asdict(config),
+        "pos_weight": dict(zip(dataset.label_names, [round(float(w), 4) for w in weights])),
+        "data": {
+            "path": str(data_path),
+            "sha256": dataset.content_hash(),
+            "split_sha256": dataset.split_hash(),
+            "proteins": {s: dataset.splits.count(s) for s in ("train", "dev", "test")},
+            "label_counts": dataset.label_counts(),
+        },
+        "trained_on": {"device": str(device), "precision": precision},
+        "versions": {"synnav": __version__, "torch": torch.__version__,
+                     "python": platform.python_version(), "numpy": np.__version__},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+    }
