@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from synnav_cli import hardware
 from synnav_cli.data import assign_splits, read_dataset
@@ -11,6 +14,17 @@ from synnav_cli.inference import Runtime, score_sequences
 from synnav_cli.metrics import evaluate_predictions
 from synnav_cli.modeldir import ModelInfo, load_model
 from synnav_cli.plugins import get_backbone
+
+
+@dataclass
+class Scores:
+    """Per-protein probabilities and known labels of one model on one split (for plots)."""
+
+    label_names: list[str]
+    entries: list[str]
+    labels: np.ndarray  # [proteins, labels], 1, 0 or NaN (unknown)
+    probabilities: np.ndarray  # [proteins, labels]
+    thresholds: list[float]
 
 
 def evaluate(
@@ -32,6 +46,24 @@ def evaluate(
         max_tokens: padded tokens per batch; None derives it from the device.
         offline: never download weights.
     """
+    result, _scores = evaluate_with_scores(info, data_path, split=split, device=device,
+                                           max_tokens=max_tokens, offline=offline)
+    return result
+
+
+def evaluate_with_scores(
+    info: ModelInfo,
+    data_path: Path,
+    *,
+    split: str = "test",
+    device: str = "auto",
+    max_tokens: int | None = None,
+    offline: bool = False,
+) -> tuple[dict, Scores]:
+    """:func:`evaluate`, plus the per-protein probabilities and labels the metrics came from.
+
+    Arguments: as for :func:`evaluate`.
+    """
     dataset = read_dataset(data_path)
     missing = [name for name in info.label_names if name not in dataset.label_names]
     if missing:
@@ -52,8 +84,9 @@ def evaluate(
     )
     model = load_model(info, torch_device, offline=offline)
     probs = score_sequences(model, backbone, sequences, Runtime(torch_device, precision, max(budget, limit + 2)))
-    result = evaluate_predictions(dataset.labels[:, columns], probs, info.label_names, info.thresholds)
+    labels = dataset.labels[:, columns]
+    result = evaluate_predictions(labels, probs, info.label_names, info.thresholds)
     result["model"] = str(info.path)
     result["split"] = split
     result["proteins"] = len(dataset)
-    return result
+    return result, Scores(info.label_names, list(dataset.entries), labels, probs, info.thresholds)

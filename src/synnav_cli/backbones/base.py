@@ -128,6 +128,26 @@ class Backbone(abc.ABC):
         """Whether pretrained weights are in the local cache; None when none are needed."""
         return None if self.weights_repo is None else False
 
+    def input_embedding(self, encoder: nn.Module) -> nn.Embedding:
+        """The encoder's token embedding, whose output per-residue attributions are taken against.
+
+        ``synnav predict --explain`` hooks this module's output. The default returns the first
+        ``nn.Embedding`` in ``encoder.modules()``; override it when that is not the token
+        embedding (for example when a position embedding is registered first).
+        """
+        for module in encoder.modules():
+            if isinstance(module, nn.Embedding):
+                return module
+        raise UserError(f"backbone {self.id} has no nn.Embedding; it cannot explain predictions")
+
+    def baseline_token_id(self) -> int | None:
+        """The token whose embedding stands for "no residue" in attributions.
+
+        None (the default) uses the padding token. Masked language models may return their
+        mask token instead.
+        """
+        return None
+
     def fingerprint(self) -> str:
         """Identifies the weights an embedding was computed with (embedding-cache key)."""
         return self.id

@@ -1,0 +1,143 @@
+"""What `synnav models list` and `synnav models show` print: trained models, read from their metadata.
+
+Everything here reads ``synnav-model.json`` only; no weights are loaded, so listing is instant
+even with many large models.
+"""
+
+from __future__ import annotations
+
+import json
+
+from synnav_cli.modeldir import ModelInfo
+
+# Hash prefixes long enough to tell datasets apart at a glance; the full hash is in --json.
+HASH_PREFIX = 12
+
+
+def _mean_test(info: ModelInfo, metric: str) -> float | None:
+    return info.meta.get("metrics", {}).get("test", {}).get("mean", {}).get(metric)
+
+
+def model_summary(info: ModelInfo) -> dict:
+    """One model's identity and headline test metrics, as `synnav models list --json` prints it.
+
+    Arguments:
+        info: the model directory's metadata.
+    """
+    data = info.meta.get("data", {})
+    return {
+        "name": info.name,
+        "path": str(info.path),
+        "backbone": info.meta.get("backbone"),
+        "data": data.get("path"),
+        "data_sha256": data.get("sha256"),
+        "split_sha256": data.get("split_sha256"),
+        "test_mean_f1": _mean_test(info, "f1"),
+        "test_mean_roc_auc": _mean_test(info, "roc_auc"),
+        "created": info.meta.get("created"),
+    }
+
+
+def model_details(info: ModelInfo) -> dict:
+    """Everything meaningful about one model, as `synnav models show --json` prints it.
+
+    The training history and the command line are left out of the table view (they are long)
+    but kept here.
+
+    Arguments:
+        info: the model directory's metadata.
+    """
+    meta = info.meta
+    return {
+        **model_summary(info),
+        "labels": info.label_names,
+        "thresholds": dict(zip(info.label_names, info.thresholds)),
+        "threshold_metric": meta.get("threshold_metric"),
+        "encoder_frozen": meta.get("encoder_frozen"),
+        "best_epoch": meta.get("best_epoch"),
+        "metrics": meta.get("metrics", {}),
+        "proteins": meta.get("data", {}).get("proteins"),
+        "label_counts": meta.get("data", {}).get("label_counts"),
+        "pos_weight": meta.get("pos_weight"),
+        "config": meta.get("config", {}),
+        "trained_on": meta.get("trained_on"),
+        "versions": meta.get("versions", {}),
+        "format_version": meta.get("format_version"),
+        "history": meta.get("history", []),
+        "command": meta.get("command"),
+    }
+
+
+def _number(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _short(digest: str | None) -> str:
+    return digest[:HASH_PREFIX] if digest else "n/a"
+
+
+def _table(headers: list[str], rows: list[list[str]], indent: str = "") -> list[str]:
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [headers, *rows]]
+
+
+def format_model_list(infos: list[ModelInfo], *, as_json: bool = False) -> str:
+    """The models as a table (or a JSON list), newest first as given."""
+    summaries = [model_summary(info) for info in infos]
+    if as_json:
+        return json.dumps(summaries, indent=2) + "\n"
+    if not summaries:
+        return "No trained models yet; train one with `synnav train`.\n"
+    headers = ["name", "backbone", "data", "data sha256", "split sha256", "test F1", "test ROC-AUC", "created"]
+    rows = [[s["name"], s["backbone"] or "?", s["data"] or "?", _short(s["data_sha256"]),
+             _short(s["split_sha256"]), _number(s["test_mean_f1"]), _number(s["test_mean_roc_auc"]),
+             s["created"] or "?"] for s in summaries]
+    return "\n".join(_table(headers, rows)) + "\n"
+
+
+def format_model_details(info: ModelInfo, *, as_json: bool = False) -> str:
+    """One model in full: identity, data, thresholds, per-label test metrics, config, versions."""
+    details = model_details(info)
+    if as_json:
+        return json.dumps(details, indent=2) + "\n"
+    lines = [
+        f"name:           {details['name']}",
+        f"path:           {details['path']}",
+        f"backbone:       {details['backbone']}"
+        + (" (encoder frozen)" if details["encoder_frozen"] else ""),
+        f"created:        {details['created']}",
+        f"data:           {details['data']}",
+        f"data sha256:    {details['data_sha256']}",
+        f"split sha256:   {details['split_sha256']}",
+    ]
+    if details["proteins"]:
+        lines.append("proteins:       " + ", ".join(f"{k} {v}" for k, v in details["proteins"].items()))
+    if details["best_epoch"] is not None:
+        lines.append(f"best epoch:     {details['best_epoch']}")
+    lines.append("")
+    test = details["metrics"].get("test", {})
+    per_label = test.get("labels", {})
+    lines.append(f"Thresholds (tuned on dev for {details['threshold_metric'] or 'f1'}) and test metrics:")
+    headers = ["label", "threshold", "f1", "roc_auc", "pr_auc", "mcc", "support"]
+    rows = []
+    for label in details["labels"]:
+        metrics = per_label.get(label, {})
+        rows.append([label, f"{details['thresholds'][label]:.3f}",
+                     *(_number(metrics.get(m)) for m in ("f1", "roc_auc", "pr_auc", "mcc", "support"))])
+    if test.get("mean"):
+        rows.append(["mean", "", *(_number(test["mean"].get(m)) for m in ("f1", "roc_auc", "pr_auc", "mcc")), ""])
+    lines += _table(headers, rows, indent="  ")
+    if not per_label:
+        lines.append("  (no test split: the metrics above are not available)")
+    lines.append("")
+    lines.append("Config:")
+    lines += [f"  {key}: {value}" for key, value in details["config"].items()]
+    if details["trained_on"]:
+        lines.append("Trained on:     " + ", ".join(f"{k} {v}" for k, v in details["trained_on"].items()))
+    if details["versions"]:
+        lines.append("Versions:       " + ", ".join(f"{k} {v}" for k, v in details["versions"].items()))
+    return "\n".join(lines) + "\n"

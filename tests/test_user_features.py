@@ -1,0 +1,231 @@
+"""models list/show, evaluate --plots, predict --explain and predict --compare, with the tiny backbone."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synnav_cli import paths
+from synnav_cli.cli import cli
+from synnav_cli.compare import pair_mutants
+from synnav_cli.data import read_dataset
+from synnav_cli.explain import attribute, file_stem
+from synnav_cli.session import load_for_scoring
+from synnav_cli.train import TrainConfig, train
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def dataset_path(tmp_path_factory) -> Path:
+    """tests/data/small.json, cut to the first 60 proteins so that training takes a second."""
+    records = json.loads((DATA / "small.json").read_text())[:60]
+    path = tmp_path_factory.mktemp("data") / "small60.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, dataset_path, tiny_plugin) -> Path:
+    out = tmp_path_factory.mktemp("models") / "tiny-user-features"
+    train(TrainConfig(backbone="tiny", epochs=2, batch_size=16, learning_rate=3e-3), dataset_path, out,
+          device="cpu")
+    return out
+
+
+@pytest.fixture
+def installed(model_dir) -> Path:
+    """The trained model copied into this test's own models directory."""
+    target = paths.models_dir() / model_dir.name
+    shutil.copytree(model_dir, target)
+    return target
+
+
+def _fasta(path: Path, records: dict[str, str]) -> Path:
+    path.write_text("".join(f">{name}\n{sequence}\n" for name, sequence in records.items()))
+    return path
+
+
+# synnav models
+
+
+def test_models_list_json_and_table(runner, installed, dataset_path):
+    result = runner.invoke(cli, ["models", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.output)
+    meta = json.loads((installed / "synnav-model.json").read_text())
+    assert entry["name"] == installed.name
+    assert entry["backbone"] == "tiny"
+    assert entry["data_sha256"] == read_dataset(dataset_path).content_hash()
+    assert entry["split_sha256"] == meta["data"]["split_sha256"]
+    assert entry["test_mean_f1"] == meta["metrics"]["test"]["mean"]["f1"]
+    assert entry["test_mean_roc_auc"] == meta["metrics"]["test"]["mean"]["roc_auc"]
+    assert entry["created"] == meta["created"]
+
+    table = runner.invoke(cli, ["models", "list"])
+    assert table.exit_code == 0
+    header, row = table.output.splitlines()
+    assert header.split()[:2] == ["name", "backbone"]
+    assert row.startswith(installed.name) and entry["data_sha256"][:12] in row
+
+
+def test_models_list_when_empty(runner):
+    result = runner.invoke(cli, ["models", "list"])
+    assert result.exit_code == 0 and "No trained models" in result.output
+    assert json.loads(runner.invoke(cli, ["models", "list", "--json"]).output) == []
+
+
+def test_models_show_text_and_json(runner, installed):
+    meta = json.loads((installed / "synnav-model.json").read_text())
+    text = runner.invoke(cli, ["models", "show", installed.name])
+    assert text.exit_code == 0, text.output
+    for label, threshold in meta["thresholds"].items():
+        assert any(line.strip().startswith(label) and f"{threshold:.3f}" in line for line in text.output.splitlines())
+    assert "learning_rate: 0.003" in text.output
+    assert f"torch {meta['versions']['torch']}" in text.output
+
+    shown = json.loads(runner.invoke(cli, ["models", "show", str(installed), "--json"]).output)
+    assert shown["thresholds"] == meta["thresholds"]
+    assert shown["metrics"]["test"]["labels"] == meta["metrics"]["test"]["labels"]
+    assert shown["config"] == meta["config"] and shown["versions"] == meta["versions"]
+
+
+def test_models_show_unknown_name_is_one_line(runner, installed):
+    result = runner.invoke(cli, ["models", "show", "nope"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: no model 'nope'") and installed.name in result.output
+
+
+# synnav evaluate --plots
+
+
+def test_evaluate_plots(runner, model_dir, dataset_path, tmp_path):
+    figures = tmp_path / "figures"
+    result = runner.invoke(cli, ["evaluate", "--model", str(model_dir), "--model", str(model_dir),
+                                 "--data", str(dataset_path), "--split", "all", "--format", "json",
+                                 "--plots", str(figures)])
+    assert result.exit_code == 0, result.output
+    labels = read_dataset(dataset_path).label_names
+    expected = {f"{kind}-{label.replace(' ', '-').lower()}.png" for kind in ("roc", "pr") for label in labels}
+    assert {p.name for p in figures.iterdir()} == expected | {"metrics.png"}
+    for png in figures.iterdir():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_with_scores_matches_metrics(model_dir, dataset_path):
+    from synnav_cli.evaluate import evaluate, evaluate_with_scores
+    from synnav_cli.metrics import evaluate_predictions
+    from synnav_cli.modeldir import read_model_info
+
+    info = read_model_info(model_dir)
+    result, scores = evaluate_with_scores(info, dataset_path, split="test", device="cpu")
+    assert scores.probabilities.shape == scores.labels.shape == (result["proteins"], len(info.label_names))
+    assert evaluate_predictions(scores.labels, scores.probabilities, info.label_names, info.thresholds)["labels"] \
+        == result["labels"]
+    assert evaluate(info, dataset_path, split="test", device="cpu")["labels"] == result["labels"]
+
+
+def test_plots_without_matplotlib_is_a_clear_error(runner, model_dir, dataset_path, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import now raises ModuleNotFoundError
+    result = runner.invoke(cli, ["evaluate", "--model", str(model_dir), "--data", str(dataset_path),
+                                 "--plots", str(tmp_path / "figures")])
+    assert result.exit_code == 1
+    assert "synnav[plots]" in result.output and "Traceback" not in result.output
+
+
+# synnav predict --explain
+
+
+def test_predict_explain_writes_tsv_and_png(runner, model_dir, tmp_path):
+    fasta = _fasta(tmp_path / "in.fasta", {"sp|P1|ONE": "MKTAYIAKQRQISFVKSHFSRQ", "P2": "MEEPQSDPSVEPPLSQETFSDLWKLL"})
+    out_dir = tmp_path / "explain"
+    result = runner.invoke(cli, ["predict", str(fasta), "--model", str(model_dir), "--explain", str(out_dir),
+                                 "--explain-steps", "8", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout), delimiter="\t"))
+    assert [r["id"] for r in rows] == ["sp|P1|ONE", "P2"]  # the normal output is unchanged
+    assert sorted(p.name for p in out_dir.iterdir()) == ["P2.png", "P2.tsv", "sp_P1_ONE.png", "sp_P1_ONE.tsv"]
+    for row, stem in zip(rows, ["sp_P1_ONE", "P2"]):
+        table = list(csv.reader((out_dir / f"{stem}.tsv").open(), delimiter="\t"))
+        header, body = table[0], table[1:]
+        predicted = row["predicted"].split(";") if row["predicted"] else None
+        assert header[:2] == ["position", "residue"]
+        if predicted:
+            assert header[2:] == predicted
+        assert len(header) >= 3
+        assert [int(r[0]) for r in body] == list(range(1, int(row["length"]) + 1))
+        assert all(np.isfinite(float(v)) for r in body for v in r[2:])
+
+
+def test_attributions_sum_to_the_probability_change(model_dir):
+    """Integrated gradients' completeness: attributions add up to p(input) - p(baseline)."""
+    import torch
+
+    loaded = load_for_scoring(str(model_dir), device="cpu")
+    sequence = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"
+    values = attribute(loaded, sequence, [0, 1], steps=64)
+    assert values.shape == (len(sequence), 2)
+    batch = loaded.backbone.tokenize([sequence])
+    pad = loaded.backbone.input_embedding(loaded.model.encoder).padding_idx
+    baseline = type(batch)(torch.where(batch.residue_mask, pad, batch.input_ids), batch.attention_mask,
+                           batch.residue_mask)
+    with torch.no_grad():
+        p_input = torch.sigmoid(loaded.model(batch))[0, :2].numpy()
+        p_baseline = torch.sigmoid(loaded.model(baseline))[0, :2].numpy()
+    np.testing.assert_allclose(values.sum(axis=0), p_input - p_baseline, atol=0.02)
+
+
+def test_file_stems_are_safe_and_unique():
+    taken: set[str] = set()
+    assert [file_stem(i, taken) for i in ["sp|P1|A", "sp_P1_A", "../x", "SP|P1|A"]] == \
+        ["sp_P1_A", "sp_P1_A-2", "x", "SP_P1_A-3"]
+
+
+# synnav predict --compare
+
+
+def test_pair_mutants():
+    ids = ["A", "A_mut_R1W", "B_mut_K2E", "A_mut_R1W_mut_G5D", "C", "C_mutant"]
+    pairs, orphans = pair_mutants(ids)
+    assert pairs == [("A_mut_R1W", "A"), ("A_mut_R1W_mut_G5D", "A_mut_R1W"), ("C_mutant", "C")]
+    assert orphans == ["B_mut_K2E"]
+
+
+def test_predict_compare_table(runner, model_dir, tmp_path):
+    wild = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"
+    mutant = wild[:5] + "W" + wild[6:]
+    fasta = _fasta(tmp_path / "in.fasta", {"P1": wild, "P1_mut_I6W": mutant, "P1_mut_same": wild,
+                                           "P9": "MEEPQSDPSV"})
+    plain = runner.invoke(cli, ["predict", str(fasta), "--model", str(model_dir), "--device", "cpu"])
+    probabilities = {r["id"]: r for r in csv.DictReader(io.StringIO(plain.stdout), delimiter="\t")}
+    result = runner.invoke(cli, ["predict", str(fasta), "--model", str(model_dir), "--compare", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout), delimiter="\t"))
+    labels = json.loads((model_dir / "synnav-model.json").read_text())["labels"]
+    assert list(rows[0]) == ["mutant", "wild_type", *(f"delta {n}" for n in labels), "predicted", "gained", "lost"]
+    assert [(r["mutant"], r["wild_type"]) for r in rows] == [("P1_mut_I6W", "P1"), ("P1_mut_same", "P1")]
+    for label in labels:
+        expected = float(probabilities["P1_mut_I6W"][label]) - float(probabilities["P1"][label])
+        assert float(rows[0][f"delta {label}"]) == pytest.approx(expected, abs=2e-4)
+        assert float(rows[1][f"delta {label}"]) == 0.0
+    assert rows[0]["predicted"] == probabilities["P1_mut_I6W"]["predicted"]
+
+    jsonl = runner.invoke(cli, ["predict", str(fasta), "--model", str(model_dir), "--compare", "--format", "jsonl",
+                                "--out", str(tmp_path / "cmp.jsonl"), "--device", "cpu"])
+    assert jsonl.exit_code == 0 and jsonl.stdout == ""
+    first = json.loads((tmp_path / "cmp.jsonl").read_text().splitlines()[0])
+    assert first["mutant"] == "P1_mut_I6W" and set(first["delta"]) == set(labels)
+
+
+def test_predict_compare_from_stdin_without_pairs(runner, model_dir):
+    result = runner.invoke(cli, ["predict", "-", "--model", str(model_dir), "--compare", "--device", "cpu"],
+                           input=">P1\nMKTAYIAKQ\n>P2\nMEEPQSDPSV\n")
+    assert result.exit_code == 1
+    assert "no mutant/wild-type pairs" in result.output
