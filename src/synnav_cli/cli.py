@@ -169,21 +169,35 @@ def _bundled_dataset() -> Path:
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "tsv", "markdown"]), default="table",
               show_default=True, help="Output format.")
 @click.option("--max-tokens", type=int, default=None, help="Padded tokens per batch.  [default: from the device]")
+@click.option("--plots", "plots_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Also write ROC and precision-recall curves per label and a metrics bar chart "
+                   "(PNG) to this directory; needs `pip install 'synnav[plots]'`.  [default: no figures]")
 @common_options
 def evaluate(models: tuple[str, ...], data: Path | None, split: str, fmt: str, max_tokens: int | None,
-             device: str, offline: bool) -> None:
+             plots_dir: Path | None, device: str, offline: bool) -> None:
     """Per-label F1, ROC-AUC, PR-AUC and MCC of trained models on a dataset split."""
-    from synnav_cli.evaluate import evaluate as run_evaluation
+    from synnav_cli.evaluate import evaluate_with_scores
     from synnav_cli.modeldir import resolve_model
     from synnav_cli.report import format_evaluation
 
+    if plots_dir is not None:
+        from synnav_cli.plots import pyplot
+
+        pyplot()  # a missing matplotlib fails before any model runs
     data = data or _bundled_dataset()
-    results = []
+    results, scored = [], []
     for name in models or (None,):
         info, _how = resolve_model(name)
-        results.append(run_evaluation(info, data, split=split, device=device, max_tokens=max_tokens,
-                                      offline=offline))
+        result, scores = evaluate_with_scores(info, data, split=split, device=device, max_tokens=max_tokens,
+                                              offline=offline)
+        results.append(result)
+        scored.append((info.name, result, scores))
     click.echo(format_evaluation(results, fmt), nl=False)
+    if plots_dir is not None:
+        from synnav_cli.plots import ModelScores, write_plots
+
+        written = write_plots([ModelScores(*entry) for entry in scored], plots_dir)
+        console.info(f"Wrote {len(written)} figures to {plots_dir}.")
 
 
 @cli.command()
@@ -200,18 +214,85 @@ def evaluate(models: tuple[str, ...], data: Path | None, split: str, fmt: str, m
               show_default=True, help="Proteins longer than the model's maximum: keep the N-terminal part, "
                                       "average overlapping windows, or skip (reported in the status column).")
 @click.option("--max-tokens", type=int, default=None, help="Padded tokens per batch.  [default: from the device]")
+@click.option("--explain", "explain_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Also write per-residue attributions (integrated gradients) of each protein's predicted "
+                   "labels to this directory: <id>.tsv and an <id>.png track; needs "
+                   "`pip install 'synnav[plots]'`.  [default: no attributions]")
+@click.option("--explain-steps", type=int, default=32, show_default=True,
+              help="Integration steps per protein for --explain; more is smoother and slower.")
+@click.option("--compare", is_flag=True,
+              help="Print a mutant-versus-wild-type table instead of the per-record rows: one row per record "
+                   "named <id>_mut... whose wild type <id> is in the input, with the change in each label's "
+                   "probability (mutant - wild type) and the mutant's predicted, gained and lost labels.  "
+                   "[default: off]")
 @common_options
 def predict(fasta: str, model: str | None, fmt: str, out: Path | None, thresholds: tuple[str, ...],
-            long_policy: str, max_tokens: int | None, device: str, offline: bool) -> None:
+            long_policy: str, max_tokens: int | None, explain_dir: Path | None, explain_steps: int,
+            compare: bool, device: str, offline: bool) -> None:
     """Predict localizations for the proteins in FASTA (a file, or - for stdin).
 
     Writes one row per record, in input order: id, length, one probability per label, the
-    predicted labels and a status (ok, truncated, windowed:N or skipped).
+    predicted labels and a status (ok, truncated, windowed:N or skipped). With --compare the
+    output (stdout or --out, in --format) is the mutant comparison table instead; --explain adds
+    files and leaves the output as it is.
     """
     from synnav_cli.predict import run_prediction
 
-    run_prediction(fasta, model_name=model, fmt=fmt, out=out, threshold_values=thresholds,
-                   long_policy=long_policy, max_tokens=max_tokens, device=device, offline=offline)
+    if explain_dir is None and not compare:
+        run_prediction(fasta, model_name=model, fmt=fmt, out=out, threshold_values=thresholds,
+                       long_policy=long_policy, max_tokens=max_tokens, device=device, offline=offline)
+        return
+    from synnav_cli.session import load_for_scoring, readable_twice
+
+    if explain_dir is not None:
+        from synnav_cli.plots import pyplot
+
+        pyplot()  # a missing matplotlib fails before any model runs
+    with readable_twice(fasta) as source:
+        loaded = None
+        if compare:
+            from synnav_cli.compare import run_comparison
+
+            loaded = load_for_scoring(model, threshold_values=thresholds, device=device, max_tokens=max_tokens,
+                                      offline=offline)
+            run_comparison(loaded, source, fmt=fmt, out=out, long_policy=long_policy)
+        else:
+            run_prediction(source, model_name=model, fmt=fmt, out=out, threshold_values=thresholds,
+                           long_policy=long_policy, max_tokens=max_tokens, device=device, offline=offline)
+        if explain_dir is not None:
+            from synnav_cli.explain import write_explanations
+
+            loaded = loaded or load_for_scoring(model, threshold_values=thresholds, device=device,
+                                                max_tokens=max_tokens, offline=offline)
+            write_explanations(loaded, source, explain_dir, steps=explain_steps)
+
+
+@cli.group()
+def models() -> None:
+    """Trained models in the models directory (SYNNAV_DATA_DIR/models): list them, show one."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.  [default: table]")
+def models_list(as_json: bool) -> None:
+    """Trained models, newest first: backbone, data and split hashes, test mean F1 and ROC-AUC."""
+    from synnav_cli.modeldir import list_models
+    from synnav_cli.models_view import format_model_list
+
+    click.echo(format_model_list(list_models(), as_json=as_json), nl=False)
+
+
+@models.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.  [default: text]")
+def models_show(name: str, as_json: bool) -> None:
+    """Everything about model NAME (a name from `synnav models list`, or a model directory):
+    thresholds, per-label test metrics, data, config and versions."""
+    from synnav_cli.modeldir import resolve_model
+    from synnav_cli.models_view import format_model_details
+
+    info, _how = resolve_model(name)
+    click.echo(format_model_details(info, as_json=as_json), nl=False)
 
 
 def main() -> None:
