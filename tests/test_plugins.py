@@ -1,0 +1,126 @@
+"""The registry: built-ins, third-party entry points, broken plugins, unknown names."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from synnav_cli.cli import cli
+from synnav_cli.errors import UserError
+from synnav_cli.plugins import DEFAULT_BACKBONE, get_backbone
+
+TESTS = Path(__file__).parent
+
+
+def test_backbones_json_lists_builtins_and_one_default(runner):
+    result = runner.invoke(cli, ["backbones", "--json"])
+    assert result.exit_code == 0
+    rows = json.loads(result.output)
+    ids = {row["id"] for row in rows}
+    assert {"esmc600m", "esm2_8m", "tiny"} <= ids
+    assert [row["id"] for row in rows if row["default"]] == [DEFAULT_BACKBONE] == ["esmc600m"]
+    for row in rows:
+        assert {"id", "aliases", "embedding_dim", "max_length", "license", "default"} <= set(row)
+    esmc = next(row for row in rows if row["id"] == "esmc600m")
+    assert esmc["embedding_dim"] == 1152 and "Non-Commercial" in esmc["license"]
+
+
+def test_backbones_table(runner):
+    result = runner.invoke(cli, ["backbones"])
+    assert result.exit_code == 0
+    assert "esmc600m (default)" in result.output and "esm2_8m" in result.output
+
+
+def test_aliases_resolve_case_insensitively():
+    assert get_backbone("TINY-TEST").id == "tiny"
+
+
+def test_unknown_backbone_lists_known_ones(runner, small_dataset):
+    with pytest.raises(UserError, match="known backbones: .*esmc600m"):
+        get_backbone("esm3")
+    result = runner.invoke(cli, ["train", "--backbone", "esm3", "--data", str(small_dataset)])
+    assert result.exit_code == 1 and "unknown backbone 'esm3'" in result.stderr
+
+
+def make_distribution(root: Path, name: str, module_source: str, entry_point: str) -> Path:
+    """An installed distribution, as pip would leave it: a module and a dist-info with entry points."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{name}.py").write_text(textwrap.dedent(module_source))
+    info = root / f"{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[synnav]\n{entry_point}\n")
+    return root
+
+
+THIRD_PARTY = """
+    import sys
+    sys.path.insert(0, {tests!r})
+    from synnav_cli import hookimpl
+    from tiny_backbone import TinyBackbone
+
+    class ThirdParty(TinyBackbone):
+        id = "thirdparty"
+        description = "installed from another distribution"
+
+    @hookimpl
+    def register_backbones(register):
+        register(ThirdParty(), aliases=("tp",))
+"""
+
+
+def run_synnav(args: list[str], site: Path, tmp_path: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "SYNNAV_DATA_DIR": str(tmp_path / "data"), "SYNNAV_CACHE_DIR": str(tmp_path / "cache")}
+    return subprocess.run([sys.executable, "-m", "synnav_cli", *args], capture_output=True, text=True, env=env,
+                          input=stdin, timeout=300)
+
+
+def test_third_party_backbone_trains_and_predicts(tmp_path, small_dataset):
+    site = make_distribution(tmp_path / "site", "synnav_thirdparty", THIRD_PARTY.format(tests=str(TESTS)),
+                             "thirdparty = synnav_thirdparty")
+    listed = run_synnav(["backbones", "--json"], site, tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "thirdparty" in {row["id"] for row in json.loads(listed.stdout)}
+    out = tmp_path / "model"
+    trained = run_synnav(["train", "-b", "tp", "-d", str(small_dataset), "--out", str(out), "--epochs", "1"], site,
+                         tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((out / "synnav-model.json").read_text())["backbone"] == "thirdparty"
+    predicted = run_synnav(["predict", "-m", str(out), "-"], site, tmp_path, stdin=">p1\nMKVLAAG\n>p2\nMSTNP\n")
+    assert predicted.returncode == 0, predicted.stderr
+    assert [line.split("\t")[0] for line in predicted.stdout.splitlines()] == ["id", "p1", "p2"]
+
+
+def test_broken_plugin_costs_one_line(tmp_path):
+    site = make_distribution(tmp_path / "site", "synnav_broken", "raise RuntimeError('boom')\n",
+                             "broken = synnav_broken")
+    make_distribution(site, "synnav_thirdparty", THIRD_PARTY.format(tests=str(TESTS)),
+                      "thirdparty = synnav_thirdparty")
+    result = run_synnav(["backbones", "--json"], site, tmp_path)
+    assert result.returncode == 0
+    ids = {row["id"] for row in json.loads(result.stdout)}
+    assert {"esmc600m", "esm2_8m", "thirdparty"} <= ids
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert errors == ['Error loading plugin "broken": RuntimeError: boom']
+
+
+def test_registering_builds_no_model():
+    # Registration must stay cheap: listing backbones builds no encoder.
+    from synnav_cli.plugins import backbone_registry
+    from tiny_backbone import TinyBackbone
+
+    calls = []
+    original = TinyBackbone.build_encoder
+    TinyBackbone.build_encoder = lambda self, **kw: calls.append(1)
+    try:
+        backbone_registry()
+    finally:
+        TinyBackbone.build_encoder = original
+    assert calls == []
