@@ -1,0 +1,183 @@
+"""A small dilated residual CNN over amino acids: a backbone that needs no pretrained weights.
+
+It exists so that synnav works straight after installation, on a CPU, with nothing to download:
+the bundled model is this network trained from scratch on the synnav dataset. It is far weaker
+than a fine-tuned protein language model, but quick (a protein of 500 residues costs a few
+milliseconds on one core) and small (about 100,000 parameters).
+
+Design, and why:
+
+* Learned amino-acid embeddings plus two fixed physico-chemical channels (Kyte-Doolittle
+  hydrophobicity and charge). The fixed channels give a useful start on small data: signal
+  peptides, transmembrane segments and mitochondrial presequences are hydrophobic or charged
+  stretches.
+* Learned position embeddings for the first residues and for the last ones. Targeting signals
+  sit at the ends (signal peptides and presequences at the N-terminus; KDEL-like ER retention
+  and PDZ-binding motifs of synaptic proteins at the C-terminus), and a convolution alone cannot
+  tell where in the protein it is.
+* ConvNeXt-style residual blocks (depthwise dilated convolution, layer norm, pointwise MLP),
+  cheap on a CPU; growing dilations give a receptive field of a few hundred residues.
+* synnav's head averages the per-residue embeddings. An average dilutes a 30-residue signal in a
+  1000-residue protein, so the encoder appends to every position a few protein-level summaries
+  (a masked max over the protein, a mean over the N-terminal and over the C-terminal residues).
+  Being the same at every position, they pass through the head's mean unchanged.
+
+Padding, ``<cls>`` and ``<eos>`` are zeroed before every convolution and excluded from every
+summary, so a protein gets the same embedding alone as in any padded batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from synnav_cli.backbones.base import Backbone, TokenBatch
+from synnav_cli.backbones.esm_alphabet import ESM_TOKENS, ESM_VOCABULARY
+from synnav_cli.hookspecs import hookimpl
+
+# Kyte & Doolittle (1982) hydropathy, scaled to [-1, 1].
+_HYDROPATHY = {
+    "A": 1.8, "R": -4.5, "N": -3.5, "D": -3.5, "C": 2.5, "Q": -3.5, "E": -3.5, "G": -0.4,
+    "H": -3.2, "I": 4.5, "L": 3.8, "K": -3.9, "M": 1.9, "F": 2.8, "P": -1.6, "S": -0.8,
+    "T": -0.7, "W": -0.9, "Y": -1.3, "V": 4.2,
+}  # fmt: skip
+# Side-chain charge near pH 7 (histidine mostly neutral).
+_CHARGE = {"K": 1.0, "R": 1.0, "H": 0.1, "D": -1.0, "E": -1.0}
+
+N_TERMINAL = 50  # residues with their own position embedding; also the N-terminal summary window
+C_TERMINAL = 20  # the same at the C-terminus
+PRETRAINED_SEED = 20261125
+
+
+def _property_table() -> torch.Tensor:
+    table = torch.zeros(len(ESM_TOKENS), 2)
+    for i, token in enumerate(ESM_TOKENS):
+        table[i, 0] = _HYDROPATHY.get(token, 0.0) / 4.5
+        table[i, 1] = _CHARGE.get(token, 0.0)
+    return table
+
+
+class _Block(nn.Module):
+    """Depthwise dilated convolution, then a per-position MLP; pre-norm residual."""
+
+    def __init__(self, dim: int, kernel_size: int, dilation: int, dropout: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(dim, dim, kernel_size, padding=dilation * (kernel_size // 2),
+                              dilation=dilation, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.up = nn.Linear(dim, 2 * dim)
+        self.act = nn.GELU()
+        self.down = nn.Linear(2 * dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        # Zeroing before the convolution is what keeps padding (and a neighbour's residues, in a
+        # batch) from leaking into a protein's edges.
+        h = self.conv((x * keep).transpose(1, 2)).transpose(1, 2)
+        h = self.down(self.act(self.up(self.norm(h))))
+        return x + self.dropout(h)
+
+
+class AACNNEncoder(nn.Module):
+    """``forward(input_ids, attention_mask)`` -> ``[batch, length, 4 * dim]``.
+
+    Per position: the local features of the patch the residue falls in, then the protein's
+    masked max, N-terminal mean and C-terminal mean of the patch features (repeated at every
+    position).
+    """
+
+    def __init__(
+        self,
+        dim: int = 64,
+        residue_dim: int = 32,
+        patch: int = 4,
+        kernel_size: int = 7,
+        dilations: Sequence[int] = (1, 2, 4, 8, 1),
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.dim, self.patch = dim, patch
+        self.embed = nn.Embedding(len(ESM_VOCABULARY), residue_dim - 2, padding_idx=ESM_VOCABULARY.pad_id)
+        self.register_buffer("properties", _property_table(), persistent=False)
+        # Index N_TERMINAL (resp. C_TERMINAL) means "further in"; it is the padding row, kept at 0.
+        self.n_position = nn.Embedding(N_TERMINAL + 1, residue_dim, padding_idx=N_TERMINAL)
+        self.c_position = nn.Embedding(C_TERMINAL + 1, residue_dim, padding_idx=C_TERMINAL)
+        # Residues are read in non-overlapping patches: the blocks then run on a quarter of the
+        # positions, which is what makes CPU training affordable. Position embeddings are added
+        # per residue, before patching, so the exact offset of an N-terminal motif survives.
+        self.stem = nn.Conv1d(residue_dim, dim, kernel_size=patch, stride=patch)
+        self.blocks = nn.ModuleList(_Block(dim, kernel_size, d, dropout) for d in dilations)
+        self.norm = nn.LayerNorm(dim)
+        nn.init.normal_(self.n_position.weight, std=0.1)
+        nn.init.normal_(self.c_position.weight, std=0.1)
+        with torch.no_grad():
+            self.n_position.weight[N_TERMINAL].zero_()
+            self.c_position.weight[C_TERMINAL].zero_()
+
+    def _patches(self, values: torch.Tensor) -> torch.Tensor:
+        """Mean of ``values`` ([B, L', C], L' a multiple of the patch) over each patch."""
+        batch, length, channels = values.shape
+        return values.view(batch, length // self.patch, self.patch, channels).mean(dim=2)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        length = input_ids.shape[1]
+        residues = attention_mask.bool() & (input_ids != ESM_VOCABULARY.cls_id) & (input_ids != ESM_VOCABULARY.eos_id)
+        index = residues.long().cumsum(dim=1) - 1  # residue number from the N-terminus
+        from_end = residues.sum(dim=1, keepdim=True) - 1 - index  # ... and from the C-terminus
+        n_index = index.clamp(0, N_TERMINAL).masked_fill(~residues, N_TERMINAL)
+        c_index = from_end.clamp(0, C_TERMINAL).masked_fill(~residues, C_TERMINAL)
+
+        x = torch.cat([self.embed(input_ids), self.properties[input_ids]], dim=-1)
+        x = x + self.n_position(n_index) + self.c_position(c_index)
+        keep = residues.unsqueeze(-1).to(x.dtype)
+        # Pad to whole patches with zeros; a protein's patches then do not depend on the batch.
+        extra = -length % self.patch
+        n_weight = keep * (index < N_TERMINAL).unsqueeze(-1)
+        c_weight = keep * (from_end < C_TERMINAL).unsqueeze(-1)
+        per_residue = torch.nn.functional.pad(torch.cat([x * keep, keep, n_weight, c_weight], dim=-1),
+                                              (0, 0, 0, extra))
+        x, keep, n_weight, c_weight = per_residue.split([x.shape[-1], 1, 1, 1], dim=-1)
+        x = self.stem(x.transpose(1, 2)).transpose(1, 2)
+        patch_keep = (self._patches(keep) > 0).to(x.dtype)
+        for block in self.blocks:
+            x = block(x, patch_keep)
+        x = self.norm(x) * patch_keep
+
+        present = patch_keep.bool()
+        peak = x.masked_fill(~present, float("-inf")).amax(dim=1)
+        peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+        n_weight, c_weight = self._patches(n_weight), self._patches(c_weight)
+        n_mean = (x * n_weight).sum(dim=1) / n_weight.sum(dim=1).clamp_min(1e-6)
+        c_mean = (x * c_weight).sum(dim=1) / c_weight.sum(dim=1).clamp_min(1e-6)
+        local = x.repeat_interleave(self.patch, dim=1)[:, :length]
+        summary = torch.cat([peak, n_mean, c_mean], dim=-1).unsqueeze(1).expand(-1, length, -1)
+        return torch.cat([local, summary], dim=-1)
+
+
+class AACNNBackbone(Backbone):
+    id = "aacnn"
+    embedding_dim = 4 * 64
+    max_length = 2000
+    license = "MIT"
+    description = "small dilated residual CNN over amino acids, trained from scratch (no download)"
+    weights_repo = None
+
+    def tokenize(self, sequences: Sequence[str]) -> TokenBatch:
+        return ESM_VOCABULARY.batch(sequences)
+
+    def build_encoder(self, *, pretrained: bool = True, offline: bool = False) -> nn.Module:
+        # There are no published weights. The "pretrained" encoder is a random initialisation from
+        # a fixed seed, so that a model trained with --freeze (which stores only the head) gets
+        # the same encoder back when it is loaded; a fine-tuned model stores the whole encoder.
+        if pretrained:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(PRETRAINED_SEED)
+                return AACNNEncoder()
+        return AACNNEncoder()
+
+
+@hookimpl
+def register_backbones(register):
+    register(AACNNBackbone(), aliases=("aa-cnn",))
