@@ -51,11 +51,11 @@ def _verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
 def common_options(function):
     """--device, --offline, --quiet and --verbose, shared by the commands that run models."""
     function = click.option("--verbose", "-v", is_flag=True, expose_value=False, callback=_verbosity,
-                            help="Say more on stderr.")(function)
+                            help="Say more on stderr.  [default: off]")(function)
     function = click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=_verbosity,
-                            help="Say nothing on stderr but errors and warnings.")(function)
+                            help="Say nothing on stderr but errors and warnings.  [default: off]")(function)
     function = click.option("--offline", is_flag=True, envvar="SYNNAV_OFFLINE",
-                            help="Never download weights; use the cache only. [env: SYNNAV_OFFLINE]")(function)
+                            help="Never download weights; use the cache only.  [default: off; env: SYNNAV_OFFLINE]")(function)
     function = click.option("--device", default="auto", show_default=True,
                             help="auto, cpu, cuda, cuda:N or mps.")(function)
     return function
@@ -69,7 +69,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.  [default: table]")
 def backbones(as_json: bool) -> None:
     """List the backbones the plugin registry holds."""
     from synnav_cli.plugins import DEFAULT_BACKBONE, backbone_registry
@@ -112,7 +112,8 @@ def _print_table(headers: list[str], rows: list[list[str]]) -> None:
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Model directory to create.  [default: <data dir>/models/<backbone>-<time>]")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
-              help="JSON config; the origin's keys (batch_size, lr, epochs, precision, loss, ...) work.")
+              help="JSON config; the origin's keys (batch_size, lr, epochs, precision, loss, ...) work.  "
+                   "[default: none; options given on the command line win]")
 @click.option("--epochs", type=int, default=None, help="Passes over the training split.  [default: 30]")
 @click.option("--lr", "learning_rate", type=float, default=None, help="Peak learning rate.  [default: 1e-4]")
 @click.option("--batch-size", type=int, default=None, help="Most proteins per step.  [default: 8]")
@@ -122,14 +123,14 @@ def _print_table(headers: list[str], rows: list[list[str]]) -> None:
               help="Numeric precision on GPUs (CPU runs fp32).  [default: auto]")
 @click.option("--loss", type=click.Choice(["a2", "balanced", "unweighted"]), default=None,
               help="Class weighting of the BCE loss.  [default: a2]")
-@click.option("--freeze", is_flag=True, default=None, help="Train the head only; keep the encoder's weights.")
+@click.option("--freeze", is_flag=True, default=None, help="Train the head only; keep the encoder's weights.  [default: off]")
 @click.option("--seed", type=int, default=None, help="Seed for split, initialisation and batch order.  [default: 0]")
 @click.option("--max-length", type=int, default=None, help="Cut longer proteins to their first N residues.  [default: 1800]")
 @click.option("--threshold-metric", type=click.Choice(["f1", "mcc"]), default=None,
               help="Metric maximised on dev to choose each label's threshold.  [default: f1]")
-@click.option("--force", is_flag=True, help="Replace an existing model directory.")
+@click.option("--force", is_flag=True, help="Replace an existing model directory.  [default: off]")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
-              help="Continue an interrupted run (its <out>.partial directory).")
+              help="Continue an interrupted run (its <out>.partial directory).  [default: start a new run]")
 @common_options
 def train(resume: Path | None, data: Path | None, out: Path | None, config_file: Path | None, force: bool,
           device: str, offline: bool, **options) -> None:
@@ -206,7 +207,7 @@ def evaluate(models: tuple[str, ...], data: Path | None, split: str, fmt: str, m
 @click.option("--format", "fmt", type=click.Choice(["tsv", "csv", "jsonl"]), default="tsv", show_default=True,
               help="Output format.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
-              help="Write to this file (atomically) instead of stdout.")
+              help="Write to this file (atomically) instead of stdout.  [default: stdout]")
 @click.option("--threshold", "thresholds", multiple=True,
               help="Decision threshold: a number for every label, or LABEL=NUMBER; repeatable.  "
                    "[default: the model's tuned thresholds]")
