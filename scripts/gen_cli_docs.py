@@ -32,7 +32,10 @@ Every command also prints this text with `--help` (or `-h`). See the
 
 
 def _sections(command: click.Command, parent: click.Context | None, name: str) -> list[tuple[str, str]]:
-    ctx = click.Context(command, info_name=name, parent=parent, terminal_width=WIDTH, max_content_width=WIDTH)
+    # The command's own context settings (``-h`` as a help option, say) apply as on the command line;
+    # click only reads them in make_context, which would parse arguments.
+    settings = {**command.context_settings, "terminal_width": WIDTH, "max_content_width": WIDTH}
+    ctx = click.Context(command, info_name=name, parent=parent, **settings)
     sections = [(ctx.command_path, command.get_help(ctx))]
     if isinstance(command, click.Group):
         for sub_name in command.list_commands(ctx):

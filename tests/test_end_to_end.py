@@ -128,7 +128,7 @@ def test_predict_uses_newest_model_by_default(runner, trained, small_dataset, tm
 
 
 def test_long_proteins_follow_the_policy(runner, trained, tmp_path):
-    long_protein = "MKV" * 150  # 450 residues; the tiny backbone takes 300
+    long_protein = "MKV" * 250  # 750 residues; the tiny backbone takes 512
     text = f">short\nMKVLAAGG\n>long\n{long_protein}\n"
     statuses = {}
     for policy in ("truncate", "window", "skip"):
@@ -136,7 +136,7 @@ def test_long_proteins_follow_the_policy(runner, trained, tmp_path):
         assert result.exit_code == 0, result.output
         rows = list(csv.DictReader(io.StringIO(result.stdout), delimiter="\t"))
         assert [r["id"] for r in rows] == ["short", "long"]
-        assert rows[1]["length"] == "450"
+        assert rows[1]["length"] == "750"
         statuses[policy] = rows[1]["status"]
         if policy == "skip":
             assert rows[1]["cytosol"] == ""

@@ -25,7 +25,7 @@ class TinyEncoder(nn.Module):
 class TinyBackbone(Backbone):
     id = "tiny"
     embedding_dim = 16
-    max_length = 300
+    max_length = 512
     license = "MIT"
     description = "test backbone"
 

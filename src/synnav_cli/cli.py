@@ -217,8 +217,9 @@ def evaluate(models: tuple[str, ...], data: Path | None, split: str, fmt: str, m
 @click.option("--max-tokens", type=int, default=None, help="Padded tokens per batch.  [default: from the device]")
 @click.option("--explain", "explain_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Also write per-residue attributions (integrated gradients) of each protein's predicted "
-                   "labels to this directory: <id>.tsv and an <id>.png track; needs "
-                   "`pip install 'synnav[plots]'`.  [default: no attributions]")
+                   "labels to this directory: <id>.tsv and an <id>.png track; proteins over the model's "
+                   "maximum are explained over their N-terminal part. Needs `pip install 'synnav[plots]'`.  "
+                   "[default: no attributions]")
 @click.option("--explain-steps", type=int, default=32, show_default=True,
               help="Integration steps per protein for --explain; more is smoother and slower.")
 @click.option("--compare", is_flag=True,
@@ -294,6 +295,11 @@ def models_show(name: str, as_json: bool) -> None:
 
     info, _how = resolve_model(name)
     click.echo(format_model_details(info, as_json=as_json), nl=False)
+
+
+from synnav_cli.cache_cli import cache_group  # noqa: E402  (a command group of its own module)
+
+cli.add_command(cache_group)
 
 
 def main() -> None:

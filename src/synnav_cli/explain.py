@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from synnav_cli import console, hardware
+from synnav_cli.backbones.base import TokenBatch
 from synnav_cli.data import FastaRecord, read_fasta
 from synnav_cli.errors import UserError
 from synnav_cli.session import LoadedModel
@@ -41,7 +42,7 @@ class Explanation:
     attributions: np.ndarray  # [residues, labels]
 
 
-def _baseline_id(loaded: LoadedModel, batch) -> int:
+def _baseline_id(loaded: LoadedModel) -> int:
     chosen = loaded.backbone.baseline_token_id()
     if chosen is not None:
         return int(chosen)
@@ -54,7 +55,9 @@ def _baseline_id(loaded: LoadedModel, batch) -> int:
     return int(padded.input_ids[0, ~padded.attention_mask[0]][0])
 
 
-def attribute(loaded: LoadedModel, sequence: str, label_indices: list[int], *, steps: int = DEFAULT_STEPS) -> np.ndarray:
+def attribute(
+    loaded: LoadedModel, sequence: str, label_indices: list[int], *, steps: int = DEFAULT_STEPS
+) -> np.ndarray:
     """Integrated-gradients attributions ``[len(sequence), len(label_indices)]``.
 
     Arguments:
@@ -67,7 +70,8 @@ def attribute(loaded: LoadedModel, sequence: str, label_indices: list[int], *, s
     device = runtime.device
     batch = loaded.backbone.tokenize([sequence]).to(device)
     embedding = loaded.backbone.input_embedding(model.encoder)
-    baseline_ids = torch.where(batch.residue_mask, torch.full_like(batch.input_ids, _baseline_id(loaded, batch)),
+    # Only residues move along the path; special tokens keep their embeddings throughout.
+    baseline_ids = torch.where(batch.residue_mask, torch.full_like(batch.input_ids, _baseline_id(loaded)),
                                batch.input_ids)
     with torch.no_grad():
         real = embedding(batch.input_ids).float()
@@ -75,6 +79,7 @@ def attribute(loaded: LoadedModel, sequence: str, label_indices: list[int], *, s
     difference = real - base  # [1, tokens, dim]; zero outside the residues
     alphas = (torch.arange(steps, dtype=torch.float32, device=device) + 0.5) / steps
     tokens = batch.input_ids.shape[1]
+    # Path points are scored as one batch, as many at a time as the token budget allows.
     per_pass = max(1, min(steps, runtime.max_tokens // max(tokens, 1)))
     gradients = torch.zeros((len(label_indices), *real.shape[1:]), device=device)
     replacement: dict[str, torch.Tensor] = {}
@@ -89,8 +94,8 @@ def attribute(loaded: LoadedModel, sequence: str, label_indices: list[int], *, s
             chunk = alphas[start : start + per_pass]
             interpolated = (base + chunk[:, None, None] * difference).requires_grad_(True)
             replacement["embeddings"] = interpolated
-            repeated = type(batch)(batch.input_ids.repeat(len(chunk), 1), batch.attention_mask.repeat(len(chunk), 1),
-                                   batch.residue_mask.repeat(len(chunk), 1))
+            repeated = TokenBatch(batch.input_ids.repeat(len(chunk), 1), batch.attention_mask.repeat(len(chunk), 1),
+                                  batch.residue_mask.repeat(len(chunk), 1))
             with torch.enable_grad(), hardware.autocast(device, runtime.precision):
                 probabilities = torch.sigmoid(model(repeated).float())
             for k, j in enumerate(label_indices):
@@ -148,8 +153,8 @@ def write_tsv(explanation: Explanation, path: Path) -> None:
 def write_track(plt, explanation: Explanation, path: Path) -> None:
     """One panel per label: attribution along the sequence, positive up, negative down."""
     count = len(explanation.labels)
-    figure, panels = plt.subplots(count, 1, figsize=(max(6.0, min(18.0, len(explanation.sequence) / 40)), 1.8 * count + 0.6),
-                                  sharex=True, squeeze=False)
+    width = max(6.0, min(18.0, len(explanation.sequence) / 40))
+    figure, panels = plt.subplots(count, 1, figsize=(width, 1.8 * count + 0.6), sharex=True, squeeze=False)
     positions = np.arange(1, len(explanation.sequence) + 1)
     for k, (label, probability) in enumerate(zip(explanation.labels, explanation.probabilities)):
         axes = panels[k][0]

@@ -2,6 +2,11 @@
 
 Training state is checkpointed after every epoch in ``<out>.partial/``; ``resume`` continues
 from there. The finished model directory appears only when training completes.
+
+Under ``torchrun`` the same code trains with DistributedDataParallel: every rank builds the same
+batch list from the seed and takes a round-robin share of the rows of each batch, so an optimiser
+step sees the same global batch (and the same gradient) as in one process. Only rank 0 writes the
+workspace and the model directory, which must therefore be on a filesystem every rank can read.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from synnav_cli import __version__, batching, console, hardware, paths
+from synnav_cli import __version__, batching, console, distributed, hardware, paths
 from synnav_cli.data import Dataset, assign_splits, read_dataset
 from synnav_cli.errors import UserError
 from synnav_cli.inference import Runtime, score_sequences
@@ -191,6 +198,53 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+class _BatchDropout(nn.Module):
+    """Dropout with a mask drawn for the whole global batch, then cut to this rank's rows.
+
+    Every rank draws the same mask from the same RNG state, so a protein gets the same mask
+    whichever rank (or how many ranks) it is trained on, and N-process training follows the
+    1-process run. ``mask`` is set before each training step; in eval mode this is the identity.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.mask: torch.Tensor | None = None
+
+    def draw(self, rows: int, width: int, keep: list[int], device: torch.device) -> None:
+        full = (torch.rand(rows, width) >= self.p).float() / (1.0 - self.p)
+        self.mask = full[keep].to(device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or self.mask is None:
+            return x
+        return x * self.mask.to(x.dtype)
+
+
+def _local_rows(index: list[int]) -> tuple[list[int], list[int], float]:
+    """This rank's positions within a global batch, and 1.0, or 0.0 when it has none.
+
+    A rank with no rows still runs a step on one row with zero weight: DistributedDataParallel
+    needs every rank in every gradient all-reduce.
+    """
+    positions = list(range(distributed.rank(), len(index), distributed.world_size()))
+    if positions:
+        return positions, [index[p] for p in positions], 1.0
+    return [0], [index[0]], 0.0
+
+
+def _shard_loss(logits, targets, pos_weight, known_global: int, weight: float) -> torch.Tensor:
+    """This rank's part of the global batch loss, scaled so that DDP's gradient average equals
+    the gradient of :func:`masked_bce` over the whole global batch.
+
+    masked_bce divides by the number of known labels in the batch; here that count is the
+    global one, and the factor ``world`` undoes DDP's division by the number of ranks.
+    """
+    known_local = int((~torch.isnan(targets)).sum())
+    local_sum = masked_bce(logits, targets, pos_weight) * max(known_local, 1)
+    return local_sum * (weight * distributed.world_size() / max(known_global, 1))
+
+
 def default_out_dir(backbone_id: str) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return paths.models_dir() / f"{backbone_id}-{stamp}"
@@ -216,9 +270,11 @@ def train(
         offline: never download; use only cached weights.
     """
     config.validate()
+    distributed.init()
     backbone = get_backbone(config.backbone)
     config.backbone = backbone.id
-    out = Path(out) if out is not None else default_out_dir(backbone.id)
+    # Ranks would each stamp their own time; rank 0's name is the one used.
+    out = distributed.broadcast(Path(out) if out is not None else default_out_dir(backbone.id))
     if out.exists() and not force:
         raise UserError(f"{out} already exists; choose another --out or pass --force")
     workspace = out.with_name(out.name + ".partial")
@@ -227,17 +283,21 @@ def train(
             f"an interrupted run is waiting in {workspace}; continue it with "
             f"`synnav train --resume {workspace}` or delete that directory"
         )
-    workspace.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(
-        workspace / RUN_FILE,
-        {"config": asdict(config), "data": str(Path(data_path).resolve()), "out": str(out.resolve()),
-         "force": force},
-    )
+    distributed.barrier()  # every rank has checked before rank 0 creates the workspace
+    if distributed.is_main():
+        workspace.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(
+            workspace / RUN_FILE,
+            {"config": asdict(config), "data": str(Path(data_path).resolve()), "out": str(out.resolve()),
+             "force": force},
+        )
+    distributed.barrier()
     return _run(workspace, device=device, offline=offline)
 
 
 def resume(workspace: Path, *, device: str = "auto", offline: bool = False) -> TrainResult:
     """Continue an interrupted run from its last checkpoint (``<out>.partial`` or ``<out>``)."""
+    distributed.init()
     workspace = Path(workspace)
     if not (workspace / RUN_FILE).exists():
         sibling = workspace.with_name(workspace.name + ".partial")
@@ -266,7 +326,7 @@ def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
         if cut:
             console.info(f"{cut} {name} proteins longer than {limit} residues keep their first {limit}.")
 
-    torch_device = hardware.pick_device(device)
+    torch_device = distributed.pick_device(device)
     precision = hardware.resolve_precision(torch_device, config.precision)
     max_tokens = config.max_tokens or hardware.default_token_budget(
         torch_device, embedding_dim=backbone.embedding_dim, training=not config.freeze
@@ -276,7 +336,8 @@ def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
     console.info(
         f"Training {backbone.id} on {len(parts['train'])} proteins "
         f"(dev {len(parts['dev'])}, test {len(parts['test'])}), device {torch_device}, "
-        f"precision {precision}, up to {config.batch_size} proteins / {max_tokens} tokens a batch."
+        f"precision {precision}, up to {config.batch_size} proteins / {max_tokens} tokens a batch"
+        + (f", over {distributed.world_size()} processes." if distributed.active() else ".")
     )
 
     torch.manual_seed(config.seed)
@@ -284,6 +345,9 @@ def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
     model = LocalizationModel(encoder, backbone.embedding_dim, len(dataset.label_names)).to(torch_device)
     if config.freeze:
         model.encoder.requires_grad_(False)
+    dropout = model.head.dropout = _BatchDropout(model.head.dropout.p)
+    # Gradients are averaged across ranks in backward; one process trains the model itself.
+    net = DistributedDataParallel(model) if distributed.active() else model
     weights = positive_weights(parts["train"].labels, dataset.label_names, config.loss)
     pos_weight = torch.tensor(weights, device=torch_device)
     console.detail("pos_weight: " + ", ".join(f"{n}={w:.2f}" for n, w in zip(dataset.label_names, weights)))
@@ -291,6 +355,9 @@ def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     runtime = Runtime(torch_device, precision, max_tokens, config.batch_size)
+
+    def score(sequences: list[str]) -> np.ndarray:
+        return distributed.score_sharded(lambda part: score_sequences(model, backbone, part, runtime), sequences)
     rng = np.random.default_rng(config.seed)
     lengths = [len(s) + 2 for s in parts["train"].sequences]
     steps_per_epoch = len(batching.training_batches(lengths, max_tokens, config.batch_size, np.random.default_rng(0)))
@@ -332,11 +399,14 @@ def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
             progress = console.Progress(len(lengths), f"epoch {epoch + 1}/{config.epochs}")
             total_loss = 0.0
             for index in batches:
-                batch = backbone.tokenize([parts["train"].sequences[i] for i in index]).to(torch_device)
-                targets = labels_train[index].to(torch_device)
+                positions, rows, weight = _local_rows(index)
+                known_global = int((~torch.isnan(labels_train[index])).sum())
+                dropout.draw(len(index), backbone.embedding_dim, positions, torch_device)
+                batch = backbone.tokenize([parts["train"].sequences[i] for i in rows]).to(torch_device)
+                targets = labels_train[rows].to(torch_device)
                 with hardware.autocast(torch_device, precision):
-                    logits = model(batch)
-                loss = masked_bce(logits, targets, pos_weight)
+                    logits = net(batch)
+                loss = _shard_loss(logits, targets, pos_weight, known_global, weight)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
@@ -344,41 +414,47 @@ def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                step_loss = loss.item()
+                # Summed over ranks (once an epoch, below) this is the global batch loss.
+                step_loss = loss.item() / distributed.world_size()
                 total_loss += step_loss * len(index)
                 progress.advance(len(index), f"loss {step_loss:.4f}")
             progress.close()
-            dev_probs = score_sequences(model, backbone, parts["dev"].sequences, runtime)
+            total_loss = distributed.sum_across(total_loss)
+            dev_probs = score(parts["dev"].sequences)
             dev_metrics = evaluate_predictions(parts["dev"].labels, dev_probs, dataset.label_names,
                                                [0.5] * len(dataset.label_names))
-            score = selection_score(dev_metrics)
+            dev_score = selection_score(dev_metrics)
             record = {"epoch": epoch + 1, "train_loss": round(total_loss / len(lengths), 6),
                       "dev_mean_roc_auc": dev_metrics["mean"]["roc_auc"],
                       "dev_mean_pr_auc": dev_metrics["mean"]["pr_auc"],
                       "seconds": round(time.monotonic() - started, 2)}
             history.append(record)
-            improved = score > best_score or best_epoch == 0
+            improved = dev_score > best_score or best_epoch == 0
             if improved:
-                best_score, best_epoch = score, epoch + 1
-                _save_atomic(model.state_dict(), best_path)
+                best_score, best_epoch = dev_score, epoch + 1
+                if distributed.is_main():
+                    _save_atomic(model.state_dict(), best_path)
             console.info(
                 f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "
                 f"dev mean ROC-AUC {_fmt(record['dev_mean_roc_auc'])}"
                 f"{' (best)' if improved else ''}, {record['seconds']:.1f}s"
             )
-            _save_atomic(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                 "epoch": epoch + 1, "best_score": best_score, "best_epoch": best_epoch,
-                 "history": history, "batch_rng": rng.bit_generator.state, "rng": _rng_state()},
-                checkpoint_path,
-            )
-            if stop.requested and epoch + 1 < config.epochs:
+            if distributed.is_main():
+                _save_atomic(
+                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                     "epoch": epoch + 1, "best_score": best_score, "best_epoch": best_epoch,
+                     "history": history, "batch_rng": rng.bit_generator.state, "rng": _rng_state()},
+                    checkpoint_path,
+                )
+            distributed.barrier()  # the checkpoint is complete before any rank may stop
+            # A signal may reach the ranks at different moments; all stop at the same epoch.
+            if distributed.any_rank(stop.requested) and epoch + 1 < config.epochs:
                 raise UserError(f"training stopped after epoch {epoch + 1}; "
                                 f"continue with `synnav train --resume {workspace}`")
 
     model.load_state_dict(torch.load(best_path, map_location=torch_device, weights_only=True))
-    probs = {name: score_sequences(model, backbone, part.sequences, runtime) for name, part in parts.items() if len(part)}
+    probs = {name: score(part.sequences) for name, part in parts.items() if len(part)}
     thresholds = [
         tune_threshold(parts["dev"].labels[:, j], probs["dev"][:, j], config.threshold_metric)
         for j in range(len(dataset.label_names))
@@ -387,8 +463,10 @@ def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
                for name, p in probs.items()}
     meta = _metadata(config, backbone, dataset, run["data"], thresholds, metrics, best_epoch, history,
                      weights, precision, torch_device)
-    save_model_dir(out, model, meta, encoder_frozen=config.freeze, force=run.get("force", False))
-    shutil.rmtree(workspace, ignore_errors=True)
+    if distributed.is_main():
+        save_model_dir(out, model, meta, encoder_frozen=config.freeze, force=run.get("force", False))
+        shutil.rmtree(workspace, ignore_errors=True)
+    distributed.barrier()
     console.info(f"Saved model to {out} (best epoch {best_epoch}).")
     return TrainResult(out, metrics, best_epoch, history)
 

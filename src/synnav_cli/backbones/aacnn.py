@@ -90,8 +90,8 @@ class AACNNEncoder(nn.Module):
 
     def __init__(
         self,
-        dim: int = 64,
-        residue_dim: int = 32,
+        dim: int = 96,
+        residue_dim: int = 48,
         patch: int = 4,
         kernel_size: int = 7,
         dilations: Sequence[int] = (1, 2, 4, 8, 1),
@@ -158,7 +158,7 @@ class AACNNEncoder(nn.Module):
 
 class AACNNBackbone(Backbone):
     id = "aacnn"
-    embedding_dim = 4 * 64
+    embedding_dim = 4 * 96
     max_length = 2000
     license = "MIT"
     description = "small dilated residual CNN over amino acids, trained from scratch (no download)"

@@ -1,0 +1,149 @@
+"""torch.distributed for commands launched by ``torchrun``: process group, rank, sharding.
+
+Without ``WORLD_SIZE > 1`` in the environment every helper degrades to the single-process
+answer (rank 0 of 1, barriers do nothing), so callers need no special case.
+
+Sharding is round-robin (item ``i`` belongs to rank ``i % world``): every rank can take its
+share of a list or a stream without knowing its length, and :func:`unshard` restores input order.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from synnav_cli import console, hardware
+from synnav_cli.errors import UserError
+
+# Ranks wait at barriers while rank 0 writes a model directory or scores a long test split.
+TIMEOUT = timedelta(hours=2)
+
+
+def requested() -> bool:
+    """True when a launcher (torchrun) asked for more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def init() -> None:
+    """Join the process group torchrun described in the environment; idempotent.
+
+    gloo on CPU, nccl when CUDA is present (one GPU per local rank). Ranks other than 0 say
+    only warnings and errors, so a run prints its messages once.
+    """
+    if not requested() or (dist.is_available() and dist.is_initialized()):
+        return
+    if not dist.is_available():
+        raise UserError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://", timeout=TIMEOUT)
+    atexit.register(teardown)
+    if dist.get_rank() != 0:
+        console.set_verbosity(quiet=True)
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def pick_device(requested_device: str) -> torch.device:
+    """Each rank gets its own GPU (``cuda:LOCAL_RANK``); otherwise as :func:`hardware.pick_device`."""
+    if active() and torch.cuda.is_available() and requested_device in ("auto", "cuda"):
+        return torch.device("cuda", local_rank())
+    return hardware.pick_device(requested_device)
+
+
+def gather(obj: object) -> list:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not active():
+        return [obj]
+    result: list = [None] * world_size()
+    dist.all_gather_object(result, obj)
+    return result
+
+
+def broadcast(obj: object) -> object:
+    """Rank 0's ``obj`` on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any; keeps ranks agreeing on when to stop."""
+    if not active():
+        return flag
+    value = torch.tensor([int(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def sum_across(value: float) -> float:
+    if not active():
+        return value
+    total = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(total)
+    return float(total.item())
+
+
+def shard(items: Sequence) -> list:
+    """This rank's round-robin share of ``items``."""
+    return list(items[rank() :: world_size()])
+
+
+def unshard(parts: Sequence[Sequence]) -> list:
+    """Interleave per-rank shards (in rank order) back into input order."""
+    world = len(parts)
+    total = sum(len(p) for p in parts)
+    result: list = [None] * total
+    for r, part in enumerate(parts):
+        result[r:total:world] = part
+    return result
+
+
+def score_sharded(score: Callable[[list], np.ndarray], items: Sequence) -> np.ndarray:
+    """``score(items)`` with each rank scoring its share; the full result is on every rank."""
+    if not active():
+        return score(list(items))
+    parts = gather(score(shard(items)))
+    width = next((p.shape[1] for p in parts if p.ndim == 2 and len(p)), 0)
+    result = np.zeros((len(items), width), dtype=np.float32)
+    for r, part in enumerate(parts):
+        if len(part):
+            result[r :: world_size()] = part
+    return result

@@ -1,0 +1,134 @@
+"""The built-in aacnn backbone and the bundled model trained on it."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+import torch
+
+from synnav_cli.backbones.aacnn import C_TERMINAL, N_TERMINAL, AACNNBackbone
+from synnav_cli.cli import cli
+from synnav_cli.modeldir import load_model, resolve_model
+from synnav_cli.plugins import backbone_registry, get_backbone
+from synnav_cli.resources import bundled_model_path
+
+PROTEINS = {
+    # Short, medium and long, so a batch holds several patch alignments and lots of padding.
+    "short": "MKWVTFISLL",
+    "odd": "MLSRAVCGTSRQLAPVLGYLGSRQKHSLPD",
+    "medium": "MAAALRSAGVLLRRGLTPGARAAGVQLAALPSRALSTTEVRESRIFAEVKDLLGRHAPQTSAEELRQWAEEQSQKEEAVA" * 2,
+    "long": "MSDEEARQSGGSSQAGVVTVSDVQELMRRKEEIEAQIKANYDVLESQKGIGMNEPLVDCEGYPRSDVDLYQVRTARHNIICL" * 4,
+}
+
+
+def test_registered_and_needs_no_weights():
+    registry = backbone_registry()
+    assert "aacnn" in registry.backbones
+    backbone = get_backbone("aacnn")
+    assert isinstance(backbone, AACNNBackbone)
+    assert backbone.weights_repo is None
+    assert backbone.weights_cached() is None
+    assert backbone.license == "MIT"
+    assert backbone.description
+
+
+def test_build_encoder_offline_without_any_download():
+    backbone = get_backbone("aacnn")
+    for pretrained in (True, False):
+        encoder = backbone.build_encoder(pretrained=pretrained, offline=True)
+        params = sum(p.numel() for p in encoder.parameters())
+        assert 10_000 < params < 2_000_000
+
+
+def test_pretrained_encoder_is_reproducible():
+    # A model trained with --freeze stores only the head; its encoder must come back identical.
+    backbone = get_backbone("aacnn")
+    first = backbone.build_encoder(pretrained=True).state_dict()
+    torch.manual_seed(99)
+    second = backbone.build_encoder(pretrained=True).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_forward_shapes():
+    backbone = get_backbone("aacnn")
+    encoder = backbone.build_encoder(pretrained=False).eval()
+    batch = backbone.tokenize(list(PROTEINS.values()))
+    with torch.no_grad():
+        hidden = encoder(batch.input_ids, batch.attention_mask)
+    longest = max(len(s) for s in PROTEINS.values())
+    assert batch.input_ids.shape == (len(PROTEINS), longest + 2)  # <cls> and <eos>
+    assert hidden.shape == (len(PROTEINS), longest + 2, backbone.embedding_dim)
+    assert torch.isfinite(hidden).all()
+
+
+def test_batched_equals_alone():
+    """Padding and neighbouring proteins must not change a protein's embedding."""
+    backbone = get_backbone("aacnn")
+    torch.manual_seed(0)
+    encoder = backbone.build_encoder(pretrained=False).eval()
+    sequences = list(PROTEINS.values())
+    batch = backbone.tokenize(sequences)
+    with torch.no_grad():
+        together = encoder(batch.input_ids, batch.attention_mask)
+        for row, sequence in enumerate(sequences):
+            single = backbone.tokenize([sequence])
+            alone = encoder(single.input_ids, single.attention_mask)[0]
+            mask = single.residue_mask[0]
+            assert torch.allclose(together[row, : alone.shape[0]][mask], alone[mask], atol=1e-5), sequence
+
+
+def test_padding_ids_do_not_matter():
+    """Whatever sits beyond the attention mask is never read."""
+    backbone = get_backbone("aacnn")
+    encoder = backbone.build_encoder(pretrained=False).eval()
+    batch = backbone.tokenize([PROTEINS["short"], PROTEINS["long"]])
+    scrambled = batch.input_ids.clone()
+    padding = ~batch.attention_mask
+    scrambled[padding] = torch.randint(4, 24, (int(padding.sum()),))
+    with torch.no_grad():
+        clean = encoder(batch.input_ids, batch.attention_mask)
+        noisy = encoder(scrambled, batch.attention_mask)
+    mask = batch.residue_mask
+    assert torch.allclose(clean[mask], noisy[mask], atol=1e-6)
+
+
+def test_terminal_positions_are_seen():
+    """The same residues at the N-terminus and further in give different embeddings."""
+    backbone = get_backbone("aacnn")
+    encoder = backbone.build_encoder(pretrained=False).eval()
+    core = "ACDEFGHIKLMNPQRSTVWY" * 3
+    padding = "G" * (N_TERMINAL + C_TERMINAL + 8)
+    batch = backbone.tokenize([core + padding, padding + core])
+    with torch.no_grad():
+        hidden = encoder(batch.input_ids, batch.attention_mask)
+    assert not torch.allclose(hidden[0].mean(0), hidden[1].mean(0), atol=1e-4)
+
+
+def test_bundled_model_is_the_default_when_no_user_model_exists():
+    assert bundled_model_path() is not None, "the bundled model directory is missing"
+    info, how = resolve_model(None)
+    assert how == "bundled"
+    assert info.meta["backbone"] == "aacnn"
+    assert info.meta.get("description")
+    assert len(info.label_names) == len(info.thresholds) >= 4
+    model = load_model(info, torch.device("cpu"), offline=True)
+    assert sum(p.numel() for p in model.parameters()) > 10_000
+
+
+@pytest.mark.parametrize("fmt", ["tsv"])
+def test_predict_with_the_bundled_model(runner, tmp_path, fmt):
+    fasta = tmp_path / "few.fasta"
+    fasta.write_text("".join(f">{name} some description\n{seq}\n" for name, seq in PROTEINS.items()))
+    result = runner.invoke(cli, ["predict", str(fasta), "--format", fmt, "--offline"])
+    assert result.exit_code == 0, result.output
+    assert "bundled model" in result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout), delimiter="\t"))
+    assert [row["id"] for row in rows] == list(PROTEINS)
+    assert [int(row["length"]) for row in rows] == [len(s) for s in PROTEINS.values()]
+    info, _ = resolve_model(None)
+    for row in rows:
+        assert row["status"] == "ok"
+        for label in info.label_names:
+            assert 0.0 <= float(row[label]) <= 1.0
