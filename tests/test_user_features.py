@@ -229,3 +229,18 @@ def test_predict_compare_from_stdin_without_pairs(runner, model_dir):
                            input=">P1\nMKTAYIAKQ\n>P2\nMEEPQSDPSV\n")
     assert result.exit_code == 1
     assert "no mutant/wild-type pairs" in result.output
+
+
+def test_evaluate_several_models_side_by_side(runner, model_dir, dataset_path):
+    result = runner.invoke(cli, ["evaluate", "-m", str(model_dir), "-m", "bundled", "-d", str(dataset_path),
+                                 "--format", "markdown"])
+    assert result.exit_code == 0, result.output
+    header, rule, *rows = result.stdout.strip().splitlines()
+    assert header.startswith("| label | tiny-user-features f1 |") and "| bundled roc_auc |" in header
+    assert set(rule) <= set("|-")
+    assert rows[-1].startswith("| mean |")
+    labels = [row.split("|")[1].strip() for row in rows[:-1]]
+    assert labels == json.loads((model_dir / "synnav-model.json").read_text())["labels"]
+    cells = rows[-1].split("|")[2:-1]
+    assert len(cells) == 2 * 5  # five metrics per model
+    assert all(0.0 <= float(c) <= 1.0 for c in cells if c.strip() and c.strip() != "n/a" and not c.startswith(" -"))

@@ -87,6 +87,7 @@ def evaluate_with_scores(
     labels = dataset.labels[:, columns]
     result = evaluate_predictions(labels, probs, info.label_names, info.thresholds)
     result["model"] = str(info.path)
+    result["name"] = info.name
     result["split"] = split
     result["proteins"] = len(dataset)
     return result, Scores(info.label_names, list(dataset.entries), labels, probs, info.thresholds)

@@ -26,6 +26,7 @@ from synnav_cli.resources import bundled_model_path
 METADATA_FILE = "synnav-model.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
+BUNDLED_NAME = "bundled"  # what --model accepts for the model that ships with the package
 
 
 @dataclass
@@ -35,6 +36,9 @@ class ModelInfo:
 
     @property
     def name(self) -> str:
+        # The bundled model lives in a folder called "model"; users select it as "bundled".
+        if self.path == bundled_model_path():
+            return BUNDLED_NAME
         return self.path.name
 
     @property
@@ -135,7 +139,7 @@ def resolve_model(name: str | None) -> tuple[ModelInfo, str]:
         if (named / METADATA_FILE).is_file():
             return read_model_info(named), "given"
         bundled = bundled_model_path()
-        if bundled is not None and name == "bundled":
+        if bundled is not None and name == BUNDLED_NAME:
             return read_model_info(bundled), "bundled"
         known = ", ".join(info.name for info in list_models()) or "none"
         raise UserError(f"no model {name!r}: not a model directory, nor a name in "

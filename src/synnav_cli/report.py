@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 METRICS_SHOWN = ("f1", "roc_auc", "pr_auc", "mcc", "support")
 
@@ -17,7 +18,7 @@ def _cell(value) -> str:
 
 def _rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     """One row per label (then the mean); one column per metric per model."""
-    names = [r["model"].rstrip("/").rsplit("/", 1)[-1] for r in results]
+    names = [r.get("name") or Path(r["model"]).name for r in results]
     multi = len(results) > 1
     headers = ["label"]
     for name in names:
