@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -42,6 +43,16 @@ def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def _etag(data: bytes | Path, *, lfs: bool) -> str:
+    if not isinstance(data, Path):
+        return sha256_hex(data) if lfs else git_blob_sha1(data)
+    digest = hashlib.sha256() if lfs else hashlib.sha1(b"blob %d\0" % data.stat().st_size)
+    with open(data, "rb") as stream:
+        while chunk := stream.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def repo_folder(hub_dir: Path, repo_id: str) -> Path:
     return Path(hub_dir) / ("models--" + repo_id.replace("/", "--"))
 
@@ -49,13 +60,16 @@ def repo_folder(hub_dir: Path, repo_id: str) -> Path:
 def cache_repo(
     hub_dir: Path,
     repo_id: str,
-    files: Mapping[str, bytes],
+    files: Mapping[str, bytes | Path],
     *,
     commit: str | None = None,
     ref: str = "main",
     lfs: Iterable[str] | None = None,
 ) -> Path:
     """Write ``files`` (repo path -> content) into a hub cache; return the snapshot directory.
+
+    A content given as a ``Path`` is moved into the cache (hashed as a stream, never read whole:
+    for full-size checkpoints).
 
     ``commit`` defaults to one derived from ``repo_id``, so calls for the same repository add to
     the same snapshot. ``lfs`` names the files stored as LFS (blob named by sha256); by default
@@ -66,10 +80,13 @@ def cache_repo(
     lfs_files = set(lfs) if lfs is not None else {p for p in files if p.endswith(LFS_SUFFIXES)}
     snapshot = root / "snapshots" / commit
     for repo_path, data in files.items():
-        etag = sha256_hex(data) if repo_path in lfs_files else git_blob_sha1(data)
+        etag = _etag(data, lfs=repo_path in lfs_files)
         blob = root / "blobs" / etag
         blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
+        if isinstance(data, Path):
+            shutil.move(data, blob)
+        else:
+            blob.write_bytes(data)
         link = snapshot / repo_path
         link.parent.mkdir(parents=True, exist_ok=True)
         if link.is_symlink() or link.exists():
@@ -148,47 +165,55 @@ def tiny_esm2_files(seed: int = 0) -> dict[str, bytes]:
     }
 
 
+def official_esmc_shapes(d_model: int, n_layers: int) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of EvolutionaryScale's ``esmc_*_v0.pth`` state dicts, in file order.
+
+    Written from the published key list, not from synnav's module tree, so comparing the two
+    tests that they agree. Includes the masked-LM ``sequence_head``, which loading must drop.
+    """
+    d = d_model
+    hidden = (8 * d // 3 + 255) // 256 * 256  # SwiGLU width: 8/3 d, up to a multiple of 256
+    shapes: dict[str, tuple[int, ...]] = {"embed.weight": (64, d)}
+    for i in range(n_layers):
+        block = f"transformer.blocks.{i}."
+        shapes |= {
+            block + "attn.layernorm_qkv.0.weight": (d,),
+            block + "attn.layernorm_qkv.0.bias": (d,),
+            block + "attn.layernorm_qkv.1.weight": (3 * d, d),
+            block + "attn.out_proj.weight": (d, d),
+            block + "attn.q_ln.weight": (d,),
+            block + "attn.k_ln.weight": (d,),
+            block + "ffn.0.weight": (d,),
+            block + "ffn.0.bias": (d,),
+            block + "ffn.1.weight": (2 * hidden, d),
+            block + "ffn.3.weight": (d, hidden),
+        }
+    shapes |= {
+        "transformer.norm.weight": (d,),
+        "sequence_head.0.weight": (d, d),
+        "sequence_head.0.bias": (d,),
+        "sequence_head.2.weight": (d,),
+        "sequence_head.2.bias": (d,),
+        "sequence_head.3.weight": (64, d),
+        "sequence_head.3.bias": (64,),
+    }
+    return shapes
+
+
 def official_esmc_state_dict(
     d_model: int, n_layers: int, *, seed: int = 0, dtype: torch.dtype = torch.float32
 ) -> dict[str, torch.Tensor]:
-    """A random state dict with the names and shapes of EvolutionaryScale's ``esmc_*_v0.pth``.
+    """A random state dict laid out as :func:`official_esmc_shapes` says.
 
-    Written from the published key list, not from synnav's module tree, so loading it tests
-    that the two agree. Includes the masked-LM ``sequence_head``, which loading must drop.
+    LayerNorm scales are drawn around 1 and everything else around 0, so that every parameter
+    changes the output.
     """
-    hidden = (8 * d_model // 3 + 255) // 256 * 256  # SwiGLU width: 8/3 d, up to a multiple of 256
     generator = torch.Generator().manual_seed(seed)
-
-    def weight(*shape: int) -> torch.Tensor:
-        return (torch.randn(*shape, generator=generator) * 0.02).to(dtype)
-
-    def norm(n: int) -> torch.Tensor:
-        return (1 + 0.1 * torch.randn(n, generator=generator)).to(dtype)
-
-    state = {"embed.weight": weight(64, d_model)}
-    for i in range(n_layers):
-        block = f"transformer.blocks.{i}."
-        state |= {
-            block + "attn.layernorm_qkv.0.weight": norm(d_model),
-            block + "attn.layernorm_qkv.0.bias": weight(d_model),
-            block + "attn.layernorm_qkv.1.weight": weight(3 * d_model, d_model),
-            block + "attn.out_proj.weight": weight(d_model, d_model),
-            block + "attn.q_ln.weight": norm(d_model),
-            block + "attn.k_ln.weight": norm(d_model),
-            block + "ffn.0.weight": norm(d_model),
-            block + "ffn.0.bias": weight(d_model),
-            block + "ffn.1.weight": weight(2 * hidden, d_model),
-            block + "ffn.3.weight": weight(d_model, hidden),
-        }
-    state |= {
-        "transformer.norm.weight": norm(d_model),
-        "sequence_head.0.weight": weight(d_model, d_model),
-        "sequence_head.0.bias": weight(d_model),
-        "sequence_head.2.weight": norm(d_model),
-        "sequence_head.2.bias": weight(d_model),
-        "sequence_head.3.weight": weight(64, d_model),
-        "sequence_head.3.bias": weight(64),
-    }
+    state = {}
+    for name, shape in official_esmc_shapes(d_model, n_layers).items():
+        values = torch.randn(*shape, generator=generator)
+        is_norm_scale = len(shape) == 1 and name.endswith(".weight")
+        state[name] = (1 + 0.1 * values if is_norm_scale else values * 0.02).to(dtype)
     return state
 
 

@@ -302,3 +302,89 @@ def test_tiny_weights_are_not_mistaken_for_full_ones(tiny_hub, monkeypatch):
 def test_vocabulary_frames_proteins_for_both_families():
     batch = ESM_VOCABULARY.batch(["MK", "A"])
     assert batch.input_ids.tolist() == [[0, 20, 15, 2], [0, 5, 2, 1]]
+
+
+# --- through the CLI, as users run it -------------------------------------------------------------
+
+
+def cli_invoke(*args, input=None):
+    from click.testing import CliRunner
+
+    from synnav_cli.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input)
+
+
+@pytest.mark.parametrize(
+    "backbone_id, extra",
+    [("esmc600m", []), ("esm2_8m", ["--freeze"])],
+    ids=["esmc600m", "esm2_8m-frozen"],
+)
+def test_train_evaluate_predict_from_the_cache(tiny_hub, tmp_path, small_dataset, backbone_id, extra):
+    # A fine-tuned encoder is saved in the model directory; a frozen one is not, so evaluate and
+    # predict resolve and load the cached weights again.
+    import csv
+    import io
+    import json
+
+    from synnav_cli.data import read_dataset
+
+    cache_tiny_weights(backbone_id)
+    out = tmp_path / "model"
+    result = cli_invoke("train", "--backbone", backbone_id, "--data", small_dataset, "--out", out,
+                        "--epochs", "1", "--batch-size", "16", "--lr", "3e-3", "--max-length", "100", "--offline",
+                        *extra)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "synnav-model.json").read_text())
+    assert meta["backbone"] == backbone_id
+    assert meta["backbone_fingerprint"] == f"{backbone_id}+tiny"
+
+    result = cli_invoke("evaluate", "--model", out, "--data", small_dataset, "--format", "json", "--offline")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["mean"]["roc_auc"] is None or 0 <= report["mean"]["roc_auc"] <= 1
+
+    data = read_dataset(small_dataset)
+    fasta = "".join(f">{e}\n{s}\n" for e, s in zip(data.entries[:6], data.sequences[:6]))
+    result = cli_invoke("predict", "--model", out, "-", "--offline", input=fasta)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout), delimiter="\t"))
+    assert [row["id"] for row in rows] == data.entries[:6]
+    # The model keeps the --max-length it was trained with.
+    assert [row["status"] for row in rows] == [
+        "ok" if len(s) <= 100 else "truncated" for s in data.sequences[:6]
+    ]
+    assert all(0 <= float(row[label]) <= 1 for row in rows for label in meta["labels"])
+
+
+@pytest.mark.parametrize("setting", ["--offline", "SYNNAV_OFFLINE", "HF_HUB_OFFLINE"])
+def test_train_offline_without_weights_is_one_line(tiny_hub, monkeypatch, small_dataset, setting):
+    monkeypatch.delenv("SYNNAV_OFFLINE")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    args = ["train", "--backbone", "esmc600m", "--data", small_dataset, "--epochs", "1"]
+    if setting.startswith("--"):
+        args.append(setting)
+    else:
+        monkeypatch.setenv(setting, "1")
+    result = cli_invoke(*args)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith("Error: EvolutionaryScale/esmc-600m-2024-12 ")
+    assert "Traceback" not in result.output and "synnav cache fetch esmc600m" in line
+
+
+def test_backbones_command_shows_what_is_cached(tiny_hub):
+    import json
+
+    cache_tiny_weights("esmc600m")
+    rows = {row["id"]: row for row in json.loads(cli_invoke("backbones", "--json").stdout)}
+    assert rows["esmc600m"]["cached"] is True and rows["esmc600m"]["default"] is True
+    assert rows["esmc300m"]["cached"] is False and rows["esm2_8m"]["cached"] is False
+    assert rows["esmc600m"]["license"] == "Cambrian Non-Commercial"
+    assert rows["esmc600m"]["weights"] == "EvolutionaryScale/esmc-600m-2024-12"
+    table = cli_invoke("backbones").stdout.splitlines()
+    header = table[0]
+    column = header.index("weights cached")
+    cells = {line.split()[0]: line[column:].split()[0] for line in table[1:]}
+    assert (cells["esmc600m"], cells["esmc300m"], cells["esm2_8m"]) == ("yes", "no", "no")
