@@ -260,6 +260,8 @@ def raising(error: Exception):
 
 
 def hub_errors():
+    import huggingface_hub.errors  # a lazily loaded submodule
+
     return huggingface_hub.errors
 
 
@@ -452,3 +454,92 @@ def test_cli_fetch(tiny_hub):
     result = invoke("fetch", "esmc300m")
     assert result.exit_code == 0, result.output
     assert "esmc300m: weights cached" in result.output and "Cambrian Open" in result.output
+
+
+# --- what a user sees: one line on stderr, exit 1, no traceback ---------------------------------
+
+
+def run_synnav(*args):
+    from synnav_cli.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("Error: ")
+    assert not any(line.lstrip().startswith('File "') for line in lines)
+    return lines[-1]
+
+
+@pytest.mark.parametrize(
+    "make_error, expected",
+    [
+        (lambda: hub_errors().GatedRepoError("Access to model is restricted", response=fake_response(401)),
+         ["EvolutionaryScale/esmc-600m-2024-12 is a gated repository",
+          "accept its licence on https://huggingface.co/EvolutionaryScale/esmc-600m-2024-12",
+          "`hf auth login`", "HF_TOKEN"]),
+        (lambda: ConnectionError("[Errno 101] Network is unreachable"),
+         ["network failure while downloading EvolutionaryScale/esmc-600m-2024-12", "Network is unreachable"]),
+    ],
+    ids=["gated", "network"],
+)  # fmt: skip
+def test_cli_download_failures(online, make_error, expected):
+    online(raising(make_error()))
+    line = one_error_line(run_synnav("cache", "fetch", "esmc600m"))
+    for part in expected:
+        assert part in line
+
+
+def test_cli_first_download_announces_licence_and_destination_once(tiny_hub, online):
+    from hub_fixture import tiny_esmc_checkpoint
+
+    online(fake_download(tiny_hub, {"data/weights/esmc_600m_2024_12_v0.pth": tiny_esmc_checkpoint()}, []))
+    first = run_synnav("cache", "fetch", "esmc600m")
+    assert first.exit_code == 0, first.output
+    announced = [line for line in first.stderr.splitlines() if line.startswith("synnav: ")]
+    assert announced == [
+        "synnav: downloading EvolutionaryScale/esmc-600m-2024-12 (data/weights/esmc_600m_2024_12_v0.pth) "
+        f"for backbone esmc600m into {cache.hub_dir()}",
+        "synnav: these weights are under the Cambrian Non-Commercial licence: "
+        "https://huggingface.co/EvolutionaryScale/esmc-600m-2024-12",
+    ]
+    again = run_synnav("cache", "fetch", "esmc600m")
+    assert again.exit_code == 0 and "synnav: " not in again.stderr
+
+
+def test_progress_bars_stay_on_for_a_terminal(tiny_hub, online, monkeypatch):
+    calls: list = []
+    online(fake_download(tiny_hub, {"w.pth": WEIGHTS}, calls))
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    cache.fetch(REPO, ["w.pth"])
+    assert ("progress bars disabled", False) in calls
+
+
+def test_cli_damaged_weights_are_not_loaded(tiny_hub, small_dataset):
+    from hub_fixture import cache_tiny_weights
+
+    snapshot = cache_tiny_weights("esmc600m")
+    blob = blob_of(snapshot / "data/weights/esmc_600m_2024_12_v0.pth")
+    blob.write_bytes(blob.read_bytes()[:-4096])
+    line = one_error_line(run_synnav("train", "-b", "esmc600m", "-d", small_dataset, "--epochs", "1"))
+    assert "data/weights/esmc_600m_2024_12_v0.pth of EvolutionaryScale/esmc-600m-2024-12 is damaged" in line
+    assert "synnav cache clear EvolutionaryScale/esmc-600m-2024-12" in line
+
+
+def test_caching_doc_names_every_weights_repository_and_licence():
+    from synnav_cli.plugins import backbone_registry
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "caching.md").read_text(encoding="utf-8")
+    for backbone_id, backbone in backbone_registry().backbones.items():
+        if backbone.weights_repo is None or backbone_id == "tiny":
+            continue
+        assert f"`{backbone_id}`" in doc, backbone_id
+        assert backbone.license in doc, backbone_id
+        assert f"`{backbone.weights_repo}`" in doc, backbone.weights_repo
+    for setting in ("SYNNAV_CACHE_DIR", "SYNNAV_OFFLINE=1", "HF_HUB_OFFLINE=1", cache.TINY_ENV,
+                    "synnav cache list", "synnav cache clear", "hf auth login", "HF_TOKEN"):  # fmt: skip
+        assert setting in doc, setting

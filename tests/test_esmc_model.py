@@ -33,6 +33,10 @@ from hub_fixture import (  # noqa: F401 - fixtures
     tiny_hub,
 )
 
+# The "nested" path on CPU goes through torch's strided nested tensors, which warn that they are a
+# prototype; on CUDA it takes the jagged kernels.
+pytestmark = pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+
 # The official 600M checkpoint, masked-LM head included (EvolutionaryScale's figure).
 ESMC_600M_CHECKPOINT_PARAMETERS = 575_036_992
 CPU_BACKENDS = ("padded", "split", "nested")
