@@ -186,6 +186,35 @@ def test_esm2_refuses_a_config_for_another_size(tiny_hub, monkeypatch):
         get_backbone("esm2_8m").build_encoder()
 
 
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda t: t.pop("esm.encoder.layer.1.attention.self.key.weight"),
+         "missing encoder.layer.1.attention.self.key.weight"),
+        (lambda t: t.update({"esm.encoder.layer.2.output.dense.bias": torch.zeros(64)}),
+         "unexpected esm.encoder.layer.2.output.dense.bias"),
+    ],
+    ids=["missing", "unexpected"],
+)  # fmt: skip
+def test_esm2_refuses_weights_that_do_not_all_load(tiny_hub, change, expected):
+    from safetensors.torch import load, save
+
+    from synnav_cli.backbones.esm2 import IGNORED_CHECKPOINT_KEYS
+
+    files = tiny_esm2_files()
+    tensors = load(files["model.safetensors"])
+    # The published layout's keys that are not the encoder's are exactly the ones named as ignored.
+    ignored = sorted(k for k in tensors if IGNORED_CHECKPOINT_KEYS.search(k))
+    assert ignored and all(k.startswith("lm_head.") or k.endswith(".inv_freq") for k in ignored)
+    change(tensors)
+    files["model.safetensors"] = save(tensors, metadata={"format": "pt"})
+    cache_repo(tiny_hub, "facebook/esm2_t6_8M_UR50D", files)
+    with pytest.raises(UserError) as error:
+        get_backbone("esm2_8m").build_encoder()
+    assert "model.safetensors of facebook/esm2_t6_8M_UR50D does not fit backbone esm2_8m" in str(error.value)
+    assert expected in str(error.value)
+
+
 def test_esm2_offline_and_not_cached(tiny_hub):
     with pytest.raises(UserError) as error:
         get_backbone("esm2_35m").build_encoder()

@@ -14,6 +14,7 @@ the same repository and loaded by the same code.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,12 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 PYTORCH_FILE = "pytorch_model.bin"
+
+# The published checkpoints hold the whole masked-LM model. Two kinds of keys in them are not the
+# encoder's and are dropped on purpose: the language-model head (``lm_head.*``) and each layer's
+# rotary ``inv_freq`` (a buffer the model computes itself). Any other key that does not load, and
+# any encoder weight the file lacks, is an error.
+IGNORED_CHECKPOINT_KEYS = re.compile(r"^lm_head\.|\.rotary_embeddings\.inv_freq$")
 
 
 @dataclass(frozen=True)
@@ -164,15 +171,20 @@ class ESM2(Backbone):
             raise cache.damaged_file_error(
                 self.weights_repo, weights, snapshot / weights, error
             ) from error
-        # The checkpoints also hold the masked-LM head (unused here); anything the encoder
-        # lacks, though, would leave random weights in it.
-        problems = sorted(info.get("missing_keys", ())) + [
-            str(key) for key in info.get("mismatched_keys", ())
+        # A weight the file lacks would stay random; one the encoder lacks means another model.
+        problems = [
+            *(f"missing {key}" for key in sorted(info.get("missing_keys", ()))),
+            *(f"mis-shaped {key}" for key in info.get("mismatched_keys", ())),
+            *(
+                f"unexpected {key}"
+                for key in sorted(info.get("unexpected_keys", ()))
+                if not IGNORED_CHECKPOINT_KEYS.search(key)
+            ),
         ]
         if problems:
             raise UserError(
                 f"{weights} of {self.weights_repo} does not fit backbone {self.id}: "
-                f"{len(problems)} weights missing or mis-shaped (first: {problems[0]})"
+                f"{len(problems)} weights missing, unexpected or mis-shaped (first: {problems[0]})"
             )
         return ESM2Encoder(model).eval()
 
