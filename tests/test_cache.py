@@ -238,8 +238,11 @@ def test_first_download_says_where_and_under_which_licence(tiny_hub, online, cap
     assert ("progress bars disabled", True) in calls
     assert not huggingface_hub.utils.are_progress_bars_disabled()
 
+    calls.clear()
     cache.fetch(REPO, ["config.json", "w.pth"], licence="Cambrian Open")
     assert capsys.readouterr().err == ""
+    # Everything cached: resolved locally, no request to the Hub.
+    assert [(c[0], c[2]) for c in calls if len(c) == 3] == [("config.json", True), ("w.pth", True)]
 
 
 def test_remote_file_missing(tiny_hub, online):

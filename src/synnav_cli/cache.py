@@ -131,7 +131,8 @@ def fetch(
         revision: branch, tag or commit; default ``main``.
 
     Files are downloaded when missing (progress bars on stderr when it is a terminal) and checked
-    against the hash the hub cache records before first use. Raises ``UserError`` for anything the
+    against the hash the hub cache records before first use. When every file is cached the Hub
+    is not contacted at all. Raises ``UserError`` for anything the
     user must fix; ``RemoteFileMissing`` (a ``UserError``) when the repository has no such file.
     """
     from huggingface_hub import hf_hub_download
@@ -140,7 +141,11 @@ def fetch(
         raise ValueError("fetch needs at least one filename")
     cache = hub_dir()
     is_offline = offline_mode(offline)
-    if not is_offline and not all(is_cached(repo_id, f, revision) for f in filenames):
+    # Files already cached are used without asking the Hub whether the branch has moved: a model
+    # keeps the weights it was first given (and starts without a network round trip) until
+    # `synnav cache clear` removes them.
+    local_only = is_offline or all(is_cached(repo_id, f, revision) for f in filenames)
+    if not local_only:
         _announce(repo_id, filenames, licence=licence, backbone=backbone, cache=cache)
 
     snapshot: Path | None = None
@@ -153,7 +158,7 @@ def fetch(
                         filename,
                         cache_dir=cache,
                         revision=revision,
-                        local_files_only=is_offline,
+                        local_files_only=local_only,
                     )
                 )
             except Exception as error:  # noqa: BLE001 - translated below, or re-raised as is
