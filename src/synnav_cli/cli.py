@@ -194,7 +194,9 @@ def evaluate(models: tuple[str, ...], data: Path | None, split: str, fmt: str, m
         results.append(result)
         scored.append((info.name, result, scores))
     click.echo(format_evaluation(results, fmt), nl=False)
-    if plots_dir is not None:
+    from synnav_cli import distributed
+
+    if plots_dir is not None and distributed.is_main():
         from synnav_cli.plots import ModelScores, write_plots
 
         written = write_plots([ModelScores(*entry) for entry in scored], plots_dir)
@@ -215,6 +217,9 @@ def evaluate(models: tuple[str, ...], data: Path | None, split: str, fmt: str, m
               show_default=True, help="Proteins longer than the model's maximum: keep the N-terminal part, "
                                       "average overlapping windows, or skip (reported in the status column).")
 @click.option("--max-tokens", type=int, default=None, help="Padded tokens per batch.  [default: from the device]")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Score only part I of N (records I, I+N, I+2N, ... counting from 1), e.g. an array job's "
+                   "task; join the parts with `synnav merge`.  [default: every record]")
 @click.option("--explain", "explain_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Also write per-residue attributions (integrated gradients) of each protein's predicted "
                    "labels to this directory: <id>.tsv and an <id>.png track; proteins over the model's "
@@ -229,8 +234,8 @@ def evaluate(models: tuple[str, ...], data: Path | None, split: str, fmt: str, m
                    "[default: off]")
 @common_options
 def predict(fasta: str, model: str | None, fmt: str, out: Path | None, thresholds: tuple[str, ...],
-            long_policy: str, max_tokens: int | None, explain_dir: Path | None, explain_steps: int,
-            compare: bool, device: str, offline: bool) -> None:
+            long_policy: str, max_tokens: int | None, shard: str | None, explain_dir: Path | None,
+            explain_steps: int, compare: bool, device: str, offline: bool) -> None:
     """Predict localizations for the proteins in FASTA (a file, or - for stdin).
 
     Writes one row per record, in input order: id, length, one probability per label, the
@@ -242,8 +247,11 @@ def predict(fasta: str, model: str | None, fmt: str, out: Path | None, threshold
 
     if explain_dir is None and not compare:
         run_prediction(fasta, model_name=model, fmt=fmt, out=out, threshold_values=thresholds,
-                       long_policy=long_policy, max_tokens=max_tokens, device=device, offline=offline)
+                       long_policy=long_policy, max_tokens=max_tokens, device=device, offline=offline,
+                       shard=shard)
         return
+    if shard is not None:
+        raise UserError("--shard works with plain predictions, not with --explain or --compare")
     from synnav_cli.session import load_for_scoring, readable_twice
 
     if explain_dir is not None:
@@ -267,6 +275,28 @@ def predict(fasta: str, model: str | None, fmt: str, out: Path | None, threshold
             loaded = loaded or load_for_scoring(model, threshold_values=thresholds, device=device,
                                                 max_tokens=max_tokens, offline=offline)
             write_explanations(loaded, source, explain_dir, steps=explain_steps)
+
+
+@cli.command()
+@click.argument("parts", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Write to this file (atomically) instead of stdout.  [default: stdout]")
+def merge(parts: tuple[Path, ...], out: Path | None) -> None:
+    """Join `synnav predict --shard I/N` outputs into one file in input order.
+
+    Give the PARTS in shard order, 1/N first (name them so that a glob sorts them, e.g. part-01
+    ... part-12). tsv and csv parts keep one header. Row counts are checked: a missing part, or
+    parts whose counts do not fit shards 1..N of one input, is an error.
+
+    \b
+    Example:
+      synnav merge part-1.tsv part-2.tsv part-3.tsv --out all.tsv
+    """
+    from synnav_cli.resumable import merge_parts
+    from synnav_cli.session import output_handle
+
+    with output_handle(out) as handle:
+        merge_parts(list(parts), handle)
 
 
 @cli.group()

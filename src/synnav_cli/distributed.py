@@ -5,13 +5,19 @@ answer (rank 0 of 1, barriers do nothing), so callers need no special case.
 
 Sharding is round-robin (item ``i`` belongs to rank ``i % world``): every rank can take its
 share of a list or a stream without knowing its length, and :func:`unshard` restores input order.
+The same rule cuts a FASTA into ``--shard I/N`` parts for array jobs (:func:`take_shard`).
+
+Only rank 0 talks and writes: the other ranks' stdout goes to the null device and their console
+says warnings and errors only, so every command prints its result once.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
 from datetime import timedelta
 
 import numpy as np
@@ -51,6 +57,7 @@ def init() -> None:
     atexit.register(teardown)
     if dist.get_rank() != 0:
         console.set_verbosity(quiet=True)
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115  (for the process's life)
 
 
 def teardown() -> None:
@@ -147,3 +154,47 @@ def score_sharded(score: Callable[[list], np.ndarray], items: Sequence) -> np.nd
         if len(part):
             result[r :: world_size()] = part
     return result
+
+
+def broadcast_chunks(items: Iterable | None, size: int) -> Iterator[list]:
+    """Lists of up to ``size`` items read on rank 0 (``items`` is ignored elsewhere), on every rank.
+
+    Only rank 0 opens the input, so standard input works under torchrun too. A :class:`UserError`
+    raised while rank 0 reads (a malformed record) is raised on every rank, so none waits forever.
+    """
+    if not active():
+        iterator = iter(items or ())
+        while chunk := list(islice(iterator, size)):
+            yield chunk
+        return
+    iterator = iter(items or ()) if is_main() else None
+    while True:
+        chunk, error = [], None
+        if iterator is not None:
+            try:
+                chunk = list(islice(iterator, size))
+            except UserError as failure:
+                error = str(failure)
+        chunk, error = broadcast((chunk, error))
+        if error is not None:
+            raise UserError(error)
+        if not chunk:
+            return
+        yield chunk
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` (1-based, as array-job task ids usually are) as ``(I - 1, N)``."""
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise UserError(f"--shard {text!r}: expected I/N, e.g. 3/8") from None
+    if not sep or n < 1 or not 1 <= i <= n:
+        raise UserError(f"--shard {text!r}: expected I/N with 1 <= I <= N")
+    return i - 1, n
+
+
+def take_shard(items: Iterable, index: int, count: int) -> Iterator:
+    """Items ``index``, ``index + count``, ...: part ``index`` of ``count`` round-robin parts."""
+    return islice(items, index, None, count)

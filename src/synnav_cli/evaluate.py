@@ -1,4 +1,8 @@
-"""Score a trained model on a labelled dataset split."""
+"""Score a trained model on a labelled dataset split.
+
+Under torchrun each rank scores a round-robin share of the split; every rank gets all scores,
+and only rank 0 prints (see :mod:`synnav_cli.distributed`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synnav_cli import hardware
+from synnav_cli import distributed, hardware
 from synnav_cli.data import assign_splits, read_dataset
 from synnav_cli.errors import UserError
 from synnav_cli.inference import Runtime, score_sequences
@@ -64,6 +68,7 @@ def evaluate_with_scores(
 
     Arguments: as for :func:`evaluate`.
     """
+    distributed.init()
     dataset = read_dataset(data_path)
     missing = [name for name in info.label_names if name not in dataset.label_names]
     if missing:
@@ -75,7 +80,7 @@ def evaluate_with_scores(
             raise UserError(f"the {split} split of {data_path} is empty")
     columns = [dataset.label_names.index(name) for name in info.label_names]
     backbone = get_backbone(info.meta["backbone"])
-    torch_device = hardware.pick_device(device)
+    torch_device = distributed.pick_device(device)
     precision = hardware.resolve_precision(torch_device, "auto")
     limit = min(int(info.meta.get("config", {}).get("max_length", backbone.max_length)), backbone.max_length)
     sequences = [s[:limit] for s in dataset.sequences]
@@ -83,7 +88,8 @@ def evaluate_with_scores(
         torch_device, embedding_dim=backbone.embedding_dim, training=False
     )
     model = load_model(info, torch_device, offline=offline)
-    probs = score_sequences(model, backbone, sequences, Runtime(torch_device, precision, max(budget, limit + 2)))
+    runtime = Runtime(torch_device, precision, max(budget, limit + 2))
+    probs = distributed.score_sharded(lambda part: score_sequences(model, backbone, part, runtime), sequences)
     labels = dataset.labels[:, columns]
     result = evaluate_predictions(labels, probs, info.label_names, info.thresholds)
     result["model"] = str(info.path)

@@ -1,34 +1,34 @@
 """Predict localizations for FASTA records, streaming: memory stays flat for any input size.
 
 Records are read and scored in chunks; within a chunk they are batched by length, and rows are
-written back in input order as soon as the chunk is done.
+written back in input order as soon as the chunk is done. With ``--out`` the rows go to a
+resumable ``.partial`` file (see :mod:`synnav_cli.resumable`).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import itertools
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 
-from synnav_cli import console, hardware
+from synnav_cli import console, distributed, hardware
 from synnav_cli.backbones.base import Backbone
 from synnav_cli.data import FastaRecord, read_fasta
 from synnav_cli.errors import UserError
 from synnav_cli.inference import Runtime, score_sequences
 from synnav_cli.model import LocalizationModel
-from synnav_cli.modeldir import load_model, resolve_model
+from synnav_cli.modeldir import METADATA_FILE, WEIGHTS_FILE, ModelInfo, load_model, resolve_model
 from synnav_cli.plugins import get_backbone
+from synnav_cli.resumable import ResumableOutput
 
 LONG_POLICIES = ("truncate", "window", "skip")
 FORMATS = ("tsv", "csv", "jsonl")
@@ -66,40 +66,52 @@ def _plan(record: FastaRecord, limit: int, policy: str) -> tuple[list[str], str]
     return pieces, f"windowed:{len(pieces)}"
 
 
-def predict_records(
+def predict_chunks(
     model: LocalizationModel,
     backbone: Backbone,
-    records: Iterable[FastaRecord],
+    records: Iterable[FastaRecord] | None,
     runtime: Runtime,
     *,
     max_length: int,
     long_policy: str = "truncate",
     chunk_records: int = CHUNK_RECORDS,
     progress=None,
-) -> Iterator[Prediction]:
-    """Yield one prediction per record, in input order.
+) -> Iterator[list[Prediction]]:
+    """Predictions for ``records`` a chunk at a time, in input order.
 
     Proteins longer than ``max_length`` are truncated to their N-terminal part, scored as
     overlapping windows whose probabilities are averaged, or skipped (reported, not dropped).
+    Under torchrun rank 0 reads ``records`` (other ranks pass None), every rank scores its share
+    of each chunk and every rank gets the whole chunk's predictions. The next chunk is read
+    only when the caller asks for it.
     """
     if long_policy not in LONG_POLICIES:
         raise UserError(f"unknown long-protein policy {long_policy!r}; choose {', '.join(LONG_POLICIES)}")
-    iterator = iter(records)
-    while chunk := list(islice(iterator, chunk_records)):
+
+    def score(sequences: list[str]) -> np.ndarray:
+        return score_sequences(model, backbone, sequences, runtime)
+
+    for chunk in distributed.broadcast_chunks(records, chunk_records):
         plans = [_plan(record, max_length, long_policy) for record in chunk]
         pieces = [piece for sequences, _ in plans for piece in sequences]
-        probabilities = score_sequences(model, backbone, pieces, runtime) if pieces else None
-        offset = 0
+        probabilities = distributed.score_sharded(score, pieces) if pieces else None
+        predictions, offset = [], 0
         for record, (sequences, status) in zip(chunk, plans):
+            probs = None
             if sequences:
-                block = probabilities[offset : offset + len(sequences)]
+                probs = probabilities[offset : offset + len(sequences)].mean(axis=0)
                 offset += len(sequences)
-                probs = block.mean(axis=0)
-            else:
-                probs = None
-            if progress is not None:
-                progress.advance(1)
-            yield Prediction(record.id, len(record.sequence), probs, status)
+            predictions.append(Prediction(record.id, len(record.sequence), probs, status))
+        if progress is not None:
+            progress.advance(len(chunk))
+        yield predictions
+
+
+def predict_records(model: LocalizationModel, backbone: Backbone, records: Iterable[FastaRecord],
+                    runtime: Runtime, **options) -> Iterator[Prediction]:
+    """One prediction per record, in input order; options as for :func:`predict_chunks`."""
+    for chunk in predict_chunks(model, backbone, records, runtime, **options):
+        yield from chunk
 
 
 def parse_thresholds(values: Iterable[str], label_names: list[str], defaults: list[float]) -> list[float]:
@@ -124,7 +136,10 @@ def parse_thresholds(values: Iterable[str], label_names: list[str], defaults: li
 
 
 class PredictionWriter:
-    """Writes rows as tsv, csv or jsonl: ``id, length, <one probability per label>, predicted, status``."""
+    """Rows as tsv, csv or jsonl: ``id, length, <one probability per label>, predicted, status``.
+
+    The tsv/csv header is :attr:`header`; the caller writes it (a resumed file already has it).
+    """
 
     def __init__(self, handle: IO[str], fmt: str, label_names: list[str], thresholds: list[float]):
         if fmt not in FORMATS:
@@ -132,10 +147,14 @@ class PredictionWriter:
         self.handle, self.fmt = handle, fmt
         self.label_names, self.thresholds = label_names, np.asarray(thresholds)
         self.columns = ["id", "length", *label_names, "predicted", "status"]
+        self.header = ""
         self._csv = None
         if fmt != "jsonl":
-            self._csv = csv.writer(handle, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
-            self._csv.writerow(self.columns)
+            dialect = {"delimiter": "\t" if fmt == "tsv" else ",", "lineterminator": "\n"}
+            line = io.StringIO()
+            csv.writer(line, **dialect).writerow(self.columns)
+            self.header = line.getvalue()
+            self._csv = csv.writer(handle, **dialect)
 
     def write(self, prediction: Prediction) -> None:
         if prediction.probabilities is None:
@@ -165,21 +184,28 @@ def run_prediction(
     max_tokens: int | None = None,
     device: str = "auto",
     offline: bool = False,
+    shard: str | None = None,
 ) -> int:
     """Predict every record of ``fasta`` (path or ``-``) to ``out`` or stdout; returns the count.
+
+    Under torchrun every rank scores a share of each chunk and rank 0 reads and writes.
 
     Arguments:
         fasta: FASTA path, or ``-`` for standard input.
         model_name: model directory or name; None picks the newest trained model, else the
             bundled one.
         fmt: tsv, csv or jsonl.
-        out: file to write; written to a temporary sibling and renamed when complete.
+        out: file to write; built in ``out.partial`` and renamed when complete. Running the same
+            command again after an interruption continues the partial file.
         threshold_values: overrides of the model's thresholds (``0.4`` or ``LABEL=0.4``).
         long_policy: truncate, window or skip for proteins over the maximum length.
         max_tokens: padded tokens per batch; None derives it from the device.
         device: auto, cpu, cuda, cuda:N or mps.
         offline: never download weights.
+        shard: ``I/N`` scores records I-1, I-1+N, ... only (for array jobs; see ``synnav merge``).
     """
+    shard_index, shard_count = distributed.parse_shard(shard) if shard else (0, 1)
+    distributed.init()
     info, how = resolve_model(model_name)
     if how == "bundled":
         console.info(
@@ -190,7 +216,9 @@ def run_prediction(
         console.info(f"Using the newest trained model {info.path}.")
     backbone = get_backbone(info.meta["backbone"])
     thresholds = parse_thresholds(threshold_values, info.label_names, info.thresholds)
-    torch_device = hardware.pick_device(device)
+    if long_policy not in LONG_POLICIES:
+        raise UserError(f"unknown long-protein policy {long_policy!r}; choose {', '.join(LONG_POLICIES)}")
+    torch_device = distributed.pick_device(device)
     precision = hardware.resolve_precision(torch_device, "auto")
     limit = min(int(info.meta.get("config", {}).get("max_length", backbone.max_length)), backbone.max_length)
     budget = max_tokens or hardware.default_token_budget(
@@ -199,41 +227,70 @@ def run_prediction(
     runtime = Runtime(torch_device, precision, max(budget, limit + 2))
     console.detail(f"device {torch_device}, precision {precision}, {runtime.max_tokens} tokens a batch")
     model = load_model(info, torch_device, offline=offline)
-    # Read the first record before writing anything, so that an empty or non-FASTA input fails
+
+    writes = distributed.is_main()
+    records = None
+    resumable = None
+    if writes:
+        records = read_fasta(fasta)
+        if shard_count > 1:
+            records = distributed.take_shard(records, shard_index, shard_count)
+        if out is not None:
+            fingerprint = _fingerprint(info, fmt, thresholds, long_policy, limit, (shard_index, shard_count))
+            resumable = ResumableOutput(out, fingerprint)
+            records = resumable.skip_done(records)
+    chunks = predict_chunks(model, backbone, records, runtime, max_length=limit, long_policy=long_policy,
+                            progress=console.Progress(0, "predict"))
+    # Read the first chunk before writing anything, so that an empty or non-FASTA input fails
     # with nothing on stdout. Later records are validated as they stream by.
-    records = read_fasta(fasta)
-    first = next(records)
-    records = itertools.chain([first], records)
-    count = 0
-    with _output(out) as handle:
-        writer = PredictionWriter(handle, fmt, info.label_names, thresholds)
-        progress = console.Progress(0, "predict")
-        for prediction in predict_records(model, backbone, records, runtime, max_length=limit,
-                                          long_policy=long_policy, progress=progress):
-            writer.write(prediction)
-            count += 1
-        progress.close()
-    if count == 0:
+    first = next(chunks, None)
+    if not writes:  # the other ranks score; rank 0 writes and reports
+        return sum(len(chunk) for chunk in itertools.chain([first or []], chunks))
+    if first is None and not (shard_count > 1 or (resumable is not None and resumable.resuming)):
         raise UserError("no records to predict")
+    if first is None and shard_count > 1:
+        console.warn(f"shard {shard_index + 1}/{shard_count} holds no records")
+    return _write_predictions(itertools.chain([first] if first else [], chunks), resumable,
+                              fmt, info.label_names, thresholds)
+
+
+def _write_predictions(chunks: Iterable[list[Prediction]], resumable: ResumableOutput | None, fmt: str,
+                       label_names: list[str], thresholds: list[float]) -> int:
+    count = 0
+    if resumable is None:
+        writer = PredictionWriter(sys.stdout, fmt, label_names, thresholds)
+        sys.stdout.write(writer.header)
+        for chunk in chunks:
+            for prediction in chunk:
+                writer.write(prediction)
+            count += len(chunk)
+        sys.stdout.flush()
+        console.detail(f"{count} proteins predicted")
+        return count
+    header = PredictionWriter(io.StringIO(), fmt, label_names, thresholds).header
+    writer = PredictionWriter(resumable.open(header), fmt, label_names, thresholds)
+    try:
+        for chunk in chunks:
+            for prediction in chunk:
+                writer.write(prediction)
+            resumable.checkpoint(len(chunk))
+            count += len(chunk)
+        resumable.finish()
+    except BaseException:
+        resumable.close_unfinished()
+        raise
     console.detail(f"{count} proteins predicted")
     return count
 
 
-@contextmanager
-def _output(out: Path | None):
-    if out is None:
-        yield sys.stdout
-        sys.stdout.flush()
-        return
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _fingerprint(info: ModelInfo, fmt: str, thresholds: list[float], long_policy: str, limit: int,
+                 shard: tuple[int, int]) -> dict:
+    """What must match for an interrupted ``--out`` file to be continued rather than redone."""
+    weights = info.path / WEIGHTS_FILE
+    return {
+        "model": str(info.path.resolve()),
+        "model_metadata_sha256": hashlib.sha256((info.path / METADATA_FILE).read_bytes()).hexdigest(),
+        "weights_bytes": weights.stat().st_size if weights.exists() else None,
+        "format": fmt, "thresholds": [round(t, 6) for t in thresholds], "labels": info.label_names,
+        "long_policy": long_policy, "max_length": limit, "shard": list(shard),
+    }

@@ -1,0 +1,186 @@
+"""Result files that are never half-written and never redone: ``FILE.partial`` and its progress.
+
+While ``synnav predict --out FILE`` runs, rows go to ``FILE.partial``; after every chunk the rows
+are flushed to disk and ``FILE.partial.json`` records how many records and bytes are complete, a
+sha256 of those records (identifiers and sequences) and a fingerprint of the model and options.
+Only a finished run renames ``FILE.partial`` to ``FILE``, so ``FILE`` is always whole.
+
+Run the same command again after a crash, a kill or a full disk and it truncates the partial file
+to its last complete chunk, reads past the records already done (checking they are the same
+records) and appends the rest. A different model, options or input is refused, never mixed in.
+
+Parts written with ``--shard I/N`` hold records ``I-1, I-1+N, ...``; :func:`merge_parts`
+interleaves them back into input order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+from synnav_cli import console
+from synnav_cli.data import FastaRecord
+from synnav_cli.errors import UserError
+from synnav_cli.modeldir import write_json_atomic
+
+
+def _digest_record(digest, record: FastaRecord) -> None:
+    digest.update(f"{record.id}\t{record.sequence}\n".encode())
+
+
+class ResumableOutput:
+    """``out`` built in ``out.partial``, checkpointed per chunk, renamed into place when complete.
+
+    Use: :meth:`skip_done` on the record stream, then :meth:`open` once the first new chunk is in
+    hand, :meth:`checkpoint` after each chunk's rows are written, :meth:`finish` at the end.
+    """
+
+    def __init__(self, out: Path, fingerprint: dict) -> None:
+        self.out = Path(out)
+        self.partial = self.out.with_name(self.out.name + ".partial")
+        self.state_path = self.out.with_name(self.out.name + ".partial.json")
+        self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from disk
+        self.digest = hashlib.sha256()
+        self.rows = 0
+        self.handle: IO[str] | None = None
+        self._state = self._read_state()
+
+    def _read_state(self) -> dict | None:
+        if not (self.state_path.is_file() and self.partial.is_file()):
+            return None
+        try:
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+            rows, size, sha = int(state["rows"]), int(state["bytes"]), str(state["input_sha256"])
+        except (OSError, ValueError, KeyError, TypeError):
+            console.warn(f"{self.state_path} is unreadable; starting {self.out} from scratch")
+            return None
+        if state.get("fingerprint") != self.fingerprint:
+            raise UserError(
+                f"{self.partial} holds an interrupted run with another model or other options; "
+                f"delete it and {self.state_path.name} to start over"
+            )
+        if self.partial.stat().st_size < size:
+            console.warn(f"{self.partial} is shorter than its progress record; starting from scratch")
+            return None
+        return {"rows": rows, "bytes": size, "input_sha256": sha}
+
+    @property
+    def resuming(self) -> bool:
+        return self._state is not None
+
+    def skip_done(self, records: Iterable[FastaRecord]) -> Iterator[FastaRecord]:
+        """``records`` past those already written, each record hashed as it goes by.
+
+        The records skipped must be the ones the partial file was made from; otherwise this
+        raises before anything is scored.
+        """
+        iterator = iter(records)
+        done = self._state["rows"] if self._state else 0
+        for number in range(done):
+            record = next(iterator, None)
+            if record is None:
+                raise UserError(f"{self.partial} holds {done} records but the input has only {number}; "
+                                f"delete it to start over")
+            _digest_record(self.digest, record)
+        if done and self.digest.hexdigest() != self._state["input_sha256"]:
+            raise UserError(f"{self.partial} was made from another input (its first {done} records "
+                            f"differ); delete it and {self.state_path.name} to start over")
+        self.rows = done
+        if done:
+            console.info(f"Resuming {self.out}: {done} records already done.")
+        for record in iterator:
+            _digest_record(self.digest, record)
+            yield record
+
+    def open(self, header: str) -> IO[str]:
+        """The handle rows are written to; ``header`` starts a new file, a resumed one has it."""
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        if self._state is not None:
+            self.handle = self.partial.open("r+", encoding="utf-8", newline="")
+            self.handle.truncate(self._state["bytes"])  # drop a chunk the crash left half-written
+            self.handle.seek(self._state["bytes"])
+        else:
+            self.handle = self.partial.open("w", encoding="utf-8", newline="")
+            self.handle.write(header)
+            self.checkpoint(0)
+        return self.handle
+
+    def checkpoint(self, rows: int) -> None:
+        """``rows`` more records are written; make them durable and record the progress."""
+        assert self.handle is not None
+        self.rows += rows
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        write_json_atomic(self.state_path, {
+            "rows": self.rows, "bytes": self.handle.tell(), "input_sha256": self.digest.copy().hexdigest(),
+            "fingerprint": self.fingerprint,
+        })
+
+    def finish(self) -> None:
+        assert self.handle is not None
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self.partial, self.out)
+        self.state_path.unlink(missing_ok=True)
+
+    def close_unfinished(self) -> None:
+        """After a failure: keep what is complete for the next run and say so."""
+        if self.handle is None:
+            return
+        self.handle.close()
+        if self.rows:
+            console.info(f"{self.rows} finished records are kept in {self.partial}; "
+                         f"run the same command again to continue.")
+
+
+def merge_parts(parts: Sequence[Path], handle: IO[str]) -> int:
+    """Interleave ``--shard 1/N`` ... ``N/N`` outputs (given in that order) into input order.
+
+    Parts are tsv or csv (one header, identical in every part) or jsonl. Rows are copied byte
+    for byte, one line at a time, so memory does not grow with the parts. Returns the row count.
+    """
+    if not parts:
+        raise UserError("merge needs the part files, in shard order")
+    files = []
+    try:
+        for part in parts:
+            if not Path(part).is_file():
+                raise UserError(f"part not found: {part}")
+            files.append(Path(part).open(encoding="utf-8", newline="\n"))
+        return _interleave(parts, files, handle)
+    except UnicodeDecodeError as error:
+        raise UserError(f"a part is not a text file ({error.reason})") from None
+    finally:
+        for opened in files:
+            opened.close()
+
+
+def _interleave(parts: Sequence[Path], files: list[IO[str]], handle: IO[str]) -> int:
+    firsts = [f.readline() for f in files]
+    tabular = [bool(line) and not line.startswith("{") for line in firsts]
+    if any(tabular):
+        if len(set(firsts)) != 1:
+            raise UserError("the parts' header lines differ: they are not parts of one run")
+    # Rows per part, counted first so that nothing is written when the parts do not fit.
+    counts = [sum(1 for _ in f) + (0 if tabular[r] or not firsts[r] else 1) for r, f in enumerate(files)]
+    # Round-robin parts of one input differ by at most one row, the earlier parts holding more.
+    if any(a < b for a, b in zip(counts, counts[1:])) or counts[0] - counts[-1] > 1:
+        shown = ", ".join(f"{p}: {c}" for p, c in zip(parts, counts))
+        raise UserError(f"the parts are not the shards 1..N of one input, in order (rows: {shown})")
+    for r, f in enumerate(files):
+        f.seek(0)
+        if tabular[r]:
+            f.readline()
+    if any(tabular):
+        handle.write(firsts[0])
+    for _ in range(counts[0]):
+        for f in files:
+            line = f.readline()
+            if line:
+                handle.write(line if line.endswith("\n") else line + "\n")
+    return sum(counts)
