@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synnav_cli import batching, console, hardware, paths
+from synnav_cli import console, hardware, paths
 from synnav_cli.backbones.base import Backbone
-from synnav_cli.inference import Runtime
+from synnav_cli.inference import Runtime, run_batches
 from synnav_cli.model import LocalizationModel
 
 DB_FILE = "embeddings.sqlite"
@@ -162,34 +162,6 @@ class EmbeddingCache:
         return conn.execute("SELECT COUNT(*) FROM embeddings WHERE key = ?", (key,)).fetchone()[0]
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
-@torch.inference_mode()
-def _embed_batch(
-    model: LocalizationModel, backbone: Backbone, sequences: list[str], runtime: Runtime
-) -> np.ndarray:
-    try:
-        batch = backbone.tokenize(sequences).to(runtime.device)
-        with hardware.autocast(runtime.device, runtime.precision):
-            pooled = model.embed(batch)
-        return pooled.float().cpu().numpy()
-    except RuntimeError as error:
-        # Out of memory: free what we can and embed the two halves separately.
-        if not _is_out_of_memory(error) or len(sequences) == 1:
-            raise
-        if runtime.device.type == "cuda":
-            torch.cuda.empty_cache()
-        half = len(sequences) // 2
-        return np.concatenate(
-            [
-                _embed_batch(model, backbone, sequences[:half], runtime),
-                _embed_batch(model, backbone, sequences[half:], runtime),
-            ]
-        )
-
-
 def pooled_embeddings(
     model: LocalizationModel | Callable[[], LocalizationModel],
     backbone: Backbone,
@@ -231,11 +203,17 @@ def pooled_embeddings(
         model = model()
     was_training = model.training
     model.eval()
+    lengths = [len(s) + 2 for s in todo]  # room for special tokens
+
+    @torch.inference_mode()
+    def embed(index: list[int]) -> np.ndarray:
+        batch = backbone.tokenize([todo[i] for i in index]).to(runtime.device)
+        with hardware.autocast(runtime.device, runtime.precision):
+            return model.embed(batch).float().cpu().numpy()
+
     try:
-        lengths = [len(s) + 2 for s in todo]  # room for special tokens
-        for index in batching.inference_batches(lengths, runtime.max_tokens, runtime.max_batch_size):
+        for index, vectors in run_batches(lengths, runtime, embed):
             batch_sequences = [todo[i] for i in index]
-            vectors = _embed_batch(model, backbone, batch_sequences, runtime)
             if result is None:
                 result = np.empty((len(sequences), vectors.shape[1]), dtype=np.float32)
             if cache is not None:

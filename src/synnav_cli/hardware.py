@@ -1,11 +1,15 @@
-"""Device, numeric precision and how many tokens fit in one batch."""
+"""Device, numeric precision and how many tokens fit in one batch (a memory model per backbone)."""
 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
+from torch import nn
 
+from synnav_cli import console
 from synnav_cli.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -20,6 +24,18 @@ _PRECISION_ALIASES = {
 # compute, not memory, so a moderate budget is enough to keep the cores busy.
 CPU_PREDICT_TOKENS = 16384
 CPU_TRAIN_TOKENS = 4096
+# Share of the free accelerator memory a budget may plan for; the rest absorbs the allocator's
+# fragmentation, cuBLAS workspaces and the estimate's error (an out-of-memory halves the budget).
+MEMORY_FRACTION = 0.85
+# Past this many tokens a batch gains nothing on any current GPU (the matrix multiplications are
+# long saturated) and only holds more host memory; prediction budgets stop here.
+MAX_PREDICT_TOKENS = 1 << 18
+MAX_TRAIN_TOKENS = 1 << 17
+# Fewer tokens than this in a training batch leaves a large GPU partly idle; a budget below it
+# (or below one protein of the longest allowed length) turns gradient checkpointing on.
+SATURATING_TOKENS = 4096
+# Out-of-memory retries halve the budget down to this, then give up.
+MIN_TOKENS = 64
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -46,17 +62,24 @@ def normalise_precision(value: str | int) -> str:
 
 
 def resolve_precision(device: torch.device, precision: str) -> str:
-    """``auto``: bf16 where the GPU has it, fp16 on older GPUs, fp32 on CPU.
+    """The precision a run on ``device`` uses.
 
-    fp16 asked for on a GPU with bf16 stays fp16 (with loss scaling): the user chose it.
-    On CPU every request becomes fp32, since CPU autocast is slower than fp32 here.
+    ``auto``: bf16 autocast where the GPU has bf16 (Ampere and later), fp16 autocast with loss
+    scaling on older GPUs, fp32 on CPU. ``fp16`` asked for (the origin's config value) stays
+    fp16 on any GPU: the user chose it. ``bf16`` on a GPU without it becomes fp16.
+    On CPU every request becomes fp32: CPU autocast is slower than fp32 here.
     """
     precision = normalise_precision(precision)
     if device.type != "cuda":
         return "fp32"
-    if precision == "auto":
+    if precision in ("auto", "bf16"):
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return precision
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 (whose gradients underflow without it); a no-op otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 def autocast(device: torch.device, precision: str):
@@ -66,17 +89,197 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def default_token_budget(device: torch.device, *, embedding_dim: int, training: bool) -> int:
-    """Tokens per batch from free accelerator memory; fixed budgets on CPU.
+def half_precision(precision: str) -> bool:
+    return precision in ("bf16", "fp16")
 
-    The estimate is deliberately generous: an out-of-memory error splits the batch and
-    retries, so a budget that is too large costs one retry, one that is too small costs speed.
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """An accelerator allocation failure (CUDA, MPS or any backend that says so)."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+def free_cached_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """How many bytes a transformer backbone needs: a fixed part plus a part per token.
+
+    Counted tensor by tensor for a pre-norm block (fused QKV, q/k LayerNorm, rotary, SDPA, a
+    SwiGLU or GELU FFN of width ``ffn_hidden``), with the residual stream in fp32 (the weights stay
+    fp32 under autocast) and everything else in the compute dtype:
+
+    - fixed: 4 B a parameter for the fp32 weights, plus 2 B for autocast's half-precision copies;
+      full fine-tuning adds 4 B of gradients and 8 B of AdamW moments (16 B + 2 B in all).
+    - training, kept for the backward pass, per token and layer: about 13 width-sized and 4
+      FFN-width tensors in the compute dtype plus two fp32 copies of the residual stream
+      (ESM C 600M in bf16: 63.7 KB, i.e. 2.29 MB a token over 36 layers).
+    - gradient checkpointing keeps only each block's fp32 input (4 B x width a layer) and
+      recomputes one block at a time, so one layer's worth of the above is live at once.
+    - inference keeps nothing: the working set of one block, 5 width- and 2 FFN-width tensors
+      in the compute dtype, plus the fp32 output (ESM C 600M in bf16: 28 KB a token).
+
+    Attention itself adds no per-token term: the packed paths run flash / memory-efficient
+    kernels whose memory is linear in the tokens.
     """
-    if device.type != "cuda":
-        return CPU_TRAIN_TOKENS if training else CPU_PREDICT_TOKENS
-    free, _total = torch.cuda.mem_get_info(device)
-    # Activations per token grow with width; training keeps every layer's activations.
-    per_token = embedding_dim * (600 if training else 40)
-    budget = int(free * 0.8 / per_token)
-    return max(1024, min(budget, 1 << 20))
 
+    params: int
+    layers: int
+    width: int
+    ffn_hidden: int
+
+    def fixed_bytes(self, *, training: bool, frozen: bool, precision: str) -> int:
+        per_param = 4 + (2 if half_precision(precision) else 0)
+        if training and not frozen:
+            per_param += 12
+        return self.params * per_param
+
+    def bytes_per_token(
+        self, *, training: bool, frozen: bool, precision: str, checkpointing: bool = False
+    ) -> int:
+        element = 2 if half_precision(precision) else 4
+        working = element * (5 * self.width + 2 * self.ffn_hidden) + 4 * self.width
+        if not training or frozen:
+            return working
+        saved = element * (13 * self.width + 4 * self.ffn_hidden) + 8 * self.width
+        if checkpointing:
+            return self.layers * 4 * self.width + saved + working
+        return self.layers * saved + working
+
+    def token_budget(
+        self, free_bytes: int, *, training: bool, frozen: bool, precision: str,
+        checkpointing: bool = False,
+    ) -> int:
+        """Tokens one batch may hold in ``free_bytes`` of accelerator memory (0: not even one)."""
+        room = free_bytes * MEMORY_FRACTION - self.fixed_bytes(
+            training=training, frozen=frozen, precision=precision
+        )
+        per_token = self.bytes_per_token(
+            training=training, frozen=frozen, precision=precision, checkpointing=checkpointing
+        )
+        return max(0, int(room // per_token))
+
+
+def memory_model(backbone, encoder: nn.Module | None = None) -> MemoryModel:
+    """The memory model of a backbone, from its architecture when it describes one.
+
+    ESM C backbones carry ``config`` (d_model, n_layers, ffn_hidden), ESM2 ``architecture``
+    (hidden_size, num_hidden_layers, intermediate_size). Other backbones are taken as a
+    12-layer transformer of their embedding width with a 4x FFN, which errs on the large side for
+    small models; the out-of-memory backoff corrects an estimate that is too large.
+    Parameters are counted from ``encoder`` when it is given, else estimated from the shape
+    (attention 4 x width^2 a layer, plus the FFN's matrices).
+    """
+    # ffn_matrices: a gated FFN (SwiGLU) has three width x ffn matrices, a plain one two.
+    width, layers, ffn, ffn_matrices = backbone.embedding_dim, 12, 4 * backbone.embedding_dim, 2
+    shape = getattr(backbone, "config", None)
+    if shape is not None and hasattr(shape, "n_layers"):
+        width, layers, ffn, ffn_matrices = shape.d_model, shape.n_layers, shape.ffn_hidden, 3
+    shape = getattr(backbone, "architecture", None)
+    if shape is not None and hasattr(shape, "num_hidden_layers"):
+        width, layers, ffn = shape.hidden_size, shape.num_hidden_layers, shape.intermediate_size
+    if encoder is not None:
+        params = sum(p.numel() for p in encoder.parameters())
+    else:
+        params = layers * (4 * width * width + ffn_matrices * width * ffn)
+    return MemoryModel(params=params, layers=layers, width=width, ffn_hidden=ffn)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The tokens a batch may hold, why, and which batches recompute their activations."""
+
+    max_tokens: int
+    source: str  # for people: "--max-tokens", "cpu default", "memory model: ..."
+    # Training batches of more padded tokens than this use gradient checkpointing; None: none.
+    recompute_above: int | None = None
+
+    def recompute(self, tokens: int) -> bool:
+        return self.recompute_above is not None and tokens > self.recompute_above
+
+
+def plan_budget(
+    device: torch.device,
+    model: MemoryModel,
+    *,
+    training: bool,
+    frozen: bool = False,
+    precision: str = "fp32",
+    min_tokens: int = 1,
+    requested: int | None = None,
+    checkpointing: bool | None = None,
+    free_bytes: int | None = None,
+) -> Budget:
+    """Choose the token budget of a batch.
+
+    ``requested`` (``--max-tokens``) wins. On CUDA the budget is what fits in the free memory
+    according to ``model``. In training, ``checkpointing`` True recomputes every batch's
+    activations, False none; None (automatic) lets batches grow to what fits with recomputation
+    (up to :data:`MAX_TRAIN_TOKENS`) and recomputes only those batches that would not fit
+    without it, so ordinary batches run at full speed and a batch of long proteins still fits.
+    Elsewhere fixed budgets apply. The result is never below ``min_tokens``: a protein is never
+    split across batches.
+    """
+    training = training and not frozen
+    always = 0 if checkpointing and training else None
+    if requested is not None:
+        return Budget(max(requested, min_tokens), "--max-tokens", always)
+    if device.type != "cuda":
+        tokens = CPU_TRAIN_TOKENS if training else CPU_PREDICT_TOKENS
+        return Budget(max(tokens, min_tokens), f"{device.type} default", always)
+    if free_bytes is None:
+        free_bytes, _total = torch.cuda.mem_get_info(device)
+
+    def fits(recompute: bool) -> int:
+        return model.token_budget(free_bytes, training=training, frozen=False, precision=precision,
+                                  checkpointing=recompute)
+
+    def per_token(recompute: bool) -> str:
+        size = model.bytes_per_token(training=training, frozen=False, precision=precision, checkpointing=recompute)
+        return f"{size / 1024:.0f} KiB a token"
+
+    how = f"memory model: {free_bytes / 2**30:.1f} GiB free, "
+    if not training:
+        return Budget(max(min(fits(False), MAX_PREDICT_TOKENS), min_tokens), how + per_token(False))
+    if checkpointing:
+        tokens = min(fits(True), MAX_TRAIN_TOKENS)
+        return Budget(max(tokens, min_tokens), how + per_token(True) + ", gradient checkpointing", 0)
+    plain = min(fits(False), MAX_TRAIN_TOKENS)
+    stretched = min(fits(True), MAX_TRAIN_TOKENS)
+    if checkpointing is False or stretched <= plain:
+        return Budget(max(plain, min_tokens), how + per_token(False))
+    return Budget(max(stretched, min_tokens),
+                  how + f"{per_token(False)}; gradient checkpointing for batches over {plain} tokens",
+                  plain)
+
+
+def default_token_budget(device: torch.device, *, embedding_dim: int, training: bool) -> int:
+    """Tokens per batch for a backbone known only by its width (see :func:`plan_budget`)."""
+    width_only = SimpleNamespace(embedding_dim=embedding_dim)
+    return plan_budget(device, memory_model(width_only), training=training).max_tokens
+
+
+def report_budget(what: str, budget: Budget, max_batch_size: int | None = None) -> None:
+    """One line on stderr: the budget chosen and where it came from."""
+    proteins = f", at most {max_batch_size} proteins" if max_batch_size else ""
+    console.info(f"{what}: up to {budget.max_tokens} tokens a batch{proteins} ({budget.source}).")
+
+
+def set_gradient_checkpointing(encoder: nn.Module, on: bool) -> bool:
+    """Recompute activations in the backward pass (or stop); False when the encoder cannot."""
+    if hasattr(encoder, "gradient_checkpointing") and not callable(encoder.gradient_checkpointing):
+        encoder.gradient_checkpointing = on  # synnav's ESM C: a flag read at every forward
+        return True
+    inner = getattr(encoder, "esm", encoder)  # transformers models, bare or wrapped
+    if not getattr(inner, "supports_gradient_checkpointing", False):
+        return False
+    if on != inner.is_gradient_checkpointing:
+        if on:
+            inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            inner.gradient_checkpointing_disable()
+    return True

@@ -1,22 +1,32 @@
-"""Scoring proteins with a model: length-sorted token-budget batches, results in input order."""
+"""Scoring proteins with a model: length-sorted token-budget batches, results in input order.
+
+An out-of-memory error never ends a run while a batch can still be split: the budget is halved
+(below the failed batch's own padded size, so the retry is smaller), the same proteins are
+re-batched under it, and the smaller budget holds for the rest of the run.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from synnav_cli import batching, hardware
+from synnav_cli import batching, console, hardware
 from synnav_cli.backbones.base import Backbone
 from synnav_cli.console import Progress
+from synnav_cli.errors import UserError
 from synnav_cli.model import LocalizationModel
+
+T = TypeVar("T")
 
 
 @dataclass
 class Runtime:
-    """Where and how batches run."""
+    """Where and how batches run. ``max_tokens`` shrinks when a batch runs out of memory."""
 
     device: torch.device
     precision: str  # fp32 | bf16 | fp16, already resolved for the device
@@ -24,32 +34,55 @@ class Runtime:
     max_batch_size: int | None = None
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+def halve_budget(runtime: Runtime, lengths: Sequence[int], error: BaseException) -> None:
+    """React to ``error`` raised by a batch of proteins of ``lengths`` tokens.
+
+    Anything but an out-of-memory error is re-raised; so is one on a lone protein, which no
+    smaller batch can help. Otherwise the budget becomes half of what the batch used.
+    """
+    if not hardware.is_out_of_memory(error):
+        raise error
+    if len(lengths) <= 1:
+        raise UserError(
+            f"out of memory on a single protein of {max(lengths, default=0)} tokens on "
+            f"{runtime.device}; lower --max-length, or use --precision bf16/fp16 or a larger device"
+        ) from error
+    hardware.free_cached_memory(runtime.device)
+    used = min(runtime.max_tokens, batching.padded_cost(lengths))
+    runtime.max_tokens = max(hardware.MIN_TOKENS, used // 2)
+    console.warn(
+        f"out of memory on a batch of {len(lengths)} proteins ({used} padded tokens); "
+        f"retrying it with up to {runtime.max_tokens} tokens a batch"
+    )
 
 
-@torch.inference_mode()
-def _score_batch(
-    model: LocalizationModel, backbone: Backbone, sequences: list[str], runtime: Runtime
-) -> np.ndarray:
-    try:
-        batch = backbone.tokenize(sequences).to(runtime.device)
-        with hardware.autocast(runtime.device, runtime.precision):
-            logits = model(batch)
-        return torch.sigmoid(logits.float()).cpu().numpy()
-    except RuntimeError as error:
-        # Out of memory: free what we can, then score the two halves separately.
-        if not _is_out_of_memory(error) or len(sequences) == 1:
-            raise
-        if runtime.device.type == "cuda":
-            torch.cuda.empty_cache()
-        half = len(sequences) // 2
-        return np.concatenate(
-            [
-                _score_batch(model, backbone, sequences[:half], runtime),
-                _score_batch(model, backbone, sequences[half:], runtime),
-            ]
-        )
+def run_batches(
+    lengths: Sequence[int], runtime: Runtime, work: Callable[[list[int]], T]
+) -> Iterator[tuple[list[int], T]]:
+    """``(index, work(index))`` for length-sorted batches of positions in ``lengths``.
+
+    Every position comes back exactly once. A batch that runs out of memory is split (see
+    :func:`halve_budget`) and its parts are yielded instead.
+    """
+
+    def plan(index: list[int]) -> list[list[int]]:
+        parts = batching.inference_batches([lengths[i] for i in index], runtime.max_tokens,
+                                           runtime.max_batch_size)
+        return [[index[j] for j in part] for part in parts]
+
+    pending = deque(plan(list(range(len(lengths)))))
+    while pending:
+        index = pending.popleft()
+        if len(index) > 1 and batching.padded_cost([lengths[i] for i in index]) > runtime.max_tokens:
+            pending.extendleft(reversed(plan(index)))  # planned before the budget shrank
+            continue
+        try:
+            result = work(index)
+        except RuntimeError as error:
+            halve_budget(runtime, [lengths[i] for i in index], error)
+            pending.extendleft(reversed(plan(index)))
+            continue
+        yield index, result
 
 
 def score_sequences(
@@ -64,9 +97,16 @@ def score_sequences(
     num_labels = model.head.linear.out_features
     result = np.zeros((len(sequences), num_labels), dtype=np.float32)
     lengths = [len(s) + 2 for s in sequences]  # room for special tokens
-    for index in batching.inference_batches(lengths, runtime.max_tokens, runtime.max_batch_size):
-        result[index] = _score_batch(model, backbone, [sequences[i] for i in index], runtime)
+
+    @torch.inference_mode()
+    def score(index: list[int]) -> np.ndarray:
+        batch = backbone.tokenize([sequences[i] for i in index]).to(runtime.device)
+        with hardware.autocast(runtime.device, runtime.precision):
+            logits = model(batch)
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+    for index, probabilities in run_batches(lengths, runtime, score):
+        result[index] = probabilities
         if progress is not None:
             progress.advance(len(index))
     return result
-

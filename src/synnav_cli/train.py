@@ -28,10 +28,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from synnav_cli import __version__, batching, console, distributed, hardware, paths
+from synnav_cli import __version__, batching, console, distributed, frozen, hardware, paths
 from synnav_cli.data import Dataset, assign_splits, read_dataset
 from synnav_cli.errors import UserError
-from synnav_cli.inference import Runtime, score_sequences
+from synnav_cli.inference import Runtime, halve_budget, score_sequences
 from synnav_cli.metrics import THRESHOLD_METRICS, evaluate_predictions, selection_score, tune_threshold
 from synnav_cli.model import LOSS_PRESETS, LocalizationModel, masked_bce, positive_weights
 from synnav_cli.modeldir import save_model_dir, write_json_atomic
@@ -54,7 +54,9 @@ class TrainConfig:
         max_tokens: padded tokens per batch; None derives it from the device's memory.
         precision: auto, fp32, bf16 or fp16 (the origin's ``fp16`` keeps working).
         loss: a2 (class-weighted, synapses up-weighted), balanced or unweighted.
-        freeze: train the head only; the encoder keeps its pretrained weights.
+        freeze: train the head only, on pooled embeddings cached on disk (see ``frozen``).
+        gradient_checkpointing: recompute activations in the backward pass (True: every
+            batch); None: only batches too large for memory without it (on GPUs).
         seed: seeds the split (when the data has none), initialisation and batch order.
         max_length: longer proteins are cut to their first ``max_length`` residues.
         weight_decay: AdamW weight decay.
@@ -69,6 +71,7 @@ class TrainConfig:
     precision: str = "auto"
     loss: str = "a2"
     freeze: bool = False
+    gradient_checkpointing: bool | None = None
     seed: int = 0
     max_length: int = 1800
     weight_decay: float = 0.01
@@ -103,6 +106,7 @@ CONFIG_KEYS = {
     "precision": "precision", "mixed_precision": "precision",
     "loss": "loss", "loss_type": "loss",
     "freeze": "freeze", "freeze_encoder": "freeze",
+    "gradient_checkpointing": "gradient_checkpointing", "grad_checkpoint": "gradient_checkpointing",
     "seed": "seed", "random_seed": "seed",
     "max_length": "max_length", "max_len": "max_length", "max_seq_len": "max_length",
     "max_protein_length": "max_length",
@@ -328,23 +332,43 @@ def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
 
     torch_device = distributed.pick_device(device)
     precision = hardware.resolve_precision(torch_device, config.precision)
-    max_tokens = config.max_tokens or hardware.default_token_budget(
-        torch_device, embedding_dim=backbone.embedding_dim, training=not config.freeze
-    )
     # The budget must admit at least one protein of the longest allowed length.
-    max_tokens = max(max_tokens, limit + 2)
+    budget = hardware.plan_budget(
+        torch_device, hardware.memory_model(backbone), training=True, frozen=config.freeze,
+        precision=precision, min_tokens=limit + 2, requested=config.max_tokens,
+        checkpointing=config.gradient_checkpointing,
+    )
+    max_tokens = budget.max_tokens
+    if config.freeze:
+        hardware.report_budget("Embedding", budget)
+        runtime = Runtime(torch_device, precision, max_tokens)
+        features = frozen.cached_features(backbone, {k: p.sequences for k, p in parts.items()}, runtime,
+                                          num_labels=len(dataset.label_names), offline=offline)
+        weights = positive_weights(parts["train"].labels, dataset.label_names, config.loss)
+        result = frozen.fit_head(
+            features, {k: p.labels for k, p in parts.items()}, dataset.label_names, weights,
+            embedding_dim=backbone.embedding_dim, epochs=config.epochs, batch_size=config.batch_size,
+            learning_rate=config.learning_rate, weight_decay=config.weight_decay, seed=config.seed,
+            schedule=lr_factor, device=torch_device,
+        )
+        return _finish(config, backbone, dataset, run, parts, result.probabilities, result.model,
+                       result.best_epoch, result.history, weights, precision, torch_device, workspace, out)
     console.info(
         f"Training {backbone.id} on {len(parts['train'])} proteins "
         f"(dev {len(parts['dev'])}, test {len(parts['test'])}), device {torch_device}, "
-        f"precision {precision}, up to {config.batch_size} proteins / {max_tokens} tokens a batch"
+        f"precision {precision}, up to {config.batch_size} proteins / {max_tokens} tokens a batch "
+        f"({budget.source})"
         + (f", over {distributed.world_size()} processes." if distributed.active() else ".")
     )
 
     torch.manual_seed(config.seed)
     encoder = backbone.build_encoder(pretrained=True, offline=offline)
     model = LocalizationModel(encoder, backbone.embedding_dim, len(dataset.label_names)).to(torch_device)
-    if config.freeze:
-        model.encoder.requires_grad_(False)
+    if budget.recompute_above is not None and not hardware.set_gradient_checkpointing(model.encoder, False):
+        console.warn(f"{backbone.id} cannot recompute activations; gradient checkpointing is off")
+        if budget.recompute_above:
+            max_tokens = max(budget.recompute_above, limit + 2)
+        budget = hardware.Budget(max_tokens, budget.source)
     dropout = model.head.dropout = _BatchDropout(model.head.dropout.p)
     # Gradients are averaged across ranks in backward; one process trains the model itself.
     net = DistributedDataParallel(model) if distributed.active() else model
@@ -355,6 +379,7 @@ def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     runtime = Runtime(torch_device, precision, max_tokens, config.batch_size)
+    train_runtime = Runtime(torch_device, precision, max_tokens, config.batch_size)
 
     def score(sequences: list[str]) -> np.ndarray:
         return distributed.score_sharded(lambda part: score_sequences(model, backbone, part, runtime), sequences)
@@ -362,16 +387,8 @@ def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
     lengths = [len(s) + 2 for s in parts["train"].sequences]
     steps_per_epoch = len(batching.training_batches(lengths, max_tokens, config.batch_size, np.random.default_rng(0)))
     total_steps = steps_per_epoch * config.epochs
-    warmup = max(1, int(total_steps * WARMUP_FRACTION))
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    scaler = torch.amp.GradScaler(torch_device.type, enabled=precision == "fp16")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps))
+    scaler = hardware.grad_scaler(torch_device, precision)
 
     start_epoch, best_score, best_epoch, history = 0, -math.inf, 0, []
     checkpoint_path = workspace / CHECKPOINT_FILE
@@ -393,8 +410,6 @@ def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
         for epoch in range(start_epoch, config.epochs):
             started = time.monotonic()
             model.train()
-            if config.freeze:
-                model.encoder.eval()  # no dropout noise in a frozen encoder
             batches = batching.training_batches(lengths, max_tokens, config.batch_size, rng)
             progress = console.Progress(len(lengths), f"epoch {epoch + 1}/{config.epochs}")
             total_loss = 0.0
@@ -402,13 +417,22 @@ def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
                 positions, rows, weight = _local_rows(index)
                 known_global = int((~torch.isnan(labels_train[index])).sum())
                 dropout.draw(len(index), backbone.embedding_dim, positions, torch_device)
-                batch = backbone.tokenize([parts["train"].sequences[i] for i in rows]).to(torch_device)
-                targets = labels_train[rows].to(torch_device)
-                with hardware.autocast(torch_device, precision):
-                    logits = net(batch)
-                loss = _shard_loss(logits, targets, pos_weight, known_global, weight)
+                mask = dropout.mask
+
+                def backward(part: list[int]) -> torch.Tensor:
+                    dropout.mask = mask[part]
+                    tokens = batching.padded_cost([lengths[rows[p]] for p in part])
+                    hardware.set_gradient_checkpointing(model.encoder, budget.recompute(tokens))
+                    batch = backbone.tokenize([parts["train"].sequences[rows[p]] for p in part]).to(torch_device)
+                    with hardware.autocast(torch_device, precision):
+                        logits = net(batch)
+                    targets = labels_train[[rows[p] for p in part]].to(torch_device)
+                    part_loss = _shard_loss(logits, targets, pos_weight, known_global, weight)
+                    scaler.scale(part_loss).backward()
+                    return part_loss.detach()
+
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                loss = _accumulate(backward, [lengths[i] for i in rows], optimizer, train_runtime)
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 scaler.step(optimizer)
@@ -455,6 +479,13 @@ def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
 
     model.load_state_dict(torch.load(best_path, map_location=torch_device, weights_only=True))
     probs = {name: score(part.sequences) for name, part in parts.items() if len(part)}
+    return _finish(config, backbone, dataset, run, parts, probs, model, best_epoch, history, weights, precision,
+                   torch_device, workspace, out)
+
+
+def _finish(config, backbone, dataset, run, parts, probs, model, best_epoch, history, weights, precision,
+            torch_device, workspace, out) -> TrainResult:
+    """Tune thresholds on dev, score every split, write the model directory."""
     thresholds = [
         tune_threshold(parts["dev"].labels[:, j], probs["dev"][:, j], config.threshold_metric)
         for j in range(len(dataset.label_names))
@@ -469,6 +500,35 @@ def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
     distributed.barrier()
     console.info(f"Saved model to {out} (best epoch {best_epoch}).")
     return TrainResult(out, metrics, best_epoch, history)
+
+
+def lr_factor(step: int, total_steps: int) -> float:
+    """Linear warm-up over the first 5% of steps, then cosine decay to zero."""
+    warmup = max(1, int(total_steps * WARMUP_FRACTION))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _accumulate(backward, lengths: list[int], optimizer, runtime: Runtime) -> torch.Tensor:
+    """Run ``backward`` over parts of one batch that fit ``runtime.max_tokens``; summed loss.
+
+    ``backward(part)`` takes positions within the batch and returns its share of the batch loss
+    after its backward pass, so the accumulated gradient is the whole batch's. On out of memory
+    the gradients are cleared, the budget halves and the same batch starts over in smaller
+    parts. Under DistributedDataParallel every rank must run the same backward passes, so there
+    an out-of-memory error ends the run (lower --max-tokens).
+    """
+    while True:
+        parts = batching.inference_batches(lengths, runtime.max_tokens)
+        try:
+            return sum(backward(part) for part in parts)
+        except RuntimeError as error:
+            if distributed.active():
+                raise
+            optimizer.zero_grad(set_to_none=True)
+            halve_budget(runtime, lengths, error)
 
 
 def _fmt(value: float | None) -> str:
