@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import random
 from collections import Counter
 
 import pytest
 
 from synnav_cli import homology
+from synnav_cli.cli import cli
+from synnav_cli.data import assign_splits, read_dataset
 from synnav_cli.errors import UserError
 
 
@@ -124,3 +128,133 @@ def test_cluster_sequences_groups_homologs():
 @pytest.mark.skipif(not homology.mmseqs_available(), reason="mmseqs is not installed")
 def test_mmseqs_version_reports_something():
     assert homology.mmseqs_version()
+
+
+# `synnav split`: a copy of a dataset with a homology-aware split.
+
+def _split_records() -> list[dict]:
+    """Two families of near-copies among unrelated random proteins; one record carries extras."""
+    rng = random.Random(7)
+    families = {"ubi": [UBIQUITIN, _mutate(UBIQUITIN, 10), _mutate(UBIQUITIN, 7)],
+                "ins": [INSULIN, _mutate(INSULIN, 8)]}
+    records = [{"entry": f"{name}{i}", "sequence": seq, "labels": {"ER": i % 2, "nucleus": None}}
+               for name, seqs in families.items() for i, seq in enumerate(seqs)]
+    for i in range(20):
+        seq = "M" + "".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(90))
+        records.append({"entry": f"R{i}", "sequence": seq, "labels": {"ER": int(i % 3 == 0), "nucleus": i % 2}})
+    records[0]["note"] = "kept as it is"
+    for record in records:
+        record["split"] = "train"  # an existing split is replaced for every record
+    return records
+
+
+def _write(path, records):
+    path.write_text(json.dumps(records))
+    return path
+
+
+needs_mmseqs = pytest.mark.skipif(not homology.mmseqs_available(), reason="mmseqs is not installed")
+
+
+@needs_mmseqs
+def test_split_command_writes_a_homology_aware_copy(runner, tmp_path):
+    records = _split_records()
+    data = _write(tmp_path / "d.json", records)
+    before = data.read_bytes()
+    out = tmp_path / "out" / "split.json"
+    result = runner.invoke(cli, ["split", str(data), "--out", str(out), "--fractions", "0.5,0.25,0.25",
+                                 "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out)
+    assert "clusters" in result.stderr and "Replaced the split" in result.stderr
+    assert data.read_bytes() == before  # the input is untouched
+    written = json.loads(out.read_text())
+    assert [r["entry"] for r in written] == [r["entry"] for r in records]
+    for old, new in zip(records, written):
+        assert {k: v for k, v in new.items() if k != "split"} == {k: v for k, v in old.items() if k != "split"}
+    split_of = {r["entry"]: r["split"] for r in written}
+    assert split_of["ubi0"] == split_of["ubi1"] == split_of["ubi2"]
+    assert split_of["ins0"] == split_of["ins1"]
+    assert set(split_of.values()) == {"train", "dev", "test"}
+    assert read_dataset(out).splits == [r["split"] for r in written]  # synnav reads it back
+    assert [p.name for p in out.parent.iterdir()] == ["split.json"]  # no temporary file left
+
+
+@needs_mmseqs
+def test_split_command_is_reproducible_and_seeded(runner, tmp_path):
+    data = _write(tmp_path / "d.json", _split_records())
+    outputs = []
+    for name, seed in (("a.json", "0"), ("b.json", "0"), ("c.json", "1")):
+        result = runner.invoke(cli, ["split", str(data), "--out", str(tmp_path / name), "--seed", seed])
+        assert result.exit_code == 0, result.output
+        outputs.append([r["split"] for r in json.loads((tmp_path / name).read_text())])
+    assert outputs[0] == outputs[1]
+    assert outputs[0] != outputs[2]
+
+
+@needs_mmseqs
+def test_split_command_tsv_gets_a_split_column(runner, tmp_path):
+    records = _split_records()
+    data = tmp_path / "d.tsv"
+    lines = ["entry\tsequence\tER"] + [f"{r['entry']}\t{r['sequence']}\t{r['labels']['ER']}" for r in records]
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "split.tsv"
+    result = runner.invoke(cli, ["split", str(data), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open(), delimiter="\t"))
+    assert list(rows[0]) == ["entry", "sequence", "split", "ER"]
+    assert [row["entry"] for row in rows] == [r["entry"] for r in records]
+    assert rows[0]["split"] == rows[1]["split"] == rows[2]["split"]
+    assert read_dataset(out).splits == [row["split"] for row in rows]
+
+
+@needs_mmseqs
+def test_split_command_never_overwrites_without_force(runner, tmp_path):
+    data = _write(tmp_path / "d.json", _split_records())
+    out = tmp_path / "split.json"
+    out.write_text("precious")
+    result = runner.invoke(cli, ["split", str(data), "--out", str(out)])
+    assert result.exit_code == 1
+    assert "already exists" in result.stderr and "--force" in result.stderr
+    assert out.read_text() == "precious"
+    result = runner.invoke(cli, ["split", str(data), "--out", str(out), "--force"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(out.read_text())) == len(_split_records())
+
+
+def test_split_command_refuses_to_overwrite_its_input(runner, tmp_path):
+    data = _write(tmp_path / "d.json", _split_records())
+    before = data.read_bytes()
+    result = runner.invoke(cli, ["split", str(data), "--out", str(data), "--force"])
+    assert result.exit_code == 1
+    assert "input" in result.stderr and "Traceback" not in result.output
+    assert data.read_bytes() == before
+
+
+def test_split_command_without_mmseqs_is_one_line(runner, tmp_path, monkeypatch):
+    monkeypatch.setattr(homology.shutil, "which", lambda name: None)
+    data = _write(tmp_path / "d.json", _split_records())
+    out = tmp_path / "split.json"
+    result = runner.invoke(cli, ["split", str(data), "--out", str(out)])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "mmseqs" in lines[0] and "apt-get install mmseqs2" in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("fractions", ["0.7,0.3", "0.7,0.2,0.2", "a,b,c"])
+def test_split_command_rejects_bad_fractions(runner, tmp_path, fractions):
+    data = _write(tmp_path / "d.json", _split_records())
+    result = runner.invoke(cli, ["split", str(data), "--out", str(tmp_path / "s.json"), "--fractions", fractions])
+    assert result.exit_code == 1
+    assert "fractions" in result.stderr
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_assign_splits_uses_the_same_rule(tmp_path):
+    """Unsplit datasets are split by homology.split_groups over identical-sequence groups."""
+    records = [{k: v for k, v in r.items() if k != "split"} for r in _split_records()]
+    dataset = read_dataset(_write(tmp_path / "d.json", records))
+    groups = {s: i for i, s in enumerate(dict.fromkeys(dataset.sequences))}
+    expected = homology.split_groups([groups[s] for s in dataset.sequences], (0.7, 0.15, 0.15), 4)
+    assert assign_splits(dataset, seed=4).splits == expected

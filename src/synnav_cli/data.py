@@ -12,7 +12,7 @@ import hashlib
 import itertools
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -20,12 +20,13 @@ from typing import IO
 import numpy as np
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
+from synnav_cli import homology
 from synnav_cli.errors import UserError
 
 # The 20 standard residues plus the IUPAC ambiguity and rare codes protein language models know:
 # X (any), B (D/N), Z (E/Q), J (I/L), U (selenocysteine), O (pyrrolysine).
 AMINO_ACIDS = frozenset("ACDEFGHIKLMNPQRSTVWYXBZJUO")
-SPLITS = ("train", "dev", "test")
+SPLITS = homology.SPLIT_NAMES  # one definition, shared with the split rule
 
 
 @dataclass(frozen=True)
@@ -281,28 +282,5 @@ def assign_splits(
         return dataset
     groups: dict[str, int] = {}
     group_ids = [groups.setdefault(s, len(groups)) for s in dataset.sequences]
-    splits = split_groups(group_ids, fractions=fractions, seed=seed)
+    splits = homology.split_groups(group_ids, fractions, seed)
     return Dataset(dataset.label_names, dataset.entries, dataset.sequences, dataset.labels, splits)
-
-
-def split_groups(
-    group_ids: Iterable[int], *, fractions: tuple[float, float, float], seed: int
-) -> list[str]:
-    """Assign each item a split so that every group lands whole in one split."""
-    group_ids = list(group_ids)
-    sizes: dict[int, int] = {}
-    for g in group_ids:
-        sizes[g] = sizes.get(g, 0) + 1
-    order = sorted(sizes)
-    np.random.default_rng(seed).shuffle(order)
-    total = len(group_ids)
-    bounds = np.cumsum(fractions) * total
-    assigned: dict[int, str] = {}
-    filled = 0
-    for g in order:
-        # A group goes to the first split whose quota its middle still falls within.
-        middle = filled + sizes[g] / 2
-        index = int(np.searchsorted(bounds, middle, side="right"))
-        assigned[g] = SPLITS[min(index, len(SPLITS) - 1)]
-        filled += sizes[g]
-    return [assigned[g] for g in group_ids]

@@ -135,12 +135,23 @@ def cluster_sequences(
     return [cluster_of_rep.setdefault(rep_of[i], len(cluster_of_rep)) for i in range(len(sequences))]
 
 
+def check_fractions(fractions: Sequence[float]) -> None:
+    """Raise ``UserError`` unless ``fractions`` are three non-negative numbers summing to 1."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise UserError(
+            f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}"
+        )
+
+
 def split_groups(
     group_ids: Sequence[int],
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 0,
 ) -> list[str]:
     """Assign "train" / "dev" / "test" to each item, keeping every group inside one split.
+
+    This is synnav's one split rule: ``data.assign_splits`` (groups of identical sequences),
+    ``synnav split`` and ``scripts/build_dataset.py`` (MMseqs2 clusters) all call it.
 
     The groups are put in a seeded random order (``random.Random(seed)``, stable across Python
     versions and platforms). Each group in turn goes to the split that, after receiving it, is
@@ -159,10 +170,7 @@ def split_groups(
     Raises:
         UserError: the fractions are not three non-negative numbers summing to 1.
     """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise UserError(
-            f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}"
-        )
+    check_fractions(fractions)
     sizes: dict[int, int] = {}
     for gid in group_ids:
         sizes[gid] = sizes.get(gid, 0) + 1

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from synnav_cli import paths
+from synnav_cli.atomic import write_text_atomic
 from synnav_cli.errors import UserError
 from synnav_cli.model import LocalizationModel
 from synnav_cli.plugins import get_backbone
@@ -51,18 +52,7 @@ class ModelInfo:
 
 
 def write_json_atomic(path: Path, payload: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
 def save_model_dir(
