@@ -240,7 +240,7 @@ def run_prediction(
             resumable = ResumableOutput(out, fingerprint)
             records = resumable.skip_done(records)
     chunks = predict_chunks(model, backbone, records, runtime, max_length=limit, long_policy=long_policy,
-                            progress=console.Progress(0, "predict"))
+                            chunk_records=CHUNK_RECORDS, progress=console.Progress(0, "predict"))
     # Read the first chunk before writing anything, so that an empty or non-FASTA input fails
     # with nothing on stdout. Later records are validated as they stream by.
     first = next(chunks, None)

@@ -15,6 +15,7 @@ interleaves them back into input order.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -138,11 +139,14 @@ class ResumableOutput:
                          f"run the same command again to continue.")
 
 
-def merge_parts(parts: Sequence[Path], handle: IO[str]) -> int:
+def merge_parts(parts: Sequence[Path], handle: IO[str], expected_ids: Iterable[str] | None = None) -> int:
     """Interleave ``--shard 1/N`` ... ``N/N`` outputs (given in that order) into input order.
 
     Parts are tsv or csv (one header, identical in every part) or jsonl. Rows are copied byte
-    for byte, one line at a time, so memory does not grow with the parts. Returns the row count.
+    for byte, one line at a time, so memory does not grow with the parts. Row counts must fit
+    round-robin shards of one input; ``expected_ids`` (the input's identifiers, in order) checks
+    every row as well, which catches a part that is missing or out of place whatever the counts.
+    Returns the row count.
     """
     if not parts:
         raise UserError("merge needs the part files, in shard order")
@@ -152,7 +156,7 @@ def merge_parts(parts: Sequence[Path], handle: IO[str]) -> int:
             if not Path(part).is_file():
                 raise UserError(f"part not found: {part}")
             files.append(Path(part).open(encoding="utf-8", newline="\n"))
-        return _interleave(parts, files, handle)
+        return _interleave(parts, files, handle, expected_ids)
     except UnicodeDecodeError as error:
         raise UserError(f"a part is not a text file ({error.reason})") from None
     finally:
@@ -160,12 +164,24 @@ def merge_parts(parts: Sequence[Path], handle: IO[str]) -> int:
             opened.close()
 
 
-def _interleave(parts: Sequence[Path], files: list[IO[str]], handle: IO[str]) -> int:
+def _row_id(line: str, delimiter: str | None) -> str | None:
+    try:
+        if delimiter is None:
+            return str(json.loads(line)["id"])
+        return next(csv.reader([line], delimiter=delimiter))[0]
+    except (ValueError, KeyError, TypeError, IndexError, StopIteration):
+        return None
+
+
+def _interleave(parts: Sequence[Path], files: list[IO[str]], handle: IO[str],
+                expected_ids: Iterable[str] | None) -> int:
     firsts = [f.readline() for f in files]
     tabular = [bool(line) and not line.startswith("{") for line in firsts]
+    delimiter = None
     if any(tabular):
         if len(set(firsts)) != 1:
             raise UserError("the parts' header lines differ: they are not parts of one run")
+        delimiter = "\t" if "\t" in firsts[0] else ","
     # Rows per part, counted first so that nothing is written when the parts do not fit.
     counts = [sum(1 for _ in f) + (0 if tabular[r] or not firsts[r] else 1) for r, f in enumerate(files)]
     # Round-robin parts of one input differ by at most one row, the earlier parts holding more.
@@ -178,9 +194,18 @@ def _interleave(parts: Sequence[Path], files: list[IO[str]], handle: IO[str]) ->
             f.readline()
     if any(tabular):
         handle.write(firsts[0])
+    expected = iter(expected_ids) if expected_ids is not None else None
     for _ in range(counts[0]):
-        for f in files:
+        for r, f in enumerate(files):
             line = f.readline()
-            if line:
-                handle.write(line if line.endswith("\n") else line + "\n")
+            if not line:
+                continue
+            if expected is not None:
+                want, got = next(expected, None), _row_id(line, delimiter)
+                if want != got:
+                    raise UserError(f"{parts[r]} has {got!r} where the input has {want!r}: "
+                                    f"a part is missing, out of order or from another input")
+            handle.write(line if line.endswith("\n") else line + "\n")
+    if expected is not None and (extra := next(expected, None)) is not None:
+        raise UserError(f"the input goes on ({extra!r}) past the parts' last row: a part is missing")
     return sum(counts)

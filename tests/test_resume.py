@@ -1,0 +1,208 @@
+"""Never lose work: training killed with SIGKILL resumes to the same model; predict --out resumes.
+
+The training test runs synnav in a subprocess (tests/launch.py) so that it can be killed for
+real; the prediction tests interrupt a run in-process with a malformed record, which leaves the
+same state a kill would (complete chunks, a progress record), and damage the partial file the
+way a kill in the middle of a write would.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from synnav_cli import predict
+from synnav_cli.cli import cli
+
+import launch
+
+RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def _wait_for(path: Path, process: subprocess.Popen, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.01)
+    return False
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_model(tmp_path):
+    env = launch.environment(tmp_path)
+    data = launch.dataset_path(tmp_path)
+    # Enough epochs that the kill lands mid-run even on a fast machine (an epoch takes ~0.1 s).
+    args = ["train", "--backbone", "tiny", "--data", str(data), "--epochs", "20", "--batch-size", "16",
+            "--lr", "3e-3", "--seed", "3", "--device", "cpu", "--max-tokens", "4000", "-q"]
+    reference = launch.synnav([*args, "--out", str(tmp_path / "reference")], env, timeout=300)
+    assert reference.returncode == 0, reference.stderr
+
+    out = tmp_path / "killed"
+    checkpoint = out.with_name("killed.partial") / "checkpoint.pt"
+    process = subprocess.Popen([sys.executable, "-m", "synnav_cli", *args, "--out", str(out)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert _wait_for(checkpoint, process, 240), process.stderr.read().decode() if process.stderr else ""
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+    assert not out.exists(), "the run finished before the kill; the test proves nothing"
+
+    restarted = launch.synnav([*args, "--out", str(out)], env, timeout=300)
+    assert restarted.returncode == 1 and "--resume" in restarted.stderr  # refuses to start over
+
+    resumed = launch.synnav(["train", "--resume", str(out.with_name("killed.partial")), "--device", "cpu"],
+                            env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    expected = json.loads((tmp_path / "reference" / "synnav-model.json").read_text())
+    got = json.loads((out / "synnav-model.json").read_text())
+    assert got["best_epoch"] == expected["best_epoch"]
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in got["history"]] == \
+        [{k: v for k, v in h.items() if k != "seconds"} for h in expected["history"]]
+    assert got["metrics"] == expected["metrics"]
+    assert got["thresholds"] == expected["thresholds"]
+    assert not out.with_name("killed.partial").exists()
+
+
+def _fasta(path: Path, count: int, *, bad_at: int | None = None, seed: int = 0) -> Path:
+    import random
+
+    rng = random.Random(seed)
+    lines = []
+    for i in range(count):
+        sequence = "".join(rng.choices(RESIDUES, k=rng.randint(5, 40)))
+        lines += [f">p{i}", "12345" if i == bad_at else sequence]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(predict, "CHUNK_RECORDS", 10)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """How many proteins the model scored."""
+    seen = []
+    original = predict.score_sequences
+
+    def counting(model, backbone, sequences, runtime, *rest, **options):
+        seen.extend(sequences)
+        return original(model, backbone, sequences, runtime, *rest, **options)
+
+    monkeypatch.setattr(predict, "score_sequences", counting)
+    return seen
+
+
+def test_interrupted_predict_out_resumes_without_redoing_records(runner, tmp_path, small_chunks, counted):
+    good = _fasta(tmp_path / "good.fasta", 45)
+    whole = runner.invoke(cli, ["predict", str(good), "-m", "bundled", "--out", str(tmp_path / "whole.tsv")])
+    assert whole.exit_code == 0, whole.output
+    counted.clear()
+
+    out = tmp_path / "out.tsv"
+    broken = _fasta(tmp_path / "input.fasta", 45, bad_at=33)
+    first = runner.invoke(cli, ["predict", str(broken), "-m", "bundled", "--out", str(out)])
+    assert first.exit_code == 1 and "Error: record 'p33'" in first.output
+    assert not out.exists()  # never a half-written result under the final name
+    partial = out.with_name("out.tsv.partial")
+    state = json.loads(out.with_name("out.tsv.partial.json").read_text())
+    assert state["rows"] == 30 and len(partial.read_text().splitlines()) == 31
+    assert "run the same command again" in first.output
+
+    # A kill in the middle of a later chunk leaves rows past the checkpoint; they are dropped.
+    with partial.open("a") as handle:
+        handle.write("p30\t12\t0.5")
+    counted.clear()
+    broken.write_text(good.read_text())  # the user fixes the record and runs the same command
+    second = runner.invoke(cli, ["predict", str(broken), "-m", "bundled", "--out", str(out)])
+    assert second.exit_code == 0, second.output
+    assert "30 records already done" in second.output
+    assert len(counted) == 15  # only the records after the checkpoint were scored
+    assert out.read_text() == (tmp_path / "whole.tsv").read_text()
+    assert not partial.exists() and not out.with_name("out.tsv.partial.json").exists()
+
+
+@pytest.mark.parametrize("change", ["input", "threshold", "format"])
+def test_partial_output_of_another_run_is_refused(runner, tmp_path, small_chunks, change):
+    out = tmp_path / "out.tsv"
+    broken = _fasta(tmp_path / "input.fasta", 25, bad_at=21)
+    assert runner.invoke(cli, ["predict", str(broken), "-m", "bundled", "--out", str(out)]).exit_code == 1
+    before = out.with_name("out.tsv.partial").read_bytes()
+    args = ["predict", str(broken), "-m", "bundled", "--out", str(out), "-q"]
+    if change == "input":
+        _fasta(broken, 25, seed=1)
+    elif change == "threshold":
+        args += ["--threshold", "0.3"]
+    else:
+        args += ["--format", "csv"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and "delete it" in result.output
+    assert out.with_name("out.tsv.partial").read_bytes() == before  # kept for the right command
+    assert not out.exists()
+
+
+def test_predict_out_replaces_an_existing_file_only_when_complete(runner, tmp_path, small_chunks):
+    out = tmp_path / "out.tsv"
+    out.write_text("previous results\n")
+    broken = _fasta(tmp_path / "input.fasta", 25, bad_at=21)
+    assert runner.invoke(cli, ["predict", str(broken), "-m", "bundled", "--out", str(out)]).exit_code == 1
+    assert out.read_text() == "previous results\n"
+
+
+def test_shards_merge_to_the_unsharded_output(runner, tmp_path, small_chunks):
+    fasta = _fasta(tmp_path / "input.fasta", 23)
+    for fmt in ("tsv", "jsonl"):
+        whole = runner.invoke(cli, ["predict", str(fasta), "-m", "bundled", "--format", fmt, "-q"])
+        assert whole.exit_code == 0, whole.output
+        parts = [tmp_path / f"part-{i}.{fmt}" for i in range(1, 5)]
+        for i, part in enumerate(parts, 1):
+            result = runner.invoke(cli, ["predict", str(fasta), "-m", "bundled", "--format", fmt, "-q",
+                                         "--shard", f"{i}/4", "--out", str(part)])
+            assert result.exit_code == 0, result.output
+        merged = runner.invoke(cli, ["merge", *map(str, parts), "--out", str(tmp_path / f"all.{fmt}")])
+        assert merged.exit_code == 0, merged.output
+        assert (tmp_path / f"all.{fmt}").read_text() == whole.output
+        # Shard 1 holds records 1, 5, 9, ...
+        rows = parts[0].read_text().splitlines()[(fmt == "tsv"):]
+        assert [r.split("\t")[0] if fmt == "tsv" else json.loads(r)["id"] for r in rows] == \
+            [f"p{i}" for i in range(0, 23, 4)]
+
+    checked = runner.invoke(cli, ["merge", *map(str, parts), "--fasta", str(fasta)])
+    assert checked.exit_code == 0 and checked.output == whole.output
+    # 6, 6, 5 rows fit three shards of 17 records: only the identifiers show that part 2 is gone.
+    missing = runner.invoke(cli, ["merge", str(parts[0]), str(parts[2]), str(parts[3]), "--fasta", str(fasta)])
+    assert missing.exit_code == 1 and missing.output.startswith("Error: ") and "'p2'" in missing.output
+    shuffled = runner.invoke(cli, ["merge", str(parts[3]), str(parts[0]), str(parts[1]), str(parts[2])])
+    assert shuffled.exit_code == 1 and "shards 1..N" in shuffled.output
+
+
+def test_more_shards_than_records_gives_header_only_parts(runner, tmp_path):
+    fasta = _fasta(tmp_path / "input.fasta", 2)
+    result = runner.invoke(cli, ["predict", str(fasta), "-m", "bundled", "--shard", "3/3", "-q"])
+    assert result.exit_code == 0
+    assert result.stdout.startswith("id\tlength") and len(result.stdout.splitlines()) == 1
+    assert "shard 3/3 holds no records" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["0/3", "4/3", "a/b", "3", "1/0", "-1/2"])
+def test_bad_shard_is_one_line(runner, tmp_path, value):
+    fasta = _fasta(tmp_path / "input.fasta", 2)
+    result = runner.invoke(cli, ["predict", str(fasta), "-m", "bundled", "--shard", value, "-q"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: --shard") and result.output.count("\n") == 1
