@@ -278,28 +278,6 @@ def predict(fasta: str, model: str | None, fmt: str, out: Path | None, threshold
 
 
 @cli.command()
-@click.argument("parts", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
-              help="Write to this file (atomically) instead of stdout.  [default: stdout]")
-def merge(parts: tuple[Path, ...], out: Path | None) -> None:
-    """Join `synnav predict --shard I/N` outputs into one file in input order.
-
-    Give the PARTS in shard order, 1/N first (name them so that a glob sorts them, e.g. part-01
-    ... part-12). tsv and csv parts keep one header. Row counts are checked: a missing part, or
-    parts whose counts do not fit shards 1..N of one input, is an error.
-
-    \b
-    Example:
-      synnav merge part-1.tsv part-2.tsv part-3.tsv --out all.tsv
-    """
-    from synnav_cli.resumable import merge_parts
-    from synnav_cli.session import output_handle
-
-    with output_handle(out) as handle:
-        merge_parts(list(parts), handle)
-
-
-@cli.command()
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True,
               help="File to write: a copy of DATA in the same format, with a new split.  [default: none; required]")
@@ -329,6 +307,36 @@ def split(data: Path, out: Path, min_seq_id: float, coverage: float, seed: int, 
     console.info(f"{result.clusters} clusters (MMseqs2 {result.mmseqs_version}, "
                  f"{' '.join(result.mmseqs_options)}): {sizes}.")
     click.echo(str(result.out))
+
+
+@cli.command()
+@click.argument("parts", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Write to this file (atomically) instead of stdout.  [default: stdout]")
+@click.option("--fasta", "fasta", default=None,
+              help="The FASTA the parts were predicted from: every row's id is checked against it, which "
+                   "catches a missing or misplaced part whatever the row counts.  [default: counts only]")
+def merge(parts: tuple[Path, ...], out: Path | None, fasta: str | None) -> None:
+    """Join `synnav predict --shard I/N` outputs into one file in input order.
+
+    Give the PARTS in shard order, 1/N first (name them so that a glob sorts them, e.g. part-01
+    ... part-12). tsv and csv parts keep one header. Row counts are checked, and with --fasta
+    every row's id: a missing or misplaced part is an error, never a silently wrong file.
+
+    \b
+    Example:
+      synnav merge part-1.tsv part-2.tsv part-3.tsv --fasta proteome.fasta --out all.tsv
+    """
+    from synnav_cli.resumable import merge_parts
+    from synnav_cli.session import output_handle
+
+    expected = None
+    if fasta is not None:
+        from synnav_cli.data import read_fasta
+
+        expected = (record.id for record in read_fasta(fasta))
+    with output_handle(out) as handle:
+        merge_parts(list(parts), handle, expected)
 
 
 @cli.group()
