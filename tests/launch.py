@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -60,12 +61,30 @@ def environment(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def synnav(args: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "synnav_cli", *args], env=env, capture_output=True,
-                          text=True, **kwargs)
+def run(command: list[str], env: dict[str, str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """``command`` in its own process group, all of which is killed if it outlives ``timeout``.
+
+    torchrun's workers would outlive a plain ``subprocess.run`` timeout, which kills the launcher
+    only.
+    """
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, **kwargs)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"{' '.join(command[:6])} ... ran over {timeout}s:\n{stderr[-3000:]}") from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
-def torchrun(processes: int, args: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
-               "--master-port", "0", "-m", "synnav_cli", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, **kwargs)
+def synnav(args: list[str], env: dict[str, str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "synnav_cli", *args], env, timeout, **kwargs)
+
+
+def torchrun(processes: int, args: list[str], env: dict[str, str], timeout: float = 300,
+             **kwargs) -> subprocess.CompletedProcess:
+    """``torchrun --standalone`` (a free rendezvous port on this host) with ``processes`` workers."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+               "-m", "synnav_cli", *args]
+    return run(command, env, timeout, **kwargs)

@@ -1,0 +1,120 @@
+"""torchrun with 2 processes (gloo on CPU) against 1 process: the same model, predictions, scores.
+
+Each launch costs tens of seconds of process start-up, so this module runs as its own bounded
+CI step (.ci/distributed.sh, which sets SYNNAV_TEST_DISTRIBUTED=1); the main suite skips it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+import launch
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("SYNNAV_TEST_DISTRIBUTED") != "1",
+                       reason="2-process runs are the separate CI step .ci/distributed.sh"),
+]
+
+TRAIN = ["--backbone", "tiny", "--epochs", "3", "--batch-size", "16", "--lr", "3e-3", "--seed", "1",
+         "--device", "cpu", "--max-tokens", "4000"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distributed")
+    env = launch.environment(root)
+    env.update(SYNNAV_DATA_DIR=str(root / "userdata"), SYNNAV_CACHE_DIR=str(root / "cache"), HF_HUB_OFFLINE="1")
+    data = launch.dataset_path(root)
+    one = launch.synnav(["train", "--data", str(data), "--out", str(root / "one"), *TRAIN], env)
+    assert one.returncode == 0, one.stderr
+    two = launch.torchrun(2, ["train", "--data", str(data), "--out", str(root / "two"), *TRAIN], env)
+    assert two.returncode == 0, two.stderr
+    records = json.loads(Path(data).read_text())
+    fasta = root / "proteins.fasta"
+    # One protein over the tiny backbone's 512 residues, scored as windows.
+    long_protein = "M" + "ACDEFGHIKLMNPQRSTVWY" * 40
+    fasta.write_text("".join(f">{r['entry']}\n{r['sequence']}\n" for r in records) + f">long\n{long_protein}\n")
+    return {"root": root, "env": env, "data": data, "fasta": fasta, "two_stdout": two.stdout,
+            "one": root / "one", "two": root / "two"}
+
+
+def _close(a, b, tolerance: float) -> bool:
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=tolerance, abs_tol=tolerance)
+
+
+def test_two_processes_train_the_model_one_process_trains(setup):
+    one = json.loads((setup["one"] / "synnav-model.json").read_text())
+    two = json.loads((setup["two"] / "synnav-model.json").read_text())
+    assert two["best_epoch"] == one["best_epoch"]
+    for a, b in zip(one["history"], two["history"], strict=True):
+        for key in ("train_loss", "dev_mean_roc_auc", "dev_mean_pr_auc"):
+            assert _close(a[key], b[key], 1e-4), (key, a, b)
+    for split in ("train", "dev", "test"):
+        for name, metrics in one["metrics"][split]["labels"].items():
+            for key in ("roc_auc", "pr_auc"):
+                assert _close(metrics[key], two["metrics"][split]["labels"][name][key], 1e-3), (split, name, key)
+    # Rank 0 alone writes and prints: one path on stdout, no stray files beside the model.
+    assert setup["two_stdout"].splitlines() == [str(setup["two"])]
+    assert sorted(p.name for p in setup["root"].iterdir() if p.name.startswith("two")) == ["two"]
+
+
+def _rows(text: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(text), delimiter="\t"))
+
+
+def test_two_processes_predict_what_one_process_predicts(setup):
+    args = ["predict", str(setup["fasta"]), "--model", str(setup["one"]), "--device", "cpu", "--long", "window",
+            "--max-tokens", "3000", "-q"]
+    one = launch.synnav(args, setup["env"])
+    assert one.returncode == 0, one.stderr
+    out = setup["root"] / "two.tsv"
+    two = launch.torchrun(2, [*args, "--out", str(out)], setup["env"])
+    assert two.returncode == 0, two.stderr
+    assert two.stdout == ""
+    expected, got = _rows(one.stdout), _rows(out.read_text())
+    assert got[0] == expected[0]
+    assert [r[0] for r in got] == [r[0] for r in expected]  # input order
+    assert expected[-1][-1] == got[-1][-1] == "windowed:3"
+    for a, b in zip(expected[1:], got[1:], strict=True):
+        assert a[1] == b[1] and a[-1] == b[-1]
+        assert all(abs(float(x) - float(y)) <= 2e-4 for x, y in zip(a[2:-2], b[2:-2]))
+    assert not out.with_name("two.tsv.partial").exists()
+
+    # Standard input works too: rank 0 reads it and hands the other rank its share.
+    piped = launch.torchrun(2, args[:1] + ["-"] + args[2:], setup["env"],
+                            stdin=setup["fasta"].open())
+    assert piped.returncode == 0, piped.stderr
+    assert [r[0] for r in _rows(piped.stdout)] == [r[0] for r in expected]
+
+
+def test_two_processes_evaluate_as_one_process_does(setup):
+    args = ["evaluate", "--model", str(setup["one"]), "--data", str(setup["data"]), "--split", "all",
+            "--format", "json", "--device", "cpu", "-q"]
+    one = launch.synnav(args, setup["env"])
+    two = launch.torchrun(2, args, setup["env"])
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    a, b = json.loads(one.stdout), json.loads(two.stdout)  # printed once: it parses as one document
+    assert a["proteins"] == b["proteins"]
+    for name, metrics in a["labels"].items():
+        for key in ("roc_auc", "pr_auc", "f1"):
+            assert _close(metrics[key], b["labels"][name][key], 1e-3), (name, key)
+
+
+def test_a_bad_record_stops_every_rank_with_one_error(setup):
+    bad = setup["root"] / "bad.fasta"
+    bad.write_text(">a\nMKV\n>b\nMK1V\n")
+    result = launch.torchrun(2, ["predict", str(bad), "--model", str(setup["one"]), "--device", "cpu"],
+                             setup["env"], timeout=120)
+    assert result.returncode != 0
+    assert "Error: record 'b' contains characters" in result.stderr
+    assert "Traceback" not in result.stderr.split("Error:")[0]
