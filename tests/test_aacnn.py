@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 
 import pytest
 import torch
@@ -132,3 +133,40 @@ def test_predict_with_the_bundled_model(runner, tmp_path, fmt):
         assert row["status"] == "ok"
         for label in info.label_names:
             assert 0.0 <= float(row[label]) <= 1.0
+
+
+def _predict_rows(runner, fasta, *extra):
+    result = runner.invoke(cli, ["predict", str(fasta), "--format", "tsv", "--offline", *extra])
+    assert result.exit_code == 0, result.output
+    return result, list(csv.DictReader(io.StringIO(result.stdout), delimiter="\t"))
+
+
+def test_a_label_without_training_data_is_never_predicted(runner, small_dataset, tmp_path):
+    """small.json, like data/dataset.json, has no known inhibitory-synapse value at all."""
+    out = tmp_path / "model"
+    result = runner.invoke(cli, ["train", "--backbone", "tiny", "--data", str(small_dataset), "--out", str(out),
+                                 "--epochs", "1", "--batch-size", "16", "--lr", "3e-3"])
+    assert result.exit_code == 0, result.output
+    assert "inhibitory synapse" in result.stderr and "cannot learn" in result.stderr
+    meta = json.loads((out / "synnav-model.json").read_text())
+    assert meta["thresholds"]["inhibitory synapse"] == 1.0
+    assert meta["thresholds"]["ER"] < 1.0  # labels with data keep their tuned thresholds
+    for split in ("train", "dev", "test"):
+        undefined = meta["metrics"][split]["labels"]["inhibitory synapse"]
+        assert undefined["known"] == 0
+        assert all(undefined[m] is None for m in ("f1", "roc_auc", "pr_auc", "mcc"))
+        assert meta["metrics"][split]["mean"]["roc_auc"] is not None  # the mean skips it
+
+    result = runner.invoke(cli, ["evaluate", "--model", str(out), "--data", str(small_dataset), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert scores["labels"]["inhibitory synapse"]["roc_auc"] is None
+    assert 0.0 <= scores["mean"]["roc_auc"] <= 1.0
+
+    fasta = tmp_path / "few.fasta"
+    fasta.write_text("".join(f">{name}\n{seq}\n" for name, seq in PROTEINS.items()))
+    _, rows = _predict_rows(runner, fasta, "--model", str(out))
+    assert len(rows) == len(PROTEINS)
+    for row in rows:
+        assert float(row["inhibitory synapse"]) == 0.5
+        assert "inhibitory synapse" not in row["predicted"]

@@ -486,7 +486,17 @@ def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
 def _finish(config, backbone, dataset, run, parts, probs, model, best_epoch, history, weights, precision,
             torch_device, workspace, out) -> TrainResult:
     """Tune thresholds on dev, score every split, write the model directory."""
+    unseen = unlearned_labels(parts["train"].labels)
+    if unseen:
+        names = ", ".join(dataset.label_names[j] for j in unseen)
+        console.warn(f"no known value of {names} in the training split: the model cannot learn it; "
+                     "it will give every protein 0.5 and never predict it")
+        blank_labels(model, unseen)
+        probs = {name: p.copy() for name, p in probs.items()}
+        for p in probs.values():
+            p[:, unseen] = 0.5
     thresholds = [
+        NEVER if j in unseen else
         tune_threshold(parts["dev"].labels[:, j], probs["dev"][:, j], config.threshold_metric)
         for j in range(len(dataset.label_names))
     ]
@@ -500,6 +510,26 @@ def _finish(config, backbone, dataset, run, parts, probs, model, best_epoch, his
     distributed.barrier()
     console.info(f"Saved model to {out} (best epoch {best_epoch}).")
     return TrainResult(out, metrics, best_epoch, history)
+
+
+NEVER = 1.0  # the threshold of a label the model cannot predict: its probability stays 0.5
+
+
+def unlearned_labels(train_labels: np.ndarray) -> list[int]:
+    """Columns with no known value in the training split: the masked loss never saw them."""
+    return [j for j in range(train_labels.shape[1]) if np.isnan(train_labels[:, j]).all()]
+
+
+def blank_labels(model: LocalizationModel, columns: list[int]) -> None:
+    """Make the head give exactly 0.5 for ``columns``, whatever the protein.
+
+    An untrained head row keeps its random initialisation, so its scores are noise that reads
+    like a prediction (and about half the proteins would cross a 0.5 threshold). Zero weights
+    and bias say "no information" the same way for every protein.
+    """
+    with torch.no_grad():
+        model.head.linear.weight[columns] = 0.0
+        model.head.linear.bias[columns] = 0.0
 
 
 def lr_factor(step: int, total_steps: int) -> float:
