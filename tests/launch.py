@@ -88,3 +88,49 @@ def torchrun(processes: int, args: list[str], env: dict[str, str], timeout: floa
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
                "-m", "synnav_cli", *args]
     return run(command, env, timeout, **kwargs)
+
+
+PEAK_RSS = """
+import resource, sys
+from synnav_cli.cli import cli
+try:
+    cli(sys.argv[1:], prog_name="synnav", standalone_mode=False)
+finally:
+    print("peak_rss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+"""
+
+
+def peak_rss_kb(args: list[str], env: dict[str, str], timeout: float = 300) -> int:
+    """Peak resident memory (KiB, Linux) of ``synnav ARGS`` run in a fresh process."""
+    result = run([sys.executable, "-c", PEAK_RSS, *args], env, timeout)
+    assert result.returncode == 0, result.stderr
+    return int(result.stderr.rsplit("peak_rss_kb", 1)[1].split()[0])
+
+
+def tiny_model_dir(path: Path, labels: list[str] = LABELS[:3], max_length: int = 512) -> Path:
+    """An untrained model directory on the tiny backbone: cheap to make, real to load and run.
+
+    Proteins over ``max_length`` residues are cut to that length (as ``train --max-length`` does).
+    """
+    import torch
+
+    from synnav_cli.model import LocalizationModel
+    from synnav_cli.modeldir import save_model_dir
+    from tiny_backbone import TinyBackbone
+
+    backbone = TinyBackbone()
+    torch.manual_seed(0)
+    model = LocalizationModel(backbone.build_encoder(), backbone.embedding_dim, len(labels))
+    meta = {"backbone": backbone.id, "labels": labels, "thresholds": {name: 0.5 for name in labels},
+            "config": {"max_length": max_length}}
+    return save_model_dir(path, model, meta, encoder_frozen=False)
+
+
+def write_fasta(path: Path, count: int, *, lengths: tuple[int, int] = (10, 40), seed: int = 0) -> Path:
+    """``count`` random proteins named p0, p1, ..., written as they are drawn."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list(RESIDUES))
+    with path.open("w") as handle:
+        for i in range(count):
+            handle.write(f">p{i}\n{''.join(rng.choice(letters, size=int(rng.integers(*lengths))))}\n")
+    return path
