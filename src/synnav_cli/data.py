@@ -209,6 +209,15 @@ SPLIT_COLUMNS = ("split", "Split")
 
 
 def _records_from_table(path: Path, delimiter: str) -> Iterator[tuple[str, str, dict, object]]:
+    try:
+        yield from _table_rows(path, delimiter)
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text ({error.reason})") from None
+    except csv.Error as error:
+        raise UserError(f"{path} is not a valid table: {error}") from None
+
+
+def _table_rows(path: Path, delimiter: str) -> Iterator[tuple[str, str, dict, object]]:
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         columns = reader.fieldnames or []
@@ -219,6 +228,11 @@ def _records_from_table(path: Path, delimiter: str) -> Iterator[tuple[str, str, 
         split_col = next((c for c in SPLIT_COLUMNS if c in columns), None)
         label_cols = [c for c in columns if c not in {entry_col, sequence_col, split_col}]
         for row in reader:
+            # DictReader marks a short row with None values and a long one with a None key.
+            if None in row or None in row.values():
+                fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, []))
+                raise UserError(f"{path}: line {reader.line_num} has {fields} fields "
+                                f"where the header has {len(columns)}")
             labels = {c: row[c] for c in label_cols}
             yield row[entry_col], row[sequence_col], labels, row.get(split_col) if split_col else None
 
