@@ -182,6 +182,19 @@ def test_left_padding_and_empty_rows(backend):
                                    atol=2e-5, rtol=1e-5)  # fmt: skip
 
 
+def test_split_path_runs_the_fused_cpu_kernel():
+    # The padding-free CPU path exists to reach the flash kernel; the kernel refuses 3-d inputs
+    # (torch then quietly runs the slow math path), so insist on it being taken, backward too.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    encoder = tiny_encoder().train()
+    encoder.attention_backend = "split"
+    batch = ESM_VOCABULARY.batch(PROTEINS)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        encoder(batch.input_ids, batch.attention_mask).square().sum().backward()
+    assert encoder.embed.weight.grad is not None
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     batch = ESM_VOCABULARY.batch(PROTEINS[:3])
     grads = []
