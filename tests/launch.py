@@ -14,10 +14,21 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+from synnav_cli import console
 
 TESTS = Path(__file__).parent
 LABELS = ["cytosol", "ER", "mitochondrion", "nucleus", "excitatory synapse", "inhibitory synapse"]
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
+
+
+@pytest.fixture(autouse=True)
+def normal_verbosity():
+    """--quiet sets a process-wide level; in-process CLI runs must not inherit another test's."""
+    console.set_verbosity()
+    yield
+    console.set_verbosity()
 
 
 def dataset_path(tmp_path: Path, proteins: int = 120, seed: int = 0) -> Path:

@@ -9,7 +9,9 @@ way a kill in the middle of a write would.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -23,6 +25,7 @@ from synnav_cli import predict
 from synnav_cli.cli import cli
 
 import launch
+from launch import normal_verbosity  # noqa: F401  (an autouse fixture)
 
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -238,3 +241,30 @@ def test_predict_memory_stays_flat_while_the_input_streams_by(runner, tmp_path, 
     warm, late = statistics.median(samples[6:11]), statistics.median(samples[-5:])
     # Between the two, ~7 MB of sequence went by; holding it (or the rows) would show.
     assert late - warm < 2 * 1024, samples
+
+
+def test_a_full_disk_is_one_line_and_the_finished_chunks_are_kept(runner, tmp_path, small_chunks, monkeypatch):
+    fasta = _fasta(tmp_path / "input.fasta", 35)
+    out = tmp_path / "out.tsv"
+    original = predict.ResumableOutput.checkpoint
+
+    def disk_fills(self, rows):
+        if self.rows >= 20:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        original(self, rows)
+
+    monkeypatch.setattr(predict.ResumableOutput, "checkpoint", disk_fills)
+    full = runner.invoke(cli, ["predict", str(fasta), "-m", "bundled", "--out", str(out)])
+    errors = [line for line in full.stderr.splitlines() if line.startswith("Error: ")]
+    assert full.exit_code == 1 and len(errors) == 1 and "No space left" in errors[0], full.stderr
+    assert "20 finished records are kept" in full.stderr and not out.exists()
+    monkeypatch.setattr(predict.ResumableOutput, "checkpoint", original)
+    again = runner.invoke(cli, ["predict", str(fasta), "-m", "bundled", "--out", str(out)])
+    assert again.exit_code == 0 and "20 records already done" in again.stderr
+    assert len(out.read_text().splitlines()) == 36
+
+
+def test_out_naming_a_directory_is_one_line(runner, tmp_path):
+    fasta = _fasta(tmp_path / "input.fasta", 2)
+    result = runner.invoke(cli, ["predict", str(fasta), "-m", "bundled", "--out", str(tmp_path), "-q"])
+    assert result.exit_code == 1 and result.stderr.startswith("Error: --out") and "directory" in result.stderr

@@ -228,6 +228,8 @@ def run_prediction(
     console.detail(f"device {torch_device}, precision {precision}, {runtime.max_tokens} tokens a batch")
     model = load_model(info, torch_device, offline=offline)
 
+    if out is not None and Path(out).is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name")
     writes = distributed.is_main()
     records = None
     resumable = None
@@ -268,14 +270,17 @@ def _write_predictions(chunks: Iterable[list[Prediction]], resumable: ResumableO
         console.detail(f"{count} proteins predicted")
         return count
     header = PredictionWriter(io.StringIO(), fmt, label_names, thresholds).header
-    writer = PredictionWriter(resumable.open(header), fmt, label_names, thresholds)
     try:
+        writer = PredictionWriter(resumable.open(header), fmt, label_names, thresholds)
         for chunk in chunks:
             for prediction in chunk:
                 writer.write(prediction)
             resumable.checkpoint(len(chunk))
             count += len(chunk)
         resumable.finish()
+    except OSError as error:  # a full disk, a lost mount, no permission
+        resumable.close_unfinished()
+        raise UserError(f"writing {resumable.partial} failed: {error.strerror or error}") from None
     except BaseException:
         resumable.close_unfinished()
         raise

@@ -133,7 +133,10 @@ class ResumableOutput:
         """After a failure: keep what is complete for the next run and say so."""
         if self.handle is None:
             return
-        self.handle.close()
+        try:
+            self.handle.close()
+        except OSError:
+            pass  # the disk that failed the write may fail the flush too; the checkpoint stands
         if self.rows:
             console.info(f"{self.rows} finished records are kept in {self.partial}; "
                          f"run the same command again to continue.")
