@@ -235,3 +235,12 @@ def test_second_frozen_run_never_calls_the_encoder(runner, small_dataset, tmp_pa
     # The saved head works with the real encoder: predict builds it and gets probabilities.
     predicted = runner.invoke(cli, ["predict", "-m", str(tmp_path / "b"), "-"], input=">a\nMKVLA\n")
     assert predicted.exit_code == 0 and calls == [1]
+
+
+def test_a_budget_from_gpu_memory_is_reported_on_stderr(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
+    tokens = hardware.default_token_budget(CUDA, embedding_dim=1152, training=False)
+    err = capsys.readouterr().err
+    assert f"Scoring: up to {tokens} tokens a batch (memory model: 40.0 GiB free" in err
+    hardware.default_token_budget(torch.device("cpu"), embedding_dim=1152, training=False)
+    assert capsys.readouterr().err == ""  # CPU budgets only with --verbose

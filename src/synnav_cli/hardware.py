@@ -258,15 +258,24 @@ def plan_budget(
 
 
 def default_token_budget(device: torch.device, *, embedding_dim: int, training: bool) -> int:
-    """Tokens per batch for a backbone known only by its width (see :func:`plan_budget`)."""
+    """Tokens per batch for a backbone known only by its width (see :func:`plan_budget`),
+    reported on stderr. Callers that know the backbone get a closer estimate from
+    :func:`plan_budget` with :func:`memory_model`."""
     width_only = SimpleNamespace(embedding_dim=embedding_dim)
-    return plan_budget(device, memory_model(width_only), training=training).max_tokens
+    budget = plan_budget(device, memory_model(width_only), training=training)
+    report_budget("Training" if training else "Scoring", budget)
+    return budget.max_tokens
 
 
 def report_budget(what: str, budget: Budget, max_batch_size: int | None = None) -> None:
-    """One line on stderr: the budget chosen and where it came from."""
+    """One line on stderr: the budget chosen and where it came from.
+
+    Said at normal verbosity when it was derived from accelerator memory or asked for; the
+    fixed CPU budgets only with ``--verbose``, so that CPU output stays as it was.
+    """
     proteins = f", at most {max_batch_size} proteins" if max_batch_size else ""
-    console.info(f"{what}: up to {budget.max_tokens} tokens a batch{proteins} ({budget.source}).")
+    say = console.detail if budget.source.endswith(" default") else console.info
+    say(f"{what}: up to {budget.max_tokens} tokens a batch{proteins} ({budget.source}).")
 
 
 def set_gradient_checkpointing(encoder: nn.Module, on: bool) -> bool:
