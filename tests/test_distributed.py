@@ -1,7 +1,8 @@
 """torchrun with 2 processes (gloo on CPU) against 1 process: the same model, predictions, scores.
 
-Each launch costs tens of seconds of process start-up, so this module runs as its own bounded
-CI step (.ci/distributed.sh, which sets SYNNAV_TEST_DISTRIBUTED=1); the main suite skips it.
+Each launch costs tens of seconds of process start-up, so the torchrun tests run as their own
+bounded CI step (.ci/distributed.sh, which sets SYNNAV_TEST_DISTRIBUTED=1); the main suite skips
+them and runs the single-process tests of the sharding helpers.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from synnav_cli import distributed
+from synnav_cli.errors import UserError
 
 import launch
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("SYNNAV_TEST_DISTRIBUTED") != "1",
-                       reason="2-process runs are the separate CI step .ci/distributed.sh"),
-]
+torchrun_step = pytest.mark.skipif(os.environ.get("SYNNAV_TEST_DISTRIBUTED") != "1",
+                                   reason="2-process runs are the separate CI step .ci/distributed.sh")
 
 TRAIN = ["--backbone", "tiny", "--epochs", "3", "--batch-size", "16", "--lr", "3e-3", "--seed", "1",
          "--device", "cpu", "--max-tokens", "4000"]
@@ -52,6 +54,8 @@ def _close(a, b, tolerance: float) -> bool:
     return math.isclose(a, b, rel_tol=tolerance, abs_tol=tolerance)
 
 
+@torchrun_step
+@pytest.mark.slow
 def test_two_processes_train_the_model_one_process_trains(setup):
     one = json.loads((setup["one"] / "synnav-model.json").read_text())
     two = json.loads((setup["two"] / "synnav-model.json").read_text())
@@ -72,6 +76,8 @@ def _rows(text: str) -> list[list[str]]:
     return list(csv.reader(io.StringIO(text), delimiter="\t"))
 
 
+@torchrun_step
+@pytest.mark.slow
 def test_two_processes_predict_what_one_process_predicts(setup):
     args = ["predict", str(setup["fasta"]), "--model", str(setup["one"]), "--device", "cpu", "--long", "window",
             "--max-tokens", "3000", "-q"]
@@ -97,6 +103,8 @@ def test_two_processes_predict_what_one_process_predicts(setup):
     assert [r[0] for r in _rows(piped.stdout)] == [r[0] for r in expected]
 
 
+@torchrun_step
+@pytest.mark.slow
 def test_two_processes_evaluate_as_one_process_does(setup):
     args = ["evaluate", "--model", str(setup["one"]), "--data", str(setup["data"]), "--split", "all",
             "--format", "json", "--device", "cpu", "-q"]
@@ -110,6 +118,8 @@ def test_two_processes_evaluate_as_one_process_does(setup):
             assert _close(metrics[key], b["labels"][name][key], 1e-3), (name, key)
 
 
+@torchrun_step
+@pytest.mark.slow
 def test_a_bad_record_stops_every_rank_with_one_error(setup):
     bad = setup["root"] / "bad.fasta"
     bad.write_text(">a\nMKV\n>b\nMK1V\n")
@@ -118,3 +128,28 @@ def test_a_bad_record_stops_every_rank_with_one_error(setup):
     assert result.returncode != 0
     assert "Error: record 'b' contains characters" in result.stderr
     assert "Traceback" not in result.stderr.split("Error:")[0]
+
+
+@pytest.mark.parametrize("count", [1, 3, 7])
+def test_shards_partition_the_input_round_robin(count):
+    items = list(range(20))
+    parts = [list(distributed.take_shard(iter(items), i, count)) for i in range(count)]
+    assert sorted(x for part in parts for x in part) == items
+    assert all(part == items[i::count] for i, part in enumerate(parts))
+    assert distributed.parse_shard(f"{count}/{count}") == (count - 1, count)
+
+
+@pytest.mark.parametrize("text", ["0/2", "3/2", "1/0", "x/2", "1", "1/2/3", ""])
+def test_bad_shard_text_is_a_user_error(text):
+    with pytest.raises(UserError, match="--shard"):
+        distributed.parse_shard(text)
+
+
+def test_one_process_helpers_answer_for_one_process():
+    assert not distributed.active() and distributed.world_size() == 1 and distributed.is_main()
+    assert [len(c) for c in distributed.broadcast_chunks(iter(range(5)), 2)] == [2, 2, 1]
+    assert list(distributed.broadcast_chunks(None, 2)) == []
+    scored = distributed.score_sharded(lambda part: np.array([[float(x)] for x in part]), [3, 1, 2])
+    assert scored.tolist() == [[3.0], [1.0], [2.0]]
+    assert distributed.gather("x") == ["x"] and distributed.broadcast(5) == 5
+    assert distributed.sum_across(2.5) == 2.5 and distributed.any_rank(True)

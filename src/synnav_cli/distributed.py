@@ -4,7 +4,8 @@ Without ``WORLD_SIZE > 1`` in the environment every helper degrades to the singl
 answer (rank 0 of 1, barriers do nothing), so callers need no special case.
 
 Sharding is round-robin (item ``i`` belongs to rank ``i % world``): every rank can take its
-share of a list or a stream without knowing its length, and :func:`unshard` restores input order.
+share of a list or a stream without knowing its length, and the shares interleave back into input
+order (:func:`score_sharded`).
 The same rule cuts a FASTA into ``--shard I/N`` parts for array jobs (:func:`take_shard`).
 
 Only rank 0 talks and writes: the other ranks' stdout goes to the null device and their console
@@ -131,16 +132,6 @@ def sum_across(value: float) -> float:
 def shard(items: Sequence) -> list:
     """This rank's round-robin share of ``items``."""
     return list(items[rank() :: world_size()])
-
-
-def unshard(parts: Sequence[Sequence]) -> list:
-    """Interleave per-rank shards (in rank order) back into input order."""
-    world = len(parts)
-    total = sum(len(p) for p in parts)
-    result: list = [None] * total
-    for r, part in enumerate(parts):
-        result[r:total:world] = part
-    return result
 
 
 def score_sharded(score: Callable[[list], np.ndarray], items: Sequence) -> np.ndarray:
