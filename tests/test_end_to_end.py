@@ -207,3 +207,25 @@ def test_train_pos_weights_come_from_the_training_split(runner, small_dataset, t
     train_only = positive_weights(data.subset("train").labels, data.label_names, "a2")
     for name, weight in zip(data.label_names, train_only):
         assert math.isclose(meta["pos_weight"][name], float(weight), rel_tol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda meta: meta.update(backbone_fingerprint="tiny+other"), "trained on backbone variant 'tiny+other'"),
+        (lambda meta: meta.update(labels=meta["labels"][:2], thresholds=dict(list(meta["thresholds"].items())[:2])),
+         "does not fit backbone tiny"),
+    ],
+    ids=["other-variant", "wrong-shape"],
+)
+def test_a_model_that_does_not_fit_its_backbone_is_one_line(runner, trained, tmp_path, edit, message):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes((trained / "model.safetensors").read_bytes())
+    meta = json.loads((trained / "synnav-model.json").read_text())
+    edit(meta)
+    (broken / "synnav-model.json").write_text(json.dumps(meta))
+    result = runner.invoke(cli, ["predict", "-m", str(broken), "-"], input=">a\nMKV\n")
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

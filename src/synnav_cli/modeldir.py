@@ -146,6 +146,11 @@ def resolve_model(name: str | None) -> tuple[ModelInfo, str]:
 def load_model(info: ModelInfo, device: torch.device, *, offline: bool = False) -> LocalizationModel:
     """Rebuild the network a model directory describes and load its weights."""
     backbone = get_backbone(info.meta["backbone"])
+    recorded = info.meta.get("backbone_fingerprint")
+    if recorded is not None and recorded != backbone.fingerprint():
+        raise UserError(f"{info.path} was trained on backbone variant {recorded!r}, but {backbone.id} is "
+                        f"{backbone.fingerprint()!r} here (is a setting such as SYNNAV_TEST_TINY_BACKBONES "
+                        "different from training?)")
     frozen = bool(info.meta.get("encoder_frozen"))
     encoder = backbone.build_encoder(pretrained=frozen, offline=offline)
     model = LocalizationModel(encoder, backbone.embedding_dim, len(info.label_names))
@@ -164,5 +169,9 @@ def load_model(info: ModelInfo, device: torch.device, *, offline: bool = False) 
     try:
         target.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise UserError(f"{weights} does not fit backbone {backbone.id}: {error}") from None
+        # torch lists every mismatched tensor over many lines; the first one says enough.
+        details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+        first = details[0] if details else str(error)
+        raise UserError(f"{weights} does not fit backbone {backbone.id}: {first}{more}") from None
     return model.to(device).eval()
