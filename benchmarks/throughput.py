@@ -1,14 +1,23 @@
-"""Prediction and training throughput (residues/s) of synnav's batching, side by side.
+"""Prediction and training throughput (residues/s) of synnav, side by side with the origin's ways.
 
-Three ways of feeding the same proteins through the same model:
+Variants, timed interleaved in one run (each runs its whole plan in rounds, and in every round
+each variant, in a rotating order, advances by the same share of the tokens) so that a shared,
+busy machine slows them all alike and their ratios stay fair:
 
-``sorted``   synnav: length-sorted batches bounded by a token budget (``batching.inference_batches``)
-``single``   one protein per forward, the origin's approach
-``fixed8``   8 proteins per batch in input order, padded to the longest of the 8
+``synnav``     length-sorted batches bounded by a token budget (``batching``); ESM C uses the
+               packed attention path synnav picks for the device (``attention_backend="auto"``)
+``origin``     one protein per forward, the official-style ESM C forward (masked SDPA, every
+               layer's hidden state kept and stacked, as the reference model returns them)
+``padded8``    8 proteins per batch in input order, padded to the longest of the 8 (masked SDPA)
+``synnav[B]``  synnav's batches with ESM C attention path B (``--esmc-backends``)
+``compiled``   synnav's batches through ``torch.compile(encoder, dynamic=True)`` (``--compile``)
 
-Weights are random: speed does not depend on their values, so no download is needed. Before
-timing, every strategy's pooled embeddings are checked against the one-at-a-time ones (batching
-and padding must not change a protein's result).
+Training compares ``synnav`` (token-budget batches of at most ``--batch-size`` similar lengths,
+packed attention) with ``padded8`` (the origin's batches of 8 in input order, padded).
+
+Weights are random: speed does not depend on their values, so no download is needed. Every
+variant's pooled embeddings are checked against the one-at-a-time ones (batching and padding
+must not change a protein's result).
 
 Models (``--models``, comma-separated):
 
@@ -27,7 +36,8 @@ encoder's matrix multiplications, embeddings and norms excluded, ``L`` layers of
 
 For ESM C 600M this is 1.15 GFLOP per token plus 0.166 MFLOP x n per token of attention, the
 figures in docs/DESIGN.md. Only real tokens count: work spent on padding is waste, so it lowers
-the model FLOP utilisation (MFU = useful FLOP/s / the device's dense peak) reported on GPUs.
+the model FLOP utilisation (MFU = useful FLOP/s / the device's dense peak) reported on GPUs; on
+CPU the useful GFLOP/s are reported.
 
 Run ``python benchmarks/throughput.py --help`` for the options; docs/benchmarks.md has results.
 """
@@ -36,12 +46,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -138,12 +150,11 @@ MODELS: dict[str, Callable[[str], tuple[nn.Module, int, int, int]]] = {
 }
 
 
-def build(name: str, device: torch.device, backend: str = "padded") -> Bench:
+def build(name: str, device: torch.device, backend: str = "auto") -> Bench:
     torch.manual_seed(0)
     encoder, layers, width, limit = MODELS[name](backend)
     model = LocalizationModel(encoder, width, NUM_LABELS).to(device)
-    label = name if not name.startswith("esmc") else f"{name} [{backend}]"
-    return Bench(label, model, limit, _matmul_params(encoder), layers, width, encoder)
+    return Bench(name, model, limit, _matmul_params(encoder), layers, width, encoder)
 
 
 # --- data -------------------------------------------------------------------------------
@@ -168,18 +179,41 @@ def random_proteins(lengths: list[int], seed: int) -> list[str]:
     return ["".join(rng.choice(alphabet, size=n)) for n in lengths]
 
 
-# --- strategies -------------------------------------------------------------------------
+# --- variants ---------------------------------------------------------------------------
 
 
-def plan(strategy: str, tokens: list[int], max_tokens: int) -> list[list[int]]:
-    if strategy == "sorted":
-        return batching.inference_batches(tokens, max_tokens)
-    if strategy == "single":
-        return [[i] for i in range(len(tokens))]
-    if strategy.startswith("fixed"):
-        size = int(strategy.removeprefix("fixed"))
-        return [list(range(i, min(i + size, len(tokens)))) for i in range(0, len(tokens), size)]
-    raise ValueError(strategy)
+@dataclass
+class Variant:
+    name: str
+    plan: Callable[[list[int]], list[list[int]]]  # token counts -> batches of positions
+    backend: str = "auto"  # ESM C attention path
+    stack_hidden: bool = False  # keep and stack every layer's output, as the reference ESM C does
+    compiled: bool = False
+
+
+def _sorted(budget: int) -> Callable[[list[int]], list[list[int]]]:
+    return lambda tokens: batching.inference_batches(tokens, budget)
+
+
+def _single(tokens: list[int]) -> list[list[int]]:
+    return [[i] for i in range(len(tokens))]
+
+
+def _fixed(size: int) -> Callable[[list[int]], list[list[int]]]:
+    return lambda tokens: [list(range(i, min(i + size, len(tokens)))) for i in range(0, len(tokens), size)]
+
+
+def predict_variants(esmc: bool, budget: int, backends: list[str], compile_: bool) -> list[Variant]:
+    variants = [
+        Variant("synnav", _sorted(budget)),
+        Variant("origin", _single, backend="padded", stack_hidden=esmc),
+        Variant("padded8", _fixed(8), backend="padded"),
+    ]
+    if esmc:
+        variants += [Variant(f"synnav[{b}]", _sorted(budget), backend=b) for b in backends]
+    if compile_:
+        variants.append(Variant("compiled", _sorted(budget), compiled=True))
+    return variants
 
 
 def _sync(device: torch.device) -> None:
@@ -187,42 +221,134 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _Stacker:
+    """Keeps every block's output and stacks them after the forward, like the reference ESM C
+    (which returns all hidden states): the memory and copies the origin paid per protein."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        blocks = getattr(getattr(encoder, "transformer", None), "blocks", [])
+        self.outputs: list[torch.Tensor] = []
+        self.hooks = [b.register_forward_hook(lambda m, i, o: self.outputs.append(o)) for b in blocks]
+
+    def finish(self) -> None:
+        if self.outputs:
+            torch.stack(self.outputs)
+        self.outputs.clear()
+
+    def remove(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+
+def _configure(bench: Bench, variant: Variant, compiled: dict) -> LocalizationModel:
+    """The model a variant runs: attention path set, encoder compiled when asked."""
+    if hasattr(bench.encoder, "attention_backend"):
+        bench.encoder.attention_backend = variant.backend
+    if not variant.compiled:
+        bench.model.encoder = bench.encoder
+        return bench.model
+    if "encoder" not in compiled:
+        compiled["encoder"] = torch.compile(bench.encoder, dynamic=True)
+    bench.model.encoder = compiled["encoder"]
+    return bench.model
+
+
 @torch.inference_mode()
-def embed_all(bench: Bench, sequences: list[str], batches: list[list[int]], device, precision) -> np.ndarray:
-    out = np.zeros((len(sequences), bench.width), dtype=np.float32)
-    bench.model.eval()
-    for index in batches:
-        batch = ESM_VOCABULARY.batch([sequences[i] for i in index]).to(device)
-        with hardware.autocast(device, precision):
-            pooled = bench.model.embed(batch)
-            bench.model.head(pooled)  # a prediction runs the head too
-        out[index] = pooled.float().cpu().numpy()
-    return out
+def embed(bench, variant, sequences, index_batches, out, device, precision, compiled) -> None:
+    model = _configure(bench, variant, compiled)
+    model.eval()
+    stacker = _Stacker(bench.encoder) if variant.stack_hidden else None
+    try:
+        for index in index_batches:
+            batch = ESM_VOCABULARY.batch([sequences[i] for i in index]).to(device)
+            with hardware.autocast(device, precision):
+                pooled = model.embed(batch)
+                model.head(pooled)  # a prediction runs the head too
+            if stacker is not None:
+                stacker.finish()
+            out[index] = pooled.float().cpu().numpy()
+    finally:
+        if stacker is not None:
+            stacker.remove()
 
 
-def padded_tokens(tokens: list[int], batches: list[list[int]]) -> int:
-    return sum(batching.padded_cost([tokens[i] for i in index]) for index in batches)
+def interleaved(variants: list[Variant], plans: dict[str, list[list[int]]], tokens: list[int], run,
+                rounds: int) -> dict[str, float]:
+    """Seconds per variant. Every variant's whole plan runs, but in ``rounds`` slices: in round
+    ``r`` each variant (in an order that rotates) advances to ``r / rounds`` of its tokens, so a
+    load that comes and goes on a shared machine falls on all variants alike."""
+    seconds = dict.fromkeys((v.name for v in variants), 0.0)
+    done = dict.fromkeys(seconds, 0)
+    position = dict.fromkeys(seconds, 0)
+    total = sum(tokens)
+    for r in range(1, rounds + 1):
+        for k in range(len(variants)):
+            variant = variants[(r + k) % len(variants)]
+            plan = plans[variant.name]
+            todo = []
+            while position[variant.name] < len(plan) and done[variant.name] < total * r / rounds:
+                index = plan[position[variant.name]]
+                todo.append(index)
+                done[variant.name] += sum(tokens[i] for i in index)
+                position[variant.name] += 1
+            if todo:
+                start = time.perf_counter()
+                run(variant, todo)
+                seconds[variant.name] += time.perf_counter() - start
+    return seconds
 
 
-def time_predict(bench, sequences, batches, device, precision) -> tuple[float, np.ndarray]:
-    # Warm-up on the first (longest, for sorted) batches: allocator, kernels, thread pool.
-    embed_all(bench, sequences, batches[:2], device, precision)
-    _sync(device)
-    start = time.perf_counter()
-    result = embed_all(bench, sequences, batches, device, precision)
-    _sync(device)
-    return time.perf_counter() - start, result
+def bench_predict(bench, sequences, variants, device, precision, rounds) -> list[dict]:
+    tokens = [len(s) + 2 for s in sequences]
+    out = {v.name: np.zeros((len(sequences), bench.width), dtype=np.float32) for v in variants}
+    compiled: dict = {}
+    plans = {v.name: v.plan(tokens) for v in variants}
+
+    def run(variant, batches):
+        embed(bench, variant, sequences, batches, out[variant.name], device, precision, compiled)
+        _sync(device)
+
+    warmup = {}
+    for variant in variants:  # allocator, kernels, thread pools; compilation for "compiled"
+        start = time.perf_counter()
+        run(variant, plans[variant.name][:1])
+        warmup[variant.name] = round(time.perf_counter() - start, 1)
+    seconds = interleaved(variants, plans, tokens, run, rounds)
+    residues = sum(len(s) for s in sequences)
+    useful = sum(bench.forward_flop(n) for n in tokens)
+    reference = out["origin"]
+    rows = []
+    for v in variants:
+        padded = sum(batching.padded_cost([tokens[i] for i in b]) for b in plans[v.name])
+        rows.append(dict(
+            model=bench.name, variant=v.name, seconds=round(seconds[v.name], 3),
+            residues_per_s=round(residues / seconds[v.name], 1), batches=len(plans[v.name]),
+            padding=round(padded / sum(tokens) - 1, 4),
+            vs_origin=round(seconds["origin"] / seconds[v.name], 2),
+            vs_padded8=round(seconds["padded8"] / seconds[v.name], 2),
+            max_abs_diff_vs_single=float(np.abs(out[v.name] - reference).max()),
+            gflops=round(useful / seconds[v.name] / 1e9, 2),
+            projected_proteome_s=round(PROTEOME_RESIDUES * seconds[v.name] / residues, 1),
+            warmup_s=warmup[v.name],
+        ))
+    bench.model.encoder = bench.encoder
+    return rows
 
 
-def time_train(bench, sequences, tokens, max_tokens, batch_size, device, precision) -> tuple[float, int, int]:
-    """Seconds, residues and steps for one pass of optimiser steps over ``sequences``."""
+def bench_train(bench, sequences, budget, batch_size, device, precision, rounds) -> list[dict]:
+    """Forward + backward + AdamW step, synnav's batches against the origin's padded 8."""
     model = bench.model
-    model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    batches = batching.training_batches(tokens, max_tokens, batch_size, np.random.default_rng(0))
+    scaler = hardware.grad_scaler(device, precision)
+    tokens = [len(s) + 2 for s in sequences]
     targets = torch.randint(0, 2, (len(sequences), NUM_LABELS), dtype=torch.float32)
     pos_weight = torch.ones(NUM_LABELS, device=device)
+    rng = np.random.default_rng(0)
+    variants = [
+        Variant("synnav", lambda t: batching.training_batches(t, budget, batch_size, rng)),
+        Variant("padded8", _fixed(8), backend="padded"),
+    ]
+    steps = dict.fromkeys((v.name for v in variants), 0)
 
     def step(index):
         batch: TokenBatch = ESM_VOCABULARY.batch([sequences[i] for i in index]).to(device)
@@ -234,14 +360,27 @@ def time_train(bench, sequences, tokens, max_tokens, batch_size, device, precisi
         scaler.step(optimizer)
         scaler.update()
 
-    step(batches[0])
-    _sync(device)
-    start = time.perf_counter()
-    for index in batches:
-        step(index)
-    _sync(device)
-    residues = sum(len(sequences[i]) for index in batches for i in index)
-    return time.perf_counter() - start, residues, len(batches)
+    def run(variant, batches):
+        _configure(bench, variant, {})
+        model.train()
+        for index in batches:
+            step(index)
+            steps[variant.name] += 1
+        _sync(device)
+
+    plans = {v.name: v.plan(tokens) for v in variants}
+    for variant in variants:
+        _configure(bench, variant, {})
+        step(plans[variant.name][0][:2])
+    seconds = interleaved(variants, plans, tokens, run, rounds)
+    residues = sum(len(s) for s in sequences)
+    flop = 3 * sum(bench.forward_flop(n) for n in tokens)
+    return [dict(model=bench.name, variant=v.name, proteins=len(sequences), steps=steps[v.name],
+                 seconds=round(seconds[v.name], 3), residues_per_s=round(residues / seconds[v.name], 1),
+                 vs_padded8=round(seconds["padded8"] / seconds[v.name], 2),
+                 gflops=round(flop / seconds[v.name] / 1e9, 2),
+                 projected_30_epochs_s=round(TRAIN_RESIDUES * seconds[v.name] / residues, 1))
+            for v in variants]
 
 
 # --- report -----------------------------------------------------------------------------
@@ -256,14 +395,23 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
     return next((peak for key, peak in GPU_PEAK_TFLOPS if key in name), None)
 
 
+def _table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
+    print("| " + " | ".join(title for title, _, _ in columns) + " |")
+    print("|" + "|".join("---" if fmt == "s" else "---:" for _, _, fmt in columns) + "|")
+    for r in rows:
+        print("| " + " | ".join(format(r[key], fmt) if r.get(key) is not None else "-" for _, key, fmt in columns)
+              + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="esm2-8m,esmc-small", help="comma-separated: " + ", ".join(MODELS))
-    parser.add_argument("--proteins", type=int, default=200)
-    parser.add_argument("--train-proteins", type=int, default=48, help="proteins per training pass (0: skip)")
-    parser.add_argument("--strategies", default="sorted,single,fixed8")
+    parser.add_argument("--proteins", type=int, default=48, help="proteins scored per variant")
+    parser.add_argument("--train-proteins", type=int, default=32, help="proteins per training pass (0: skip)")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaving rounds (see interleaved())")
     parser.add_argument("--esmc-backends", default="padded,nested",
-                        help="ESM C attention paths to time with sorted batches (varlen needs CUDA)")
+                        help="further ESM C attention paths to time with synnav's batches (varlen needs CUDA)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile(encoder)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataset", type=Path, help="draw lengths from this dataset file")
     parser.add_argument("--device", default="cpu")
@@ -281,115 +429,81 @@ def main(argv: list[str] | None = None) -> int:
     device = hardware.pick_device(args.device)
     precision = hardware.resolve_precision(device, args.precision)
     peak = peak_tflops(device, args.peak_tflops)
-    strategies = args.strategies.split(",")
     lengths = protein_lengths(args.proteins, args.seed, args.dataset)
     all_sequences = random_proteins(lengths, args.seed)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device {device}"
           f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
-          f"{torch.get_num_threads()} threads, precision {precision}")
+          f"{torch.get_num_threads()} threads, precision {precision}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"{len(lengths)} proteins, median {int(np.median(lengths))}, mean {np.mean(lengths):.0f}, "
           f"max {max(lengths)} residues, seed {args.seed}"
-          f"{', lengths from ' + str(args.dataset) if args.dataset else ', log-normal lengths'}")
+          f"{', lengths from ' + str(args.dataset) if args.dataset else ', log-normal lengths'}", flush=True)
     # A bf16 forward differs from fp32 by rounding alone, far above fp32's reordering noise.
     tolerance = args.tolerance if precision == "fp32" else max(args.tolerance, 5e-2)
+    backends = [b for b in args.esmc_backends.split(",") if b]
 
     rows, train_rows = [], []
     for name in args.models.split(","):
-        variants = [b for b in args.esmc_backends.split(",")] if name.startswith("esmc") else ["padded"]
-        for v, backend in enumerate(variants):
-            bench = build(name, device, backend)
-            sequences = [s[: bench.max_residues] for s in all_sequences]
-            tokens = [len(s) + 2 for s in sequences]
-            residues = sum(len(s) for s in sequences)
-            useful = sum(bench.forward_flop(n) for n in tokens)
-            max_tokens = args.max_tokens or hardware.default_token_budget(
-                device, embedding_dim=bench.width, training=False)
-            # One-at-a-time results are the reference for the correctness check. The other
-            # attention paths (same seed, so the same weights) run synnav's batching alone and are
-            # checked against the first path's single-protein results.
-            if v == 0:
-                todo, reference = ["single", *[s for s in strategies if s != "single"]], None
-            else:
-                todo = ["sorted"]
-            results = {}
-            for strategy in todo:
-                batches = plan(strategy, tokens, max_tokens)
-                seconds, pooled = time_predict(bench, sequences, batches, device, precision)
-                if strategy == "single":
-                    reference = pooled
-                diff = float(np.abs(pooled - reference).max())
-                assert diff <= tolerance, f"{bench.name} {strategy}: max |diff| {diff:.2e} > {tolerance}"
-                results[strategy] = dict(
-                    model=bench.name, strategy=strategy, seconds=round(seconds, 3),
-                    residues_per_s=round(residues / seconds, 1), batches=len(batches),
-                    padding=round(padded_tokens(tokens, batches) / sum(tokens) - 1, 4),
-                    max_abs_diff_vs_single=diff, gflops=round(useful / seconds / 1e9, 2),
-                    mfu=round(useful / seconds / (peak * 1e12), 4) if peak else None,
-                    projected_proteome_s=round(PROTEOME_RESIDUES * seconds / residues, 1),
-                )
-                print(f"  {bench.name:22s} {strategy:7s} {seconds:7.2f} s  "
-                      f"{residues / seconds:9.0f} res/s  padding {results[strategy]['padding']:6.1%}  "
-                      f"max|diff| {diff:.1e}", flush=True)
-            if v == 0:
-                single_seconds = results["single"]["seconds"]
-            for strategy in [s for s in strategies if s in results] if v == 0 else ["sorted"]:
-                r = results[strategy]
-                r["vs_single"] = round(single_seconds / r["seconds"], 2)
-                rows.append(r)
-            if args.train_proteins and v == 0:
-                sub = sequences[: args.train_proteins]
-                sub_tokens = tokens[: args.train_proteins]
-                train_tokens = args.train_max_tokens or hardware.default_token_budget(
-                    device, embedding_dim=bench.width, training=True)
-                train_tokens = max(train_tokens, max(sub_tokens))
-                seconds, res, steps = time_train(bench, sub, sub_tokens, train_tokens, args.batch_size,
-                                                 device, precision)
-                flop = 3 * sum(bench.forward_flop(len(sub[i]) + 2) for i in range(len(sub)))
-                train_rows.append(dict(
-                    model=bench.name, proteins=len(sub), steps=steps, seconds=round(seconds, 3),
-                    residues_per_s=round(res / seconds, 1), gflops=round(flop / seconds / 1e9, 2),
-                    mfu=round(flop / seconds / (peak * 1e12), 4) if peak else None,
-                    projected_30_epochs_s=round(TRAIN_RESIDUES * seconds / res, 1),
-                ))
-                print(f"  {bench.name:22s} train   {seconds:7.2f} s  {res / seconds:9.0f} res/s "
-                      f"({steps} steps)", flush=True)
-            del bench
+        bench = build(name, device, "auto")
+        esmc = name.startswith("esmc")
+        sequences = [s[: bench.max_residues] for s in all_sequences]
+        memory = hardware.memory_model(SimpleNamespace(embedding_dim=bench.width), bench.encoder)
+        budget = hardware.plan_budget(device, memory, training=False, precision=precision,
+                                      min_tokens=bench.max_residues + 2, requested=args.max_tokens)
+        if esmc:
+            print(f"{name}: synnav's attention path here is "
+                  f"{bench.encoder.resolved_attention_backend(device, _compute_dtype(precision))}")
+        variants = predict_variants(esmc, budget.max_tokens, backends, args.compile)
+        found = bench_predict(bench, sequences, variants, device, precision, args.rounds)
+        for r in found:
+            assert r["max_abs_diff_vs_single"] <= tolerance, f"{name} {r['variant']}: {r['max_abs_diff_vs_single']:.2e}"
+            r["mfu"] = round(r["gflops"] / (peak * 1e3), 4) if peak else None
+            print(f"  {r['model']:12s} {r['variant']:16s} {r['seconds']:7.2f} s {r['residues_per_s']:9.0f} res/s "
+                  f"x{r['vs_origin']:.2f} origin  padding {r['padding']:6.1%}", flush=True)
+        rows += found
+        if args.train_proteins:
+            sub = sequences[: args.train_proteins]
+            train_budget = hardware.plan_budget(device, memory, training=True, precision=precision,
+                                                min_tokens=max(len(s) + 2 for s in sub),
+                                                requested=args.train_max_tokens)
+            found = bench_train(bench, sub, train_budget.max_tokens, args.batch_size, device, precision,
+                                args.rounds)
+            for r in found:
+                r["mfu"] = round(r["gflops"] / (peak * 1e3), 4) if peak else None
+                print(f"  {r['model']:12s} train {r['variant']:10s} {r['seconds']:7.2f} s "
+                      f"{r['residues_per_s']:9.0f} res/s ({r['steps']} steps)", flush=True)
+            train_rows += found
+        del bench
 
-    print("\nPrediction (pooled embeddings + head); 'x single' = speed relative to one protein at a time")
-    print(f"| model | strategy | residues/s | x single | padding | batches | GFLOP/s |"
-          f"{' MFU |' if peak else ''} max abs diff vs single |")
-    print(f"|---|---|---:|---:|---:|---:|---:|{'---:|' if peak else ''}---:|")
-    for r in rows:
-        mfu = f" {r['mfu']:.1%} |" if peak else ""
-        print(f"| {r['model']} | {r['strategy']} | {r['residues_per_s']:,.0f} | {r['vs_single']:.2f} | "
-              f"{r['padding']:.1%} | {r['batches']} | {r['gflops']:.1f} |{mfu} {r['max_abs_diff_vs_single']:.1e} |")
-    esmc = {r["model"]: r for r in rows if r["strategy"] == "sorted" and r["model"].startswith("esmc")}
-    padded = {k.split(" [")[0]: v for k, v in esmc.items() if k.endswith("[padded]")}
-    for key, r in esmc.items():
-        base = padded.get(key.split(" [")[0])
-        if base is not None and r is not base:
-            print(f"{key}: {base['seconds'] / r['seconds']:.2f}x the speed of the padded (masked SDPA) path")
+    mfu = [("MFU", "mfu", ".1%")] if peak else []
+    print("\nPrediction (pooled embeddings + head); x origin / x padded8 = speed relative to those")
+    _table(rows, [("model", "model", "s"), ("variant", "variant", "s"), ("residues/s", "residues_per_s", ",.0f"),
+                  ("x origin", "vs_origin", ".2f"), ("x padded8", "vs_padded8", ".2f"), ("padding", "padding", ".1%"),
+                  ("batches", "batches", "d"), ("GFLOP/s", "gflops", ".1f"), *mfu,
+                  ("max abs diff vs single", "max_abs_diff_vs_single", ".1e")])
     if train_rows:
-        print("\nTraining (forward + backward + AdamW step, synnav's training batches)")
-        print(f"| model | proteins | steps | residues/s | GFLOP/s |{' MFU |' if peak else ''}")
-        print(f"|---|---:|---:|---:|---:|{'---:|' if peak else ''}")
-        for r in train_rows:
-            mfu = f" {r['mfu']:.1%} |" if peak else ""
-            print(f"| {r['model']} | {r['proteins']} | {r['steps']} | {r['residues_per_s']:,.0f} | "
-                  f"{r['gflops']:.1f} |{mfu}")
+        print("\nTraining (forward + backward + AdamW step)")
+        _table(train_rows, [("model", "model", "s"), ("variant", "variant", "s"), ("proteins", "proteins", "d"),
+                            ("steps", "steps", "d"), ("residues/s", "residues_per_s", ",.0f"),
+                            ("x padded8", "vs_padded8", ".2f"), ("GFLOP/s", "gflops", ".1f"), *mfu])
     if device.type == "cuda":
         print("\nIssue targets (meaningful for esmc-600m on an H100):")
         for r in rows:
-            if r["strategy"] == "sorted":
+            if r["variant"] == "synnav":
                 print(f"  {r['model']}: 11M-residue proteome in ~{r['projected_proteome_s']:.0f} s "
                       f"(target <= {PROTEOME_TARGET_S:.0f} s)")
         for r in train_rows:
-            print(f"  {r['model']}: 30 epochs x 4,600 x 550 residues in ~{r['projected_30_epochs_s'] / 60:.1f} min "
-                  f"(target < {TRAIN_TARGET_S / 60:.0f} min)")
+            if r["variant"] == "synnav":
+                print(f"  {r['model']}: 30 epochs x 4,600 x 550 residues in ~{r['projected_30_epochs_s'] / 60:.1f} "
+                      f"min (target < {TRAIN_TARGET_S / 60:.0f} min)")
     if args.json:
         args.json.write_text(json.dumps({"argv": sys.argv, "torch": torch.__version__, "device": str(device),
                                          "precision": precision, "predict": rows, "train": train_rows}, indent=1))
     return 0
+
+
+def _compute_dtype(precision: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
 if __name__ == "__main__":
