@@ -244,3 +244,13 @@ def test_a_budget_from_gpu_memory_is_reported_on_stderr(monkeypatch, capsys):
     assert f"Scoring: up to {tokens} tokens a batch (memory model: 40.0 GiB free" in err
     hardware.default_token_budget(torch.device("cpu"), embedding_dim=1152, training=False)
     assert capsys.readouterr().err == ""  # CPU budgets only with --verbose
+
+
+def test_grad_checkpoint_option_is_recorded(runner, small_dataset, tmp_path):
+    out = tmp_path / "m"
+    result = runner.invoke(cli, ["train", "-b", "tiny", "-d", str(small_dataset), "--out", str(out),
+                                 "--epochs", "1", "--grad-checkpoint"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "synnav-model.json").read_text())
+    assert meta["config"]["gradient_checkpointing"] is True
+    assert "tiny cannot recompute activations" in result.stderr  # the tiny CNN has no checkpointing

@@ -123,7 +123,10 @@ def _print_table(headers: list[str], rows: list[list[str]]) -> None:
               help="Numeric precision on GPUs (CPU runs fp32).  [default: auto]")
 @click.option("--loss", type=click.Choice(["a2", "balanced", "unweighted"]), default=None,
               help="Class weighting of the BCE loss.  [default: a2]")
-@click.option("--freeze", is_flag=True, default=None, help="Train the head only; keep the encoder's weights.  [default: off]")
+@click.option("--freeze", is_flag=True, default=None, help="Train the head only, on pooled embeddings cached on disk (a second run on the same proteins skips the backbone).  [default: off]")
+@click.option("--grad-checkpoint/--no-grad-checkpoint", "gradient_checkpointing", default=None,
+              help="Recompute activations in the backward pass for every batch (or for none).  "
+                   "[default: on GPUs, only for batches too large for memory without it]")
 @click.option("--seed", type=int, default=None, help="Seed for split, initialisation and batch order.  [default: 0]")
 @click.option("--max-length", type=int, default=None, help="Cut longer proteins to their first N residues.  [default: 1800]")
 @click.option("--threshold-metric", type=click.Choice(["f1", "mcc"]), default=None,
