@@ -199,3 +199,20 @@ def test_bundled_model_on_the_example_fasta(runner):
     for row in rows:
         assert float(row["inhibitory synapse"]) == 0.5  # no data to learn it from
         assert "inhibitory synapse" not in row["predicted"]
+
+
+def test_docs_table_matches_the_shipped_model():
+    """docs/bundled-model.md reports the test metrics the shipped model recorded."""
+    doc = (Path(__file__).parent.parent / "docs" / "bundled-model.md").read_text()
+    header = next(line for line in doc.splitlines() if line.startswith("| label |"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    info, _ = resolve_model("bundled")
+    test = info.meta["metrics"]["test"]["labels"]
+    rows = [line for line in doc.splitlines() if line.startswith("| ") and line.split("|")[1].strip() in test]
+    assert len(rows) == len(test)
+    for line in rows:
+        cells = dict(zip(columns, (c.strip() for c in line.strip("|").split("|"))))
+        metrics = test[cells["label"]]
+        for key, column in (("roc_auc", "bundled ROC-AUC"), ("f1", "bundled F1")):
+            expected = "n/a" if metrics[key] is None else f"{metrics[key]:.3f}"
+            assert cells[column] == expected, (cells["label"], column)
