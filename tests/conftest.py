@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tiny_backbone import TinyPlugin
 
 from synnav_cli.plugins import load_plugins, pm
-
-from tiny_backbone import TinyPlugin
 
 DATA = Path(__file__).parent / "data"
 

@@ -124,10 +124,10 @@ def tiny_model_dir(path: Path, labels: list[str] = LABELS[:3], max_length: int =
     Proteins over ``max_length`` residues are cut to that length (as ``train --max-length`` does).
     """
     import torch
+    from tiny_backbone import TinyBackbone
 
     from synnav_cli.model import LocalizationModel
     from synnav_cli.modeldir import save_model_dir
-    from tiny_backbone import TinyBackbone
 
     backbone = TinyBackbone()
     torch.manual_seed(0)

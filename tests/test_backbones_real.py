@@ -11,11 +11,6 @@ import sys
 
 import pytest
 import torch
-
-from synnav_cli.backbones.esm_alphabet import ESM_TOKENS, ESM_VOCABULARY
-from synnav_cli.errors import UserError
-from synnav_cli.plugins import backbone_registry, get_backbone
-
 from hub_fixture import (  # noqa: F401 - fixtures
     blob_of,
     cache_repo,
@@ -26,6 +21,10 @@ from hub_fixture import (  # noqa: F401 - fixtures
     tiny_esmc_checkpoint,
     tiny_hub,
 )
+
+from synnav_cli.backbones.esm_alphabet import ESM_TOKENS, ESM_VOCABULARY
+from synnav_cli.errors import UserError
+from synnav_cli.plugins import backbone_registry, get_backbone
 
 PROTEINS = ["MKTAYIAKQRQISFVKSHFSRQ", "MEEPQSDPSV", "ACDEFGHIKLMNPQRSTVWY" * 3]
 

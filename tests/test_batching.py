@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_backbone import TinyBackbone
 
 from synnav_cli import batching
 from synnav_cli.errors import UserError
 from synnav_cli.inference import Runtime, run_batches, score_sequences
 from synnav_cli.model import LocalizationModel, masked_bce
 from synnav_cli.train import _accumulate
-
-from tiny_backbone import TinyBackbone
 
 LENGTHS = [int(x) for x in np.random.default_rng(3).integers(5, 400, size=97)]
 

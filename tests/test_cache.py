@@ -16,11 +16,6 @@ from types import SimpleNamespace
 import huggingface_hub
 import pytest
 from click.testing import CliRunner
-
-from synnav_cli import cache, cache_cli
-from synnav_cli.cache_cli import cache_group
-from synnav_cli.errors import UserError
-
 from hub_fixture import (  # noqa: F401 - fixtures
     blob_of,
     cache_repo,
@@ -30,6 +25,10 @@ from hub_fixture import (  # noqa: F401 - fixtures
     sha256_hex,
     tiny_hub,
 )
+
+from synnav_cli import cache, cache_cli
+from synnav_cli.cache_cli import cache_group
+from synnav_cli.errors import UserError
 
 REPO = "example-org/example-model"
 WEIGHTS = b"\x00weights\x01" * 1000

@@ -14,13 +14,12 @@ import math
 import os
 from pathlib import Path
 
+import launch
 import numpy as np
 import pytest
 
 from synnav_cli import distributed
 from synnav_cli.errors import UserError
-
-import launch
 
 torchrun_step = pytest.mark.skipif(os.environ.get("SYNNAV_TEST_DISTRIBUTED") != "1",
                                    reason="2-process runs are the separate CI step .ci/distributed.sh")

@@ -7,13 +7,12 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from tiny_backbone import TinyBackbone
 
 from synnav_cli import embedding_cache
 from synnav_cli.embedding_cache import EmbeddingCache, cache_key, pooled_embeddings
 from synnav_cli.inference import Runtime
 from synnav_cli.model import LocalizationModel
-
-from tiny_backbone import TinyBackbone
 
 SEQUENCES = ["MKTAYIAKQR", "ACDEFGHIKLMNPQRSTVWY" * 3, "MK", "PEPTIDE" * 9, "MKTAYIAKQR", "W" * 40]
 

@@ -13,6 +13,13 @@ import time
 
 import pytest
 import torch
+from hub_fixture import (  # noqa: F401 - fixtures
+    cache_repo,
+    no_network,
+    official_esmc_shapes,
+    official_esmc_state_dict,
+    tiny_hub,
+)
 
 from synnav_cli.backbones.esm_alphabet import ESM_VOCABULARY
 from synnav_cli.backbones.esmc_model import (
@@ -25,14 +32,6 @@ from synnav_cli.backbones.esmc_model import (
     ESMCEncoder,
 )
 from synnav_cli.plugins import get_backbone
-
-from hub_fixture import (  # noqa: F401 - fixtures
-    cache_repo,
-    no_network,
-    official_esmc_shapes,
-    official_esmc_state_dict,
-    tiny_hub,
-)
 
 # The "nested" path on CPU goes through torch's strided nested tensors, which warn that they are a
 # prototype; on CUDA it takes the jagged kernels.

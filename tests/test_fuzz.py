@@ -16,12 +16,11 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from launch import normal_verbosity  # noqa: F401  (an autouse fixture)
 
 from synnav_cli.cli import cli
 from synnav_cli.data import AMINO_ACIDS, read_dataset, read_fasta
 from synnav_cli.errors import UserError
-
-from launch import normal_verbosity  # noqa: F401  (an autouse fixture)
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CLI_FUZZ = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from tiny_backbone import TinyBackbone
 
 from synnav_cli import hardware, train
 from synnav_cli.backbones import esmc_model
@@ -14,8 +15,6 @@ from synnav_cli.backbones.esmc_model import ESMC_600M, ESMC_TINY, ESMCEncoder
 from synnav_cli.cli import cli
 from synnav_cli.errors import UserError
 from synnav_cli.plugins import get_backbone
-
-from tiny_backbone import TinyBackbone
 
 CUDA = torch.device("cuda")
 GB = 10**9
@@ -141,8 +140,9 @@ def test_the_budget_is_reported_on_stderr(runner, small_dataset, tmp_path):
 def test_gradient_checkpointing_switches_for_esmc_and_esm2():
     encoder = ESMCEncoder(ESMC_TINY)
     assert hardware.set_gradient_checkpointing(encoder, True) and encoder.gradient_checkpointing
-    from synnav_cli.backbones.esm2 import ESM2_TINY, ESM2Encoder
     from transformers import EsmModel
+
+    from synnav_cli.backbones.esm2 import ESM2_TINY, ESM2Encoder
 
     wrapped = ESM2Encoder(EsmModel(ESM2_TINY.config(), add_pooling_layer=False))
     assert hardware.set_gradient_checkpointing(wrapped, True)

@@ -113,8 +113,9 @@ def test_broken_plugin_costs_one_line(tmp_path):
 
 def test_registering_builds_no_model():
     # Registration must stay cheap: listing backbones builds no encoder.
-    from synnav_cli.plugins import backbone_registry
     from tiny_backbone import TinyBackbone
+
+    from synnav_cli.plugins import backbone_registry
 
     calls = []
     original = TinyBackbone.build_encoder

@@ -19,13 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+import launch
 import pytest
+from launch import normal_verbosity  # noqa: F401  (an autouse fixture)
 
 from synnav_cli import predict
 from synnav_cli.cli import cli
-
-import launch
-from launch import normal_verbosity  # noqa: F401  (an autouse fixture)
 
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 

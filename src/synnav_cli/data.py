@@ -39,8 +39,7 @@ class FastaRecord:
 def normalise_sequence(raw: str, name: str) -> str:
     """Upper-case, strip whitespace and one terminal stop codon; reject anything else."""
     sequence = "".join(raw.split()).upper()
-    if sequence.endswith("*"):
-        sequence = sequence[:-1]
+    sequence = sequence.removesuffix("*")
     if not sequence:
         raise UserError(f"record {name!r} has an empty sequence")
     bad = set(sequence) - AMINO_ACIDS

@@ -18,8 +18,8 @@ import atexit
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import islice
 from datetime import timedelta
+from itertools import islice
 
 import numpy as np
 import torch

@@ -32,7 +32,12 @@ from synnav_cli import __version__, batching, console, distributed, frozen, hard
 from synnav_cli.data import Dataset, assign_splits, read_dataset
 from synnav_cli.errors import UserError
 from synnav_cli.inference import Runtime, halve_budget, score_sequences
-from synnav_cli.metrics import THRESHOLD_METRICS, evaluate_predictions, selection_score, tune_threshold
+from synnav_cli.metrics import (
+    THRESHOLD_METRICS,
+    evaluate_predictions,
+    selection_score,
+    tune_threshold,
+)
 from synnav_cli.model import LOSS_PRESETS, LocalizationModel, masked_bce, positive_weights
 from synnav_cli.modeldir import save_model_dir, write_json_atomic
 from synnav_cli.plugins import DEFAULT_BACKBONE, get_backbone
