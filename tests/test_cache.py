@@ -545,3 +545,27 @@ def test_caching_doc_names_every_weights_repository_and_licence():
     for setting in ("SYNNAV_CACHE_DIR", "SYNNAV_OFFLINE=1", "HF_HUB_OFFLINE=1", cache.TINY_ENV,
                     "synnav cache list", "synnav cache clear", "hf auth login", "HF_TOKEN"):  # fmt: skip
         assert setting in doc, setting
+
+
+def test_the_hubs_own_warnings_do_not_add_lines_to_the_error(online):
+    """huggingface_hub logs a failed request before raising it; the user gets only synnav's line."""
+    import logging
+
+    def download(*args, **kwargs):
+        logging.getLogger("huggingface_hub.utils._http").warning("'[Errno -2]' thrown while requesting HEAD")
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    hub_logger = logging.getLogger("huggingface_hub")
+    hub_logger.addHandler(handler)
+    level_before = hub_logger.level
+    try:
+        online(download)
+        with pytest.raises(UserError, match="Name or service not known"):
+            cache.fetch(REPO, ["w.pth"])
+    finally:
+        hub_logger.removeHandler(handler)
+    assert records == []
+    assert hub_logger.level == level_before

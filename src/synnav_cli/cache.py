@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -149,7 +150,7 @@ def fetch(
         _announce(repo_id, filenames, licence=licence, backbone=backbone, cache=cache)
 
     snapshot: Path | None = None
-    with _progress_bars_only_on_a_terminal():
+    with _progress_bars_only_on_a_terminal(), _hub_warnings_silenced():
         for filename in filenames:
             try:
                 local = Path(
@@ -200,6 +201,19 @@ def _announce(
         file=sys.stderr,
         flush=True,
     )
+
+
+@contextmanager
+def _hub_warnings_silenced() -> Iterator[None]:
+    """huggingface_hub logs each failed request as a warning before raising; the error it raises
+    is turned into one clear line here, so its log line would only repeat it, as a second line."""
+    logger = logging.getLogger("huggingface_hub")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 @contextmanager
