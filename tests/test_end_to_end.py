@@ -229,3 +229,9 @@ def test_a_model_that_does_not_fit_its_backbone_is_one_line(runner, trained, tmp
     assert result.exit_code == 1
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_missing_fasta_is_the_only_message_with_the_default_model(runner, tmp_path):
+    result = runner.invoke(cli, ["predict", str(tmp_path / "missing.fasta")])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [f"Error: file not found: {tmp_path / 'missing.fasta'}"]

@@ -51,15 +51,22 @@ def normalise_sequence(raw: str, name: str) -> str:
     return sequence
 
 
-def _open_text(source: str | Path) -> IO[str]:
+def check_input(source: str | Path) -> None:
+    """Fail early, with the message reading would give, when ``source`` cannot be read."""
     if str(source) == "-":
-        return sys.stdin
+        return
     path = Path(source)
     if not path.exists():
         raise UserError(f"file not found: {path}")
     if path.is_dir():
         raise UserError(f"expected a file, got a directory: {path}")
-    return path.open(encoding="utf-8", errors="strict", newline="")
+
+
+def _open_text(source: str | Path) -> IO[str]:
+    check_input(source)
+    if str(source) == "-":
+        return sys.stdin
+    return Path(source).open(encoding="utf-8", errors="strict", newline="")
 
 
 def read_fasta(source: str | Path | IO[str]) -> Iterator[FastaRecord]:

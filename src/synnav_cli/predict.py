@@ -22,7 +22,7 @@ import numpy as np
 
 from synnav_cli import console, distributed, hardware
 from synnav_cli.backbones.base import Backbone
-from synnav_cli.data import FastaRecord, read_fasta
+from synnav_cli.data import FastaRecord, check_input, read_fasta
 from synnav_cli.errors import UserError
 from synnav_cli.inference import Runtime, score_sequences
 from synnav_cli.model import LocalizationModel
@@ -206,6 +206,7 @@ def run_prediction(
     """
     shard_index, shard_count = distributed.parse_shard(shard) if shard else (0, 1)
     distributed.init()
+    check_input(fasta)  # a mistyped path is the only message, not one after the model's
     info, how = resolve_model(model_name)
     if how == "bundled":
         console.info(
