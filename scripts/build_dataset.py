@@ -2,9 +2,14 @@
 """Build the dataset that ships with synnav from the public source files, reproducibly.
 
 Reads (under SHARED, default ../shared/data relative to the repository root):
-    seq2loc_hou/hou_testset.csv      cytosol / ER / mitochondrion / nucleus (real 0/1)
-    seq2loc_hou/opencell_raw.csv     gene symbols for data/example.fasta
-    protgps/dataset_from_json.csv    POST_SYNAPTIC_DENSITY -> excitatory synapse
+    seq2loc_hou/hou_testset.csv            cytosol / ER / mitochondrion / nucleus (real 0/1)
+    seq2loc_hou/hou.fasta                  sequences for proteins only the synapse sources label
+    seq2loc_hou/opencell_raw.csv           gene symbols for data/example.fasta
+    protgps/dataset_from_json.csv          more sequences; POST_SYNAPTIC_DENSITY kept as evidence
+    synapse/go/associations_CC.json        GO cellular-component terms per human accession
+    synapse/go/cc_ic.json                  GO term names
+    synapse/genelists/*.gmt                synapse proteomes (mouse Entrez ids): set sizes only
+    synapse/synapse_labels_human.csv       the proteomes mapped to human accessions (see below)
 
 Writes:
     data/dataset.json       every protein, protGPS-style records, one per line
@@ -15,6 +20,13 @@ Writes:
 Usage (from the repository root):
     python scripts/build_dataset.py                 # rebuild everything
     python scripts/build_dataset.py --check         # exit 1 if the files on disk differ
+
+Synapse labels (the rule is documented in data/README.md and tested in tests/test_dataset_v2.py):
+a protein is excitatory-synapse positive on direct GO excitatory/glutamatergic terms or the
+Uezu 2016 ePSD proteome, inhibitory-synapse positive on GO GABA-ergic/glycinergic/inhibitory
+terms or an inhibitory PSD proteome; evidence of one type only leaves the other unknown; both
+are negative only for a protein with GO cellular-component annotations, none of them
+synapse-related, and no synapse evidence in any source. Everything else is unknown (null).
 
 Splits are homology-aware when MMseqs2 is on PATH (``apt-get install mmseqs2``): sequences are
 clustered at 30% identity and whole clusters go to one split. Without it the script falls back
@@ -49,6 +61,9 @@ LABELS = (
     "inhibitory synapse",
 )
 HOU_LABELS = LABELS[:4]
+EXCITATORY, INHIBITORY = LABELS[4], LABELS[5]
+# Evidence of a synapse whose type the source does not give (GO "synapse", "postsynapse", ...).
+UNTYPED = "synapse, type not given"
 # seq2loc `level2` -> our label. Nucleoli sit inside the nucleus: a nucleolar protein is nuclear.
 HOU_LEVEL2 = {
     "cytosol": "cytosol",
@@ -65,6 +80,7 @@ HOU_LEVEL2_KNOWN = set(HOU_LEVEL2) | {
     "plastid",
 }
 PSD_COLUMN = "POST_SYNAPTIC_DENSITY"
+PSD_EVIDENCE = "protGPS POST_SYNAPTIC_DENSITY"
 # The 20 standard residues plus selenocysteine (U), a real residue the ESM vocabulary knows.
 VALID_SEQUENCE = re.compile(r"[ACDEFGHIKLMNPQRSTVWYU]+")
 # UniProt accession format (uniprot.org/help/accession_numbers).
@@ -79,13 +95,111 @@ THREADS = 1
 
 SOURCES = {
     "hou": "seq2loc_hou/hou_testset.csv",
+    "hou_fasta": "seq2loc_hou/hou.fasta",
     "opencell": "seq2loc_hou/opencell_raw.csv",
     "protgps": "protgps/dataset_from_json.csv",
+    "go": "synapse/go/associations_CC.json",
+    "go_names": "synapse/go/cc_ic.json",
+    "synapse_table": "synapse/synapse_labels_human.csv",
+    "human_names": "synapse/uniprot_names/uniprot_database_human_2025.csv",
+    "gmt_uezu_ipsd": "synapse/genelists/015_Uezu-2016-iPSD-Proteome.gmt",
+    "gmt_compiled_ipsd": "synapse/genelists/016_compiled-iPSD-Proteome.gmt",
+    "gmt_biesemann": "synapse/genelists/035_Biesemann-2014-Excitatory-Synapse-Proteome.gmt",
+    "gmt_gao": "synapse/genelists/056_Gao-IN-PSD95-BioID.gmt",
+    "gmt_uezu_epsd": "synapse/genelists/059_Uezu-2016-ePSD-Proteome.gmt",
 }
 EXPECTED_SHA256 = {
     "hou": "8636c3e23fcb6986279f1cbc924bc6c7b6e8fc8b3b974b2e4daf86b42bb0ccda",
+    "hou_fasta": "7fd11a8994317b5623bb112503a294208741dc1bf24fff4dbec555ce4444a2b7",
     "opencell": "f669f8df83a278b27b885859c2484123ffc3d2a0b8f309735e98b43c478a4ff8",
     "protgps": "ef061051fa1c3a46598484316017814882a1c6e11be98d4a353d68ab670b365b",
+    "go": "dc7e76ffbf26fb10d1b4db22a5e42969955a458f68ee4b1a41d9b1b9cc934826",
+    "go_names": "7c3819e7587f320343657d052a778725db50a2d294c0d62f7db6d5736c54fcee",
+    "synapse_table": "2e23f9f3aaa3e319c4d5cb83c667215003bb6df9572061099b701afe3cdf1408",
+    "human_names": "c31939aca68144884aa41e210c64ca3effedd8bf39fb4c6369774e10317d9ef8",
+    "gmt_uezu_ipsd": "02e521c81c80b0188c64956a6837c3b9e87d43df8e4f71d4220625fc58e9d420",
+    "gmt_compiled_ipsd": "7fe31e5ec4cac807bd1869f2ce206a09989ef4d48a338b84b686c2f45ff6c15a",
+    "gmt_biesemann": "1acece792664a9a072d73791bb5ee52dee4e1bcf3419a568126c245b3a03bdfb",
+    "gmt_gao": "0cad549ac283336295c1e191516f73f31ae3fc154e7e5e5e1c23797a093b8682",
+    "gmt_uezu_epsd": "328eee3fd5594481f36dcf6fa4407e9a0eff5aa59a49394c652153c85d3572fe",
+}
+# GMT file -> the prefix its sets carry in synapse_labels_human.csv's `proteomics_sets` column.
+GMT_SET_PREFIX = {
+    "gmt_uezu_ipsd": "Uezu2016_iPSD_",
+    "gmt_compiled_ipsd": "compiled_iPSD_",
+    "gmt_biesemann": "Biesemann2014_",
+    "gmt_gao": "Gao_PSD95BioID_",
+    "gmt_uezu_epsd": "Uezu2016_",
+}
+
+# Direct GO cellular-component terms that make a positive. Excitatory: glutamatergic synapses
+# and their named instances, asymmetric synapses, ionotropic glutamate receptor complexes.
+GO_EXCITATORY = {
+    "GO:0098978": "glutamatergic synapse",
+    "GO:0060076": "excitatory synapse",
+    "GO:0032279": "asymmetric synapse",
+    "GO:0098985": "asymmetric, glutamatergic, excitatory synapse",
+    "GO:0099573": "glutamatergic postsynaptic density",
+    "GO:0032281": "AMPA glutamate receptor complex",
+    "GO:0017146": "NMDA selective glutamate receptor complex",
+    "GO:0032983": "kainate selective glutamate receptor complex",
+    "GO:0008328": "ionotropic glutamate receptor complex",
+    "GO:0098685": "Schaffer collateral - CA1 synapse",
+    "GO:0098686": "hippocampal mossy fiber to CA3 synapse",
+    "GO:0098688": "parallel fiber to Purkinje cell synapse",
+    "GO:0044305": "calyx of Held",
+    "GO:0150053": "cerebellar climbing fiber to Purkinje cell synapse",
+    "GO:0150048": "cerebellar granule cell to Purkinje cell synapse",
+    "GO:0140240": "perforant pathway to dendrate granule cell synapse",
+}
+# Inhibitory: GABA-ergic and glycinergic synapses, symmetric synapses, GABA and glycine receptors.
+GO_INHIBITORY = {
+    "GO:0098982": "GABA-ergic synapse",
+    "GO:0060077": "inhibitory synapse",
+    "GO:0098690": "glycinergic synapse",
+    "GO:0032280": "symmetric synapse",
+    "GO:0098983": "symmetric, GABA-ergic, inhibitory synapse",
+    "GO:0099629": "postsynaptic specialization of symmetric synapse",
+    "GO:0099164": "postsynaptic specialization membrane of symmetric synapse",
+    "GO:0099192": "cerebellar Golgi cell to granule cell synapse",
+    "GO:1902710": "GABA receptor complex",
+    "GO:1902711": "GABA-A receptor complex",
+    "GO:1902712": "G protein-coupled GABA receptor complex",
+    "GO:0016935": "glycine-gated chloride channel complex",
+}
+# Postsynaptic density terms: GO places the PSD at asymmetric (excitatory) synapses, but these
+# annotations come largely from PSD-fraction proteomics, which also catch abundant bystanders.
+# Supporting excitatory evidence: recorded, never a positive on its own, and never a negative.
+GO_PSD = {
+    "GO:0014069": "postsynaptic density",
+    "GO:0098839": "postsynaptic density membrane",
+    "GO:0099092": "postsynaptic density, intracellular component",
+    "GO:0099147": "extrinsic component of postsynaptic density membrane",
+}
+# Any other GO term whose name matches this is synapse-related: it rules a negative out.
+SYNAPSE_RELATED = re.compile(
+    r"synap|spine|dendrit|axon terminus|neuron projection terminus|calyx of held|"
+    r"neuromuscular junction|glutamate receptor|gaba|glycine-gated",
+    re.IGNORECASE,
+)
+NOT_SYNAPSE_RELATED = re.compile(r"synaptonemal|immunological synapse", re.IGNORECASE)
+
+# Proteome sets (as named in synapse_labels_human.csv) -> their role.
+PROTEOME_INHIBITORY_PREFIXES = ("Uezu2016_iPSD_", "compiled_iPSD_")
+PROTEOME_EXCITATORY = ("Uezu2016_ePSD",)
+PROTEOME_SUPPORTING_PREFIXES = ("Biesemann2014_", "Gao_PSD95BioID_")
+
+# The marker panel: whole homology clusters holding one of these go to the test split, so that
+# the shipped model's calls on them are held-out predictions.
+MARKERS = {
+    "Q15388": ("TOMM20", "mitochondrion"),
+    "P27797": ("CALR", "ER"),
+    "P02545": ("LMNA", "nucleus"),
+    "P04406": ("GAPDH", "cytosol"),
+    "P78352": ("DLG4", EXCITATORY),
+    "Q9NQX3": ("GPHN", INHIBITORY),
+    "P14867": ("GABRA1", INHIBITORY),
+    "P42261": ("GRIA1", EXCITATORY),
 }
 
 # Quick-start proteins: one or more per compartment, all real rows of the sources.
@@ -94,10 +208,10 @@ EXAMPLE_ACCESSIONS = (
     "P06748",  # nucleophosmin: nucleolus
     "Q15388",  # TOM20: mitochondrial outer membrane
     "P07237",  # protein disulfide-isomerase: ER lumen
-    "P04406",  # GAPDH: cytosol (and on the PSD list: the proxy's noise)
+    "P04406",  # GAPDH: cytosol
     "P78352",  # PSD-95: the excitatory postsynaptic scaffold
     "Q86YM7",  # Homer1: excitatory postsynaptic scaffold
-    "Q9NQX3",  # gephyrin: inhibitory postsynaptic scaffold, which no label here covers
+    "Q9NQX3",  # gephyrin: the inhibitory postsynaptic scaffold
 )
 
 SMALL_PER_SPLIT = {"train": 84, "dev": 18, "test": 18}
@@ -116,15 +230,19 @@ class Protein:
     hou_id: str | None = None
     hou_labels: dict[str, int] | None = None
     protgps_entries: list[str] = field(default_factory=list)
-    psd: int | None = None  # max over the protGPS rows: positive-only list
+    fasta_ids: list[str] = field(default_factory=list)
+    psd: int | None = None  # max over the protGPS rows: positive-only list, evidence only
     entry: str = ""
     split: str = ""
+    accessions: list[str] = field(default_factory=list)
+    synapse: dict[str, int | None] = field(default_factory=dict)
+    evidence: dict[str, list[str]] = field(default_factory=dict)
 
     def labels(self) -> dict[str, int | None]:
         out: dict[str, int | None] = {name: None for name in LABELS}
         if self.hou_labels is not None:
             out.update(self.hou_labels)
-        out["excitatory synapse"] = self.psd
+        out.update(self.synapse)
         return out
 
 
@@ -132,7 +250,38 @@ class Protein:
 class Log:
     dropped: list[tuple[str, str, str]] = field(default_factory=list)  # source, entry, reason
     merged_by_accession: list[tuple[str, list[str]]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    fasta_skipped: int = 0  # hou.fasta records whose accession already had a sequence
+    fasta_skipped_differing: list[str] = field(default_factory=list)
+    no_known_label: Counter = field(default_factory=Counter)  # dropped, by source
+    no_accession: int = 0
+    markers_moved: list[tuple[str, str, int]] = field(default_factory=list)
+
+
+@dataclass
+class SynapseSources:
+    """The synapse evidence inputs, keyed by UniProt accession."""
+
+    go: dict[str, list[str]]  # accession -> direct GO CC terms
+    go_names: dict[str, str]
+    proteomes: dict[str, list[str]]  # accession -> proteome set names
+    in_table: set[str]  # accessions with any synapse evidence in the reference table
+    table_entry_accession: dict[str, str]  # protGPS entry name -> accession (from the table)
+    symbol_accession: dict[str, str]  # human gene symbol -> accession, where only one has it
+    table_rows: list[dict[str, str]]
+
+    def lookup(self, entry: str) -> set[str]:
+        """Accessions to look synapse evidence up by, for one source name: an accession
+        (ACC, ACC_HUMAN, ACC_GENE), or a Swiss-Prot entry name GENE_HUMAN mapped by the reference
+        table, else by a gene symbol that names exactly one human accession."""
+        found = accessions_of(entry)
+        head = entry.split("_", 1)[0]
+        if not found and ACCESSION.fullmatch(head):
+            found = {head}
+        if not found and entry in self.table_entry_accession:
+            found = {self.table_entry_accession[entry]}
+        if not found and entry.endswith("_HUMAN") and head in self.symbol_accession:
+            found = {self.symbol_accession[head]}
+        return found
 
 
 def sha256(path: Path) -> str:
@@ -143,6 +292,26 @@ def read_csv(path: Path) -> list[dict[str, str]]:
     csv.field_size_limit(1 << 26)
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def read_fasta_records(path: Path) -> list[tuple[str, str]]:
+    records: list[tuple[str, list[str]]] = []
+    for line in path.read_text().splitlines():
+        if line.startswith(">"):
+            records.append((line[1:].strip(), []))
+        elif line.strip():
+            records[-1][1].append(line.strip())
+    return [(name, "".join(parts)) for name, parts in records]
+
+
+def read_gmt(path: Path) -> dict[str, set[str]]:
+    """GMT: set name, URL, then member ids (``NA`` where the source had none)."""
+    sets: dict[str, set[str]] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 2:
+            sets[parts[0]] = {p for p in parts[2:] if p and p != "NA"}
+    return sets
 
 
 def sequence_problem(seq: str) -> str | None:
@@ -175,7 +344,87 @@ def entry_rank(entry: str) -> tuple[int, str]:
     return (3 if accessions_of(entry) else 2, entry)
 
 
-def load(shared: Path, log: Log) -> list[Protein]:
+def load_synapse_sources(shared: Path) -> SynapseSources:
+    go = json.loads((shared / SOURCES["go"]).read_text())
+    names = {term: info["name"] for term, info in json.loads((shared / SOURCES["go_names"]).read_text()).items()}
+    rows = read_csv(shared / SOURCES["synapse_table"])
+    proteomes: dict[str, list[str]] = {}
+    entry_accession: dict[str, str] = {}
+    for row in rows:
+        acc = row["uniprot_accession"].strip()
+        sets = [s for s in row["proteomics_sets"].split(";") if s]
+        for name in sets:
+            if not (name.startswith(PROTEOME_INHIBITORY_PREFIXES + PROTEOME_SUPPORTING_PREFIXES)
+                    or name in PROTEOME_EXCITATORY):
+                raise SystemExit(f"{SOURCES['synapse_table']}: unknown proteome set {name!r}")
+        if sets:
+            proteomes[acc] = sorted(sets)
+        entry = row["protgps_entry"].strip()
+        if entry and not accessions_of(entry):
+            entry_accession[entry] = acc
+    by_symbol: dict[str, set[str]] = defaultdict(set)
+    for row in read_csv(shared / SOURCES["human_names"]):
+        by_symbol[row["Gene Symbol"].strip()].add(row["Accession"].strip())
+    symbols = {symbol: min(accs) for symbol, accs in by_symbol.items() if symbol and len(accs) == 1}
+    return SynapseSources(go, names, proteomes, {r["uniprot_accession"].strip() for r in rows},
+                          entry_accession, symbols, rows)
+
+
+def go_evidence(term: str, name: str) -> str:
+    return f"{term} {name}"
+
+
+def synapse_evidence(accessions: list[str], sources: SynapseSources, psd: int | None) -> tuple[dict[str, list[str]], bool]:
+    """Evidence per label (and UNTYPED), and whether any accession has GO CC annotations."""
+    evidence: dict[str, set[str]] = defaultdict(set)
+    annotated = False
+    for acc in accessions:
+        terms = sources.go.get(acc, [])
+        annotated = annotated or bool(terms)
+        for term in terms:
+            name = sources.go_names.get(term, "")
+            if term in GO_EXCITATORY:
+                evidence[EXCITATORY].add(go_evidence(term, GO_EXCITATORY[term]))
+            elif term in GO_INHIBITORY:
+                evidence[INHIBITORY].add(go_evidence(term, GO_INHIBITORY[term]))
+            elif term in GO_PSD:
+                evidence[EXCITATORY].add(go_evidence(term, GO_PSD[term]))
+            elif SYNAPSE_RELATED.search(name) and not NOT_SYNAPSE_RELATED.search(name):
+                evidence[UNTYPED].add(go_evidence(term, name))
+        for name in sources.proteomes.get(acc, []):
+            label = INHIBITORY if name.startswith(PROTEOME_INHIBITORY_PREFIXES) else EXCITATORY
+            evidence[label].add(name)
+    if psd:
+        evidence[EXCITATORY].add(PSD_EVIDENCE)
+    return {k: sorted(v) for k, v in sorted(evidence.items())}, annotated
+
+
+def is_positive_evidence(label: str, source: str) -> bool:
+    """Sources that make a positive; the others (PSD terms and fractions, synaptosome and
+    PSD-95 BioID proteomes, protGPS's PSD list) only support one."""
+    if label == INHIBITORY:
+        return True
+    term = source.split(" ", 1)[0]
+    return term in GO_EXCITATORY or source in PROTEOME_EXCITATORY
+
+
+def synapse_labels(evidence: dict[str, list[str]], go_annotated: bool, in_synapse_table: bool) -> dict[str, int | None]:
+    """The negative rule. Positive on positive evidence; a positive of one type leaves the other
+    type unknown; both negative only for a GO-annotated protein with no synapse evidence of any
+    kind in any source (``in_synapse_table``: the reference table lists it, e.g. on the 2017
+    SynGO export); unknown otherwise. Never 'not on a list' -> negative."""
+    positive = {
+        label: any(is_positive_evidence(label, s) for s in evidence.get(label, []))
+        for label in (EXCITATORY, INHIBITORY)
+    }
+    if any(positive.values()):
+        return {label: 1 if positive[label] else None for label in (EXCITATORY, INHIBITORY)}
+    if go_annotated and not evidence and not in_synapse_table:
+        return {EXCITATORY: 0, INHIBITORY: 0}
+    return {EXCITATORY: None, INHIBITORY: None}
+
+
+def load(shared: Path, log: Log, sources: SynapseSources) -> list[Protein]:
     by_seq: dict[str, Protein] = {}
 
     hou_rows = read_csv(shared / SOURCES["hou"])
@@ -212,7 +461,7 @@ def load(shared: Path, log: Log) -> list[Protein]:
         protein.psd = max(protein.psd or 0, int(value))
 
     # Same accession, different sequence (sequence versions or isoforms of one protein):
-    # keep one record, HOU's sequence, and carry the protGPS label over.
+    # keep one record, HOU's sequence, and carry the protGPS evidence over.
     by_accession: dict[str, list[Protein]] = defaultdict(list)
     for protein in by_seq.values():
         names = ([protein.hou_id] if protein.hou_id else []) + protein.protgps_entries
@@ -238,9 +487,49 @@ def load(shared: Path, log: Log) -> list[Protein]:
                 (acc, [f"{e} ({len(other.sequence)} aa)" for e in other.protgps_entries])
             )
 
-    proteins = list(by_seq.values())
+    # hou.fasta: sequences for accessions no labelled source has. An accession that already has
+    # a sequence keeps it; an identical sequence adds its accession to that protein.
+    known = {
+        acc: p
+        for p in by_seq.values()
+        for name in ([p.hou_id] if p.hou_id else []) + p.protgps_entries
+        for acc in accessions_of(name)
+    }
+    for acc, seq in read_fasta_records(shared / SOURCES["hou_fasta"]):
+        if not ACCESSION.fullmatch(acc):
+            raise SystemExit(f"{SOURCES['hou_fasta']}: header {acc!r} is not a UniProt accession")
+        if acc in known:
+            log.fasta_skipped += 1
+            if known[acc].sequence != seq:
+                log.fasta_skipped_differing.append(acc)
+            continue
+        problem = sequence_problem(seq)
+        if problem:
+            log.dropped.append(("seq2loc hou.fasta", acc, problem))
+            continue
+        protein = by_seq.setdefault(seq, Protein(sequence=seq))
+        protein.fasta_ids.append(acc)
+        known[acc] = protein
+
+    proteins = []
+    for protein in by_seq.values():
+        accs = {a for name in protein_names(protein) for a in sources.lookup(name)}
+        protein.accessions = sorted(accs)
+        if not accs:
+            log.no_accession += 1
+        protein.evidence, annotated = synapse_evidence(protein.accessions, sources, protein.psd)
+        in_table = any(a in sources.in_table for a in protein.accessions)
+        protein.synapse = synapse_labels(protein.evidence, annotated, in_table)
+        if all(value is None for value in protein.labels().values()):
+            origin = "HOU" if protein.hou_id else "protGPS" if protein.protgps_entries else "hou.fasta"
+            log.no_known_label[origin] += 1
+            if origin == "hou.fasta":
+                continue  # kept from the labelled sources, added from hou.fasta only when labelled
+        proteins.append(protein)
+
     for protein in proteins:
-        protein.entry = protein.hou_id or min(protein.protgps_entries, key=entry_rank)
+        protein.entry = (protein.hou_id or (min(protein.fasta_ids) if protein.fasta_ids else None)
+                         or min(protein.protgps_entries, key=entry_rank))
     entries = Counter(p.entry for p in proteins)
     clashes = [e for e, n in entries.items() if n > 1]
     if clashes:
@@ -249,7 +538,11 @@ def load(shared: Path, log: Log) -> list[Protein]:
     return proteins
 
 
-def assign_splits(proteins: list[Protein], method: str) -> tuple[str, list[int], list[str]]:
+def protein_names(protein: Protein) -> list[str]:
+    return ([protein.hou_id] if protein.hou_id else []) + protein.protgps_entries + protein.fasta_ids
+
+
+def assign_splits(proteins: list[Protein], method: str, log: Log) -> tuple[str, list[int], list[str]]:
     """Set protein.split; return (method used, group id per protein, command description)."""
     if method == "auto":
         method = "mmseqs" if homology.mmseqs_available() else "exact"
@@ -275,18 +568,32 @@ def assign_splits(proteins: list[Protein], method: str) -> tuple[str, list[int],
         groups = list(range(len(proteins)))  # sequences are unique after the merge
         command = ["no clustering: each unique sequence is its own group"]
     splits = homology.split_groups(groups, FRACTIONS, SEED)
+    # The marker panel is held out: every cluster holding a marker goes to test.
+    marker_groups = {}
+    for protein, group in zip(proteins, groups):
+        for acc in protein.accessions:
+            if acc in MARKERS:
+                marker_groups[group] = acc
+    for group, acc in sorted(marker_groups.items(), key=lambda item: item[1]):
+        members = [i for i, g in enumerate(groups) if g == group]
+        log.markers_moved.append((acc, splits[members[0]], len(members)))
+        for i in members:
+            splits[i] = "test"
     for protein, split in zip(proteins, splits):
         protein.split = split
     return method, groups, command
 
 
 def record(protein: Protein) -> dict:
-    return {
+    out = {
         "entry": protein.entry,
         "sequence": protein.sequence,
         "labels": protein.labels(),
         "split": protein.split,
     }
+    if protein.evidence:
+        out["evidence"] = protein.evidence
+    return out
 
 
 def dump_records(records: list[dict]) -> str:
@@ -297,7 +604,7 @@ def dump_records(records: list[dict]) -> str:
 
 def select_small(proteins: list[Protein]) -> list[Protein]:
     """A deterministic subset: per split, at least N positives, negatives and unknowns of every
-    label that has data, then filled up in sha256(sequence) order."""
+    label, then filled up in sha256(sequence) order."""
     chosen: list[Protein] = []
     for split, size in SMALL_PER_SPLIT.items():
         pool = sorted(
@@ -306,7 +613,7 @@ def select_small(proteins: list[Protein]) -> list[Protein]:
         )
         picked: list[Protein] = []
         need = SMALL_MIN_EACH[split]
-        for name in LABELS[:5]:
+        for name in LABELS:
             for value in (1, 0, None):
                 have = sum(p.labels()[name] == value for p in picked)
                 for p in pool:
@@ -365,6 +672,85 @@ def counts_table(proteins: list[Protein]) -> list[str]:
     return rows
 
 
+def evidence_table(proteins: list[Protein]) -> list[str]:
+    """Synapse positives by kind of evidence: GO only, proteome only, both."""
+    rows = ["| label | positives | GO terms only | proteomes only | both | with supporting evidence too |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for label in (EXCITATORY, INHIBITORY):
+        kinds: Counter = Counter()
+        supported = 0
+        for p in proteins:
+            if p.synapse.get(label) != 1:
+                continue
+            strong = [s for s in p.evidence.get(label, []) if is_positive_evidence(label, s)]
+            go = any(s.startswith("GO:") for s in strong)
+            proteome = any(not s.startswith("GO:") for s in strong)
+            kinds["both" if go and proteome else "GO" if go else "proteome"] += 1
+            supported += any(not is_positive_evidence(label, s) for s in p.evidence.get(label, []))
+        total = sum(kinds.values())
+        rows.append(f"| {label} | {total:,} | {kinds['GO']:,} | {kinds['proteome']:,} | "
+                    f"{kinds['both']:,} | {supported:,} |")
+    return rows
+
+
+def null_reasons(proteins: list[Protein], sources: SynapseSources) -> list[str]:
+    """Why synapse labels are unknown, for proteins with neither synapse positive."""
+    reasons: Counter = Counter()
+    for p in proteins:
+        if p.synapse[EXCITATORY] is not None or p.synapse[INHIBITORY] is not None:
+            continue
+        if not p.accessions:
+            reasons["no UniProt accession to look up"] += 1
+        elif not any(sources.go.get(a) for a in p.accessions):
+            reasons["no GO cellular-component annotation"] += 1
+        elif p.evidence.get(EXCITATORY):
+            reasons["excitatory supporting evidence only (PSD terms or proteomes, synaptosome, "
+                    "PSD-95 BioID, protGPS PSD list)"] += 1
+        elif p.evidence.get(UNTYPED):
+            reasons["synapse-related GO terms without a type"] += 1
+        else:
+            reasons["listed in the reference table only (e.g. the 2017 SynGO export)"] += 1
+    return [f"  - {why}: {n:,}" for why, n in reasons.most_common()]
+
+
+def reference_agreement(proteins: list[Protein], sources: SynapseSources) -> list[str]:
+    """Our synapse labels against synapse_labels_human.csv, on the accessions we both have."""
+    table = {r["uniprot_accession"].strip(): r for r in sources.table_rows}
+    rows = [("| our label | reference column | both 1 | ours 1, ref 0 | ours null, ref 1 | "
+             "ours 0, ref 1 | ref 1, protein here |"),
+            "|---|---|---:|---:|---:|---:|---:|"]
+    for label, column in ((INHIBITORY, "INHIBITORY_label"), (EXCITATORY, "EXCITATORY_label_strict"),
+                          (EXCITATORY, "EXCITATORY_label_broad")):
+        counts: Counter = Counter()
+        for p in proteins:
+            refs = [table[a][column] == "1" for a in p.accessions if a in table]
+            ref = any(refs)
+            ours = p.synapse[label]
+            if ref:
+                counts["ref"] += 1
+            if ours == 1 and ref:
+                counts["both"] += 1
+            elif ours == 1:
+                counts["ours only"] += 1
+            elif ref and ours is None:
+                counts["null"] += 1
+            elif ref and ours == 0:
+                counts["neg"] += 1
+        rows.append(f"| {label} | `{column}` | {counts['both']:,} | {counts['ours only']:,} | "
+                    f"{counts['null']:,} | {counts['neg']:,} | {counts['ref']:,} |")
+    return rows
+
+
+def proteome_coverage(shared: Path, sources: SynapseSources) -> list[str]:
+    """Mouse genes per proteome set (GMT) against the human accessions the table maps them to."""
+    mapped = Counter(s for sets in sources.proteomes.values() for s in sets)
+    rows = ["| proteome set | mouse genes (GMT) | human accessions (table) |", "|---|---:|---:|"]
+    for key, prefix in GMT_SET_PREFIX.items():
+        for name, members in read_gmt(shared / SOURCES[key]).items():
+            rows.append(f"| `{prefix}{name}` | {len(members):,} | {mapped[prefix + name]:,} |")
+    return rows
+
+
 def generated_section(
     proteins: list[Protein],
     small: list[Protein],
@@ -373,11 +759,13 @@ def generated_section(
     method: str,
     groups: list[int],
     command: list[str],
+    sources: SynapseSources,
 ) -> str:
     n = len(proteins)
     split_sizes = Counter(p.split for p in proteins)
-    sources = Counter(
-        "both" if p.hou_id and p.protgps_entries else "HOU only" if p.hou_id else "protGPS only"
+    origins = Counter(
+        " + ".join(name for name, present in (("HOU", p.hou_id), ("protGPS", p.protgps_entries),
+                                              ("hou.fasta", p.fasta_ids)) if present)
         for p in proteins
     )
     group_sizes = Counter(groups)
@@ -385,22 +773,44 @@ def generated_section(
     largest = sorted(group_sizes.values(), reverse=True)[:5]
     lines = [BEGIN_MARK, "", "### Inputs", ""]
     lines += ["| file | sha256 |", "|---|---|"]
-    for key, rel in SOURCES.items():
+    for rel in SOURCES.values():
         lines.append(f"| `{rel}` | `{sha256(shared / rel)}` |")
     lines += ["", "### Records", ""]
-    lines.append(f"- Proteins (unique sequences): **{n:,}**; from both sources {sources['both']:,}, "
-                 f"HOU only {sources['HOU only']:,}, protGPS only {sources['protGPS only']:,}.")
+    lines.append(f"- Proteins (unique sequences): **{n:,}**; by source: "
+                 + ", ".join(f"{k} {v:,}" for k, v in sorted(origins.items())) + ".")
+    with_evidence = sum(1 for p in proteins if p.evidence)
+    lines.append(f"- Records with an `evidence` field: {with_evidence:,}.")
     merged_pg = sum(len(p.protgps_entries) - 1 for p in proteins if len(p.protgps_entries) > 1)
     lines.append(f"- protGPS rows folded into another protGPS row with the same sequence or "
                  f"accession: {merged_pg:,}.")
-    lines.append("- Same accession, different sequence (HOU sequence kept, protGPS label carried "
-                 "over): " + "; ".join(f"{acc} <- {', '.join(e)}"
-                                        for acc, e in log.merged_by_accession) + ".")
+    lines.append("- Same accession, different sequence (HOU sequence kept, protGPS evidence "
+                 "carried over): " + "; ".join(f"{acc} <- {', '.join(e)}"
+                                               for acc, e in log.merged_by_accession) + ".")
+    lines.append(f"- hou.fasta records whose accession already had a sequence (skipped): "
+                 f"{log.fasta_skipped:,}, of them with a different sequence: "
+                 f"{len(log.fasta_skipped_differing)} ({', '.join(log.fasta_skipped_differing)}).")
+    lines.append(f"- Proteins with no UniProt accession to look synapse evidence up by "
+                 f"(protGPS entry names that neither the reference table nor a unique gene "
+                 f"symbol maps): {log.no_accession:,}.")
+    lines.append("- Proteins whose every label is unknown: " + ", ".join(
+        f"{origin} {count:,}" for origin, count in sorted(log.no_known_label.items()))
+        + ". The protGPS ones are kept (as in earlier versions of this file; their sequences "
+        "serve prediction checks such as the marker panel, and training skips them); the "
+        "hou.fasta ones are left out.")
     lines.append(f"- Dropped rows ({len(log.dropped)}):")
     lines += ["", "| source | entry | reason |", "|---|---|---|"]
     lines += [f"| {src} | {entry} | {why} |" for src, entry, why in log.dropped]
     lines += ["", "### Labels: positives / negatives / unknown (null)", ""]
     lines += counts_table(proteins)
+    lines += ["", "### Synapse positives by evidence", ""]
+    lines += evidence_table(proteins)
+    lines += ["", "Proteins with both synapse labels unknown, by reason:", ""]
+    lines += null_reasons(proteins, sources)
+    lines += ["", "### Agreement with `synapse/synapse_labels_human.csv`", ""]
+    lines += reference_agreement(proteins, sources)
+    lines += ["", ("Proteome sets: mouse genes in the GMT file against human accessions in the "
+                   "reference table's `proteomics_sets` column (the mapping this build uses):"), ""]
+    lines += proteome_coverage(shared, sources)
     lines += ["", "### Splits", ""]
     lines.append(f"- Method: **{method}**" + (
         " (homology-aware: whole MMseqs2 clusters per split)" if method == "mmseqs"
@@ -410,7 +820,9 @@ def generated_section(
     lines.append(f"- Groups: {len(group_sizes):,}; singletons {size_hist[1]:,}; "
                  f"largest {', '.join(str(s) for s in largest)}.")
     lines.append(f"- Assignment: `synnav_cli.homology.split_groups(groups, {FRACTIONS}, "
-                 f"seed={SEED})`.")
+                 f"seed={SEED})`, then every cluster holding a marker-panel protein is moved to "
+                 "test: " + "; ".join(f"{MARKERS[acc][0]} ({acc}, cluster of {size}, from {was})"
+                                      for acc, was, size in log.markers_moved) + ".")
     lines.append("- Sizes: " + ", ".join(
         f"{s} {split_sizes[s]:,} ({split_sizes[s] / n:.1%})" for s in homology.SPLIT_NAMES) + ".")
     small_sizes = Counter(p.split for p in small)
@@ -432,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "shared", nargs="?", type=Path, default=REPO.parent / "shared" / "data",
-        help="folder with seq2loc_hou/ and protgps/ (default: ../shared/data from the repo root)",
+        help="folder with seq2loc_hou/, protgps/ and synapse/ (default: ../shared/data from the repo root)",
     )  # fmt: skip
     parser.add_argument(
         "--split-method", choices=("auto", "mmseqs", "exact"), default="auto",
@@ -457,8 +869,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{EXPECTED_SHA256[key]}; the output will differ", file=sys.stderr)
 
     log = Log()
-    proteins = load(shared, log)
-    method, groups, command = assign_splits(proteins, args.split_method)
+    sources = load_synapse_sources(shared)
+    proteins = load(shared, log, sources)
+    method, groups, command = assign_splits(proteins, args.split_method, log)
     print(f"split method: {method}")
     small = select_small(proteins)
 
@@ -469,7 +882,7 @@ def main(argv: list[str] | None = None) -> int:
         REPO / "tests" / "data" / "small.json": dump_records([record(p) for p in small]),
         readme_path: replace_generated(
             readme_path.read_text(),
-            generated_section(proteins, small, shared, log, method, groups, command),
+            generated_section(proteins, small, shared, log, method, groups, command, sources),
         ),
     }
     differ = []
@@ -485,6 +898,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"proteins: {len(proteins)} ({', '.join(f'{s} {split_sizes[s]}' for s in homology.SPLIT_NAMES)})")
     print(f"dropped rows: {len(log.dropped)}")
     print("\n".join(counts_table(proteins)))
+    print("\n".join(reference_agreement(proteins, sources)))
     for path, text in outputs.items():
         digest = hashlib.sha256(text.encode()).hexdigest()
         print(f"{digest}  {path.relative_to(REPO)} ({len(text.encode()):,} bytes)")

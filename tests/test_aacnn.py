@@ -152,7 +152,12 @@ def _predict_rows(runner, fasta, *extra):
 
 
 def test_a_label_without_training_data_is_never_predicted(runner, small_dataset, tmp_path):
-    """small.json, like data/dataset.json, has no known inhibitory-synapse value at all."""
+    """small.json with every inhibitory-synapse value made unknown: a label with no data."""
+    records = json.loads(small_dataset.read_text())
+    for record in records:
+        record["labels"]["inhibitory synapse"] = None
+    small_dataset = tmp_path / "no-inhibitory.json"
+    small_dataset.write_text(json.dumps(records))
     out = tmp_path / "model"
     result = runner.invoke(cli, ["train", "--backbone", "tiny", "--data", str(small_dataset), "--out", str(out),
                                  "--epochs", "1", "--batch-size", "16", "--lr", "3e-3"])
