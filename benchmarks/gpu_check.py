@@ -53,18 +53,27 @@ import numpy as np
 import torch
 from torch import nn
 
-# The package surface this script depends on (keep it small: src/ is being restructured).
-from synnav_cli import hardware  # resolve_precision, autocast, grad_scaler, memory_model,
-
-#                                  plan_budget, default_token_budget, set_gradient_checkpointing
-from synnav_cli.batching import training_batches
-from synnav_cli.data import FastaRecord
-from synnav_cli.inference import Runtime
-from synnav_cli.model import LocalizationModel, masked_bce
-from synnav_cli.plugins import get_backbone  # Backbone: build_encoder, tokenize, embedding_dim,
-
-#                                              max_length; ESM C encoders: attention_backend
-from synnav_cli.predict import predict_records
+# The package surface this script depends on (keep it small: src/ is being restructured):
+#   hardware: resolve_precision, autocast, grad_scaler, memory_model (MemoryModel), plan_budget,
+#             default_token_budget, set_gradient_checkpointing
+#   get_backbone(name) -> Backbone: build_encoder(pretrained=False), tokenize, embedding_dim,
+#             max_length; ESM C encoders also: attention_backend, resolved_attention_backend
+#   predict_records, Runtime, FastaRecord: synnav's prediction path (with its out-of-memory backoff)
+#   LocalizationModel, masked_bce, training_batches: what a training step is made of
+try:
+    from synnav_cli import hardware
+    from synnav_cli.batching import training_batches
+    from synnav_cli.data import FastaRecord
+    from synnav_cli.inference import Runtime
+    from synnav_cli.model import LocalizationModel, masked_bce
+    from synnav_cli.plugins import get_backbone
+    from synnav_cli.predict import predict_records
+except ImportError as missing:  # a bare GPU machine: torch alone is not enough
+    raise SystemExit(
+        f"gpu_check: cannot import {missing.name!r}. Run from the repository root with "
+        "PYTHONPATH=src, in an environment with synnav's dependencies (pyproject.toml; without a "
+        "network: pip download them elsewhere and pip install --no-index --find-links DIR)."
+    ) from None
 
 NUM_LABELS = 6  # the origin's six compartments
 PROTEOME_RESIDUES = 11_000_000  # the human proteome, ~20k proteins
