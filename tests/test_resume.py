@@ -51,7 +51,7 @@ def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_model(tmp_path
     assert reference.returncode == 0, reference.stderr
 
     out = tmp_path / "killed"
-    checkpoint = out.with_name("killed.partial") / "checkpoint.pt"
+    checkpoint = out.with_name("killed.partial") / "checkpoint.json"
     process = subprocess.Popen([sys.executable, "-m", "synnav_cli", *args, "--out", str(out)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

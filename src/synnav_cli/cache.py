@@ -544,27 +544,47 @@ def _describe(repo_id: str, path: Path, backbones: tuple[str, ...]) -> CachedRep
 
 
 def clear(repo_id: str | None = None) -> list[CachedRepo]:
-    """Delete one repository's cached files, or (``None``) every downloaded weight file.
+    """Delete one repository's cached files, or (``None``) every cached model repository.
 
-    Returns what was deleted (an empty list when there was nothing to delete).
+    Only the repositories :func:`cached_repos` lists are deleted, each inside the cache and never
+    through a symbolic link (a linked entry loses its link, not its target); anything else in the
+    cache folder (datasets, a user's own files) stays. Returns what was deleted.
     """
+    listed = cached_repos(backbones={})
+    removed = [r for r in listed if repo_id is None or r.repo_id.lower() == repo_id.lower()]
+    for repo in removed:
+        _delete_with_hub(repo.repo_id, repo.revisions)
+        # What the hub's own deletion leaves behind: partial downloads, a repo folder without
+        # snapshots, download locks.
+        _remove_inside(repo.path, hub_dir())
+        locks = hub_dir() / ".locks"
+        if locks.is_dir() and not locks.is_symlink():
+            _remove_inside(locks / repo.path.name, locks)
     if repo_id is None:
-        removed = cached_repos(backbones={})
-        for directory in (hub_dir(), _verified_dir()):
-            if directory.exists():
-                shutil.rmtree(directory)
-        return removed
-    removed = [r for r in cached_repos(backbones={}) if r.repo_id.lower() == repo_id.lower()]
-    if not removed:
-        return []
-    path = removed[0].path
-    _delete_with_hub(removed[0].repo_id, removed[0].revisions)
-    # What the hub's own deletion leaves behind: partial downloads, a repo folder without
-    # snapshots, download locks.
-    for leftover in (path, hub_dir() / ".locks" / path.name):
-        if leftover.exists():
-            shutil.rmtree(leftover)
+        _clear_stamps()
     return removed
+
+
+def _remove_inside(path: Path, root: Path) -> None:
+    """Remove ``path`` (a folder or a link) if it sits directly in ``root``; never follow a link."""
+    if Path(os.path.realpath(path.parent)) != Path(os.path.realpath(root)):
+        raise UserError(f"not deleting {path}: it is outside the cache {root}")
+    if path.is_symlink():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _clear_stamps() -> None:
+    """Remove the integrity stamps synnav wrote (files named by a hex digest), nothing else."""
+    stamps = _verified_dir()
+    if stamps.is_symlink() or not stamps.is_dir():
+        return
+    for stamp in stamps.iterdir():
+        if stamp.is_file() and not stamp.is_symlink() and all(c in "0123456789abcdef" for c in stamp.name):
+            stamp.unlink()
 
 
 def _delete_with_hub(repo_id: str, revisions: Sequence[str]) -> None:

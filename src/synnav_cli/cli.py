@@ -40,6 +40,11 @@ class SynnavGroup(click.Group):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             ctx.exit(0)
+        except OSError as error:
+            # A full disk, a lost mount, a permission: the environment's to fix, said in one line.
+            where = f": {error.filename}" if error.filename else ""
+            click.echo(f"Error: {error.strerror or error}{where}", err=True)
+            ctx.exit(1)
 
 
 def _verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
@@ -338,7 +343,7 @@ def merge(parts: tuple[Path, ...], out: Path | None, fasta: str | None) -> None:
         from synnav_cli.data import read_fasta
 
         expected = (record.id for record in read_fasta(fasta))
-    with output_handle(out) as handle:
+    with output_handle(out, inputs=[*parts, *([fasta] if fasta else [])]) as handle:
         merge_parts(list(parts), handle, expected)
 
 

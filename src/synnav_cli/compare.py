@@ -127,6 +127,6 @@ def run_comparison(
     from synnav_cli.session import output_handle
 
     comparisons = compare_records(loaded, read_fasta(fasta), long_policy=long_policy)
-    with output_handle(out) as handle:
+    with output_handle(out, inputs=[fasta]) as handle:
         write_comparisons(comparisons, handle, fmt, loaded.info.label_names)
     return len(comparisons)

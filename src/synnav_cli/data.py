@@ -21,7 +21,7 @@ import numpy as np
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
 from synnav_cli import homology
-from synnav_cli.errors import UserError
+from synnav_cli.errors import UserError, quoted
 
 # The 20 standard residues plus the IUPAC ambiguity and rare codes protein language models know:
 # X (any), B (D/N), Z (E/Q), J (I/L), U (selenocysteine), O (pyrrolysine).
@@ -41,12 +41,12 @@ def normalise_sequence(raw: str, name: str) -> str:
     sequence = "".join(raw.split()).upper()
     sequence = sequence.removesuffix("*")
     if not sequence:
-        raise UserError(f"record {name!r} has an empty sequence")
+        raise UserError(f"record {quoted(name)} has an empty sequence")
     bad = set(sequence) - AMINO_ACIDS
     if bad:
         shown = "".join(sorted(bad))
         raise UserError(
-            f"record {name!r} contains characters that are not amino-acid codes: {shown!r}"
+            f"record {quoted(name)} contains characters that are not amino-acid codes: {quoted(shown)}"
         )
     return sequence
 
@@ -66,7 +66,8 @@ def _open_text(source: str | Path) -> IO[str]:
     check_input(source)
     if str(source) == "-":
         return sys.stdin
-    return Path(source).open(encoding="utf-8", errors="strict", newline="")
+    # utf-8-sig: files saved by Windows editors start with a byte-order mark; it is not content.
+    return Path(source).open(encoding="utf-8-sig", errors="strict", newline="")
 
 
 def read_fasta(source: str | Path | IO[str]) -> Iterator[FastaRecord]:
@@ -88,6 +89,8 @@ def read_fasta(source: str | Path | IO[str]) -> Iterator[FastaRecord]:
 def _parse_fasta(handle: IO[str], label: str) -> Iterator[FastaRecord]:
     lines = iter(handle)
     first = next((line for line in lines if line.strip()), None)
+    if first is not None:
+        first = first.removeprefix("\ufeff")  # a byte-order mark on standard input
     if first is None:
         raise UserError(f"{label} is empty: expected FASTA records")
     if not first.startswith(">"):
@@ -97,8 +100,11 @@ def _parse_fasta(handle: IO[str], label: str) -> Iterator[FastaRecord]:
         record_id, _, description = title.strip().partition(" ")
         if not record_id:
             raise UserError(f"{label} has a record with an empty header")
+        if any(ord(c) < 32 or ord(c) == 127 for c in record_id):
+            # A NUL, tab or escape sequence would end up in the output table (and a terminal).
+            raise UserError(f"the identifier {quoted(record_id)} in {label} contains control characters")
         if record_id in seen:
-            raise UserError(f"duplicate identifier {record_id!r} in {label}")
+            raise UserError(f"duplicate identifier {quoted(record_id)} in {label}")
         seen.add(record_id)
         yield FastaRecord(record_id, description.strip(), normalise_sequence(raw, record_id))
 
@@ -167,7 +173,7 @@ def _label_value(value: object, entry: str, name: str) -> float:
         return float(value)
     if isinstance(value, str) and value.strip() in {"0", "1", "0.0", "1.0"}:
         return float(value.strip())
-    raise UserError(f"label {name!r} of {entry!r} is {value!r}; expected 0, 1 or empty/null")
+    raise UserError(f"label {quoted(name)} of {quoted(entry)} is {quoted(value)}; expected 0, 1 or empty/null")
 
 
 def _split_value(value: object, entry: str) -> str | None:
@@ -176,7 +182,7 @@ def _split_value(value: object, entry: str) -> str | None:
     split = str(value).strip().lower()
     split = {"val": "dev", "valid": "dev", "validation": "dev"}.get(split, split)
     if split not in SPLITS:
-        raise UserError(f"split of {entry!r} is {value!r}; expected train, dev or test")
+        raise UserError(f"split of {quoted(entry)} is {quoted(value)}; expected train, dev or test")
     return split
 
 
@@ -189,9 +195,11 @@ def _first_key(record: dict, *names: str) -> object:
 
 def _records_from_json(path: Path) -> Iterator[tuple[str, str, dict, object]]:
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        payload = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise UserError(f"{path} is not a dataset: its JSON is nested too deeply") from None
     if not isinstance(payload, list):
         raise UserError(f"{path}: expected a JSON list of records")
     for number, record in enumerate(payload, 1):
@@ -224,7 +232,7 @@ def _records_from_table(path: Path, delimiter: str) -> Iterator[tuple[str, str, 
 
 
 def _table_rows(path: Path, delimiter: str) -> Iterator[tuple[str, str, dict, object]]:
-    with path.open(encoding="utf-8", newline="") as handle:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         columns = reader.fieldnames or []
         entry_col = next((c for c in ENTRY_COLUMNS if c in columns), None)
@@ -276,7 +284,7 @@ def _build_dataset(records: list[tuple[str, str, dict, object]], label: str) -> 
     seen: set[str] = set()
     for i, (entry, raw, labels, split) in enumerate(records):
         if entry in seen:
-            raise UserError(f"duplicate entry {entry!r} in {label}")
+            raise UserError(f"duplicate entry {quoted(entry)} in {label}")
         seen.add(entry)
         entries.append(entry)
         sequences.append(normalise_sequence(raw, entry))

@@ -27,6 +27,7 @@ from synnav_cli import console, hardware
 from synnav_cli.backbones.base import TokenBatch
 from synnav_cli.data import FastaRecord, read_fasta
 from synnav_cli.errors import UserError
+from synnav_cli.files import replace_atomically
 from synnav_cli.session import LoadedModel
 
 DEFAULT_STEPS = 32
@@ -143,11 +144,15 @@ def file_stem(record_id: str, taken: set[str]) -> str:
 
 def write_tsv(explanation: Explanation, path: Path) -> None:
     """position (1-based), residue, one attribution column per explained label."""
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(["position", "residue", *explanation.labels])
-        for i, residue in enumerate(explanation.sequence):
-            writer.writerow([i + 1, residue, *(f"{v:.6g}" for v in explanation.attributions[i])])
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+            writer.writerow(["position", "residue", *explanation.labels])
+            for i, residue in enumerate(explanation.sequence):
+                writer.writerow([i + 1, residue, *(f"{v:.6g}" for v in explanation.attributions[i])])
+
+    # Replaced, not opened for writing: a link planted at the name is replaced, never followed.
+    replace_atomically(path, write)
 
 
 def write_track(plt, explanation: Explanation, path: Path) -> None:
@@ -169,7 +174,7 @@ def write_track(plt, explanation: Explanation, path: Path) -> None:
     panels[-1][0].set_xlim(0.5, len(explanation.sequence) + 0.5)
     figure.suptitle(explanation.id, fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    replace_atomically(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
     plt.close(figure)
 
 

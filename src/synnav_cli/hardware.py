@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from synnav_cli import console
-from synnav_cli.errors import UserError
+from synnav_cli.errors import UserError, quoted
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # The origin's config spells precision many ways; all of them are accepted.
@@ -57,7 +57,7 @@ def pick_device(requested: str = "auto") -> torch.device:
 def normalise_precision(value: str | int) -> str:
     key = str(value).strip().lower()
     if key not in _PRECISION_ALIASES:
-        raise UserError(f"unknown precision {value!r}; choose one of {', '.join(PRECISIONS)}")
+        raise UserError(f"unknown precision {quoted(value)}; choose one of {', '.join(PRECISIONS)}")
     return _PRECISION_ALIASES[key]
 
 

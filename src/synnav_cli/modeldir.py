@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from synnav_cli import paths
-from synnav_cli.atomic import write_text_atomic
-from synnav_cli.errors import UserError
+from synnav_cli import console, paths
+from synnav_cli.errors import UserError, quoted
+from synnav_cli.files import replace_atomically, temporary_dir, write_json_atomic
 from synnav_cli.model import LocalizationModel
 from synnav_cli.plugins import get_backbone
 from synnav_cli.resources import bundled_model_path
@@ -51,8 +50,26 @@ class ModelInfo:
         return [float(self.meta["thresholds"][name]) for name in self.label_names]
 
 
-def write_json_atomic(path: Path, payload: object) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+def is_model_dir(path: Path) -> bool:
+    """A real directory (not a link to one) that holds a synnav metadata file."""
+    path = Path(path)
+    return path.is_dir() and not path.is_symlink() and (path / METADATA_FILE).is_file()
+
+
+def check_replaceable(out: Path, force: bool) -> None:
+    """Refuse to replace ``out`` unless ``force`` is given and ``out`` is a synnav model directory.
+
+    ``--force`` exists to retrain a model in place; it must never delete a source tree or any
+    other folder that happens to be named on the command line.
+    """
+    out = Path(out)
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not force:
+        raise UserError(f"{out} already exists; choose another --out or pass --force")
+    if not is_model_dir(out):
+        raise UserError(f"{out} exists and is not a synnav model directory; --force replaces "
+                        "only model directories, so choose another --out")
 
 
 def save_model_dir(
@@ -64,15 +81,14 @@ def save_model_dir(
     aside first and removed only once the new one is in place.
     """
     out = Path(out)
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists; choose another --out or pass --force")
+    check_replaceable(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    staging = temporary_dir(out.parent, prefix=f".{out.name}.tmp-")
     try:
         state = model.head.state_dict() if encoder_frozen else model.state_dict()
         prefix = "head." if encoder_frozen else ""
         tensors = {prefix + k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-        save_file(tensors, str(staging / WEIGHTS_FILE))
+        replace_atomically(staging / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
         meta = {**meta, "format_version": FORMAT_VERSION, "encoder_frozen": encoder_frozen}
         write_json_atomic(staging / METADATA_FILE, meta)
         if out.exists():
@@ -89,14 +105,49 @@ def save_model_dir(
 
 
 def read_model_info(path: Path) -> ModelInfo:
+    """The metadata of the model directory ``path``, checked before anything relies on it."""
     metadata = path / METADATA_FILE
     if not metadata.is_file():
         raise UserError(f"{path} is not a synnav model directory (no {METADATA_FILE})")
     try:
-        meta = json.loads(metadata.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
+        meta = json.loads(metadata.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{metadata} is damaged: {error}") from None
+    except RecursionError:
+        raise UserError(f"{metadata} is damaged: nested too deeply") from None
+    problem = metadata_problem(meta)
+    if problem:
+        raise UserError(f"{metadata} is damaged: {problem}")
     return ModelInfo(path, meta)
+
+
+def metadata_problem(meta: object) -> str | None:
+    """What is wrong with a model's metadata, or None; checks what loading and scoring use."""
+    if not isinstance(meta, dict):
+        return "expected a JSON object"
+    backbone = meta.get("backbone")
+    if not isinstance(backbone, str) or not backbone:
+        return "'backbone' must name a backbone"
+    labels = meta.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(n, str) and n for n in labels):
+        return "'labels' must be a non-empty list of names"
+    if len(set(labels)) != len(labels):
+        return "'labels' names a label twice"
+    thresholds = meta.get("thresholds")
+    if not isinstance(thresholds, dict):
+        return "'thresholds' must map each label to a number"
+    for name in labels:
+        value = thresholds.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            return f"the threshold of {quoted(name)} must be a number between 0 and 1"
+    config = meta.get("config", {})
+    if not isinstance(config, dict):
+        return "'config' must be an object"
+    max_length = config.get("max_length")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+                                   or max_length < 1):
+        return f"'max_length' must be a whole number of at least 1, not {quoted(max_length)}"
+    return None
 
 
 def list_models() -> list[ModelInfo]:
@@ -109,8 +160,9 @@ def list_models() -> list[ModelInfo]:
                 continue
             try:
                 found.append(read_model_info(child))
-            except UserError:
-                continue
+            except UserError as error:
+                # One damaged directory must not hide the others (or break `predict`).
+                console.warn(f"skipping {child}: {error}")
     found.sort(key=lambda info: info.meta.get("created", ""), reverse=True)
     return found
 
@@ -161,6 +213,9 @@ def load_model(info: ModelInfo, device: torch.device, *, offline: bool = False) 
         state = load_file(str(weights))
     except Exception as error:  # noqa: BLE001 - safetensors raises several types
         raise UserError(f"{weights} is damaged: {error}") from None
+    broken = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if broken is not None:
+        raise UserError(f"{weights} is damaged: tensor {quoted(broken)} holds NaN or infinite values")
     if frozen:
         state = {k.removeprefix("head."): v for k, v in state.items()}
         target = model.head

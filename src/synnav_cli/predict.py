@@ -14,6 +14,7 @@ import itertools
 import json
 import sys
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -24,6 +25,7 @@ from synnav_cli import console, distributed, hardware
 from synnav_cli.backbones.base import Backbone
 from synnav_cli.data import FastaRecord, check_input, read_fasta
 from synnav_cli.errors import UserError
+from synnav_cli.files import check_output_file, exclusive_lock
 from synnav_cli.inference import Runtime, score_sequences
 from synnav_cli.model import LocalizationModel
 from synnav_cli.modeldir import METADATA_FILE, WEIGHTS_FILE, ModelInfo, load_model, resolve_model
@@ -207,6 +209,8 @@ def run_prediction(
     shard_index, shard_count = distributed.parse_shard(shard) if shard else (0, 1)
     distributed.init()
     check_input(fasta)  # a mistyped path is the only message, not one after the model's
+    if out is not None:
+        check_output_file(out, inputs=[fasta])
     info, how = resolve_model(model_name)
     if how == "bundled":
         console.info(
@@ -229,32 +233,33 @@ def run_prediction(
     console.detail(f"device {torch_device}, precision {precision}, {runtime.max_tokens} tokens a batch")
     model = load_model(info, torch_device, offline=offline)
 
-    if out is not None and Path(out).is_dir():
-        raise UserError(f"--out {out} is a directory; give a file name")
     writes = distributed.is_main()
-    records = None
-    resumable = None
-    if writes:
-        records = read_fasta(fasta)
-        if shard_count > 1:
-            records = distributed.take_shard(records, shard_index, shard_count)
-        if out is not None:
-            fingerprint = _fingerprint(info, fmt, thresholds, long_policy, limit, (shard_index, shard_count))
-            resumable = ResumableOutput(out, fingerprint)
-            records = resumable.skip_done(records)
-    chunks = predict_chunks(model, backbone, records, runtime, max_length=limit, long_policy=long_policy,
-                            chunk_records=CHUNK_RECORDS, progress=console.Progress(0, "predict"))
-    # Read the first chunk before writing anything, so that an empty or non-FASTA input fails
-    # with nothing on stdout. Later records are validated as they stream by.
-    first = next(chunks, None)
-    if not writes:  # the other ranks score; rank 0 writes and reports
-        return sum(len(chunk) for chunk in itertools.chain([first or []], chunks))
-    if first is None and not (shard_count > 1 or (resumable is not None and resumable.resuming)):
-        raise UserError("no records to predict")
-    if first is None and shard_count > 1:
-        console.warn(f"shard {shard_index + 1}/{shard_count} holds no records")
-    return _write_predictions(itertools.chain([first] if first else [], chunks), resumable,
-                              fmt, info.label_names, thresholds)
+    with ExitStack() as stack:
+        records = None
+        resumable = None
+        if writes:
+            records = read_fasta(fasta)
+            if shard_count > 1:
+                records = distributed.take_shard(records, shard_index, shard_count)
+            if out is not None:
+                # One writer per output: a second run on the same --out is refused, not interleaved.
+                stack.enter_context(exclusive_lock(ResumableOutput.lock_path(out), str(out)))
+                fingerprint = _fingerprint(info, fmt, thresholds, long_policy, limit, (shard_index, shard_count))
+                resumable = ResumableOutput(out, fingerprint)
+                records = resumable.skip_done(records)
+        chunks = predict_chunks(model, backbone, records, runtime, max_length=limit, long_policy=long_policy,
+                                chunk_records=CHUNK_RECORDS, progress=console.Progress(0, "predict"))
+        # Read the first chunk before writing anything, so that an empty or non-FASTA input fails
+        # with nothing on stdout. Later records are validated as they stream by.
+        first = next(chunks, None)
+        if not writes:  # the other ranks score; rank 0 writes and reports
+            return sum(len(chunk) for chunk in itertools.chain([first or []], chunks))
+        if first is None and not (shard_count > 1 or (resumable is not None and resumable.resuming)):
+            raise UserError("no records to predict")
+        if first is None and shard_count > 1:
+            console.warn(f"shard {shard_index + 1}/{shard_count} holds no records")
+        return _write_predictions(itertools.chain([first] if first else [], chunks), resumable,
+                                  fmt, info.label_names, thresholds)
 
 
 def _write_predictions(chunks: Iterable[list[Prediction]], resumable: ResumableOutput | None, fmt: str,

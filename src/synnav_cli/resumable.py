@@ -26,7 +26,7 @@ from typing import IO
 from synnav_cli import console
 from synnav_cli.data import FastaRecord
 from synnav_cli.errors import UserError
-from synnav_cli.modeldir import write_json_atomic
+from synnav_cli.files import check_output_file, open_for_writing, write_json_atomic
 
 
 def _digest_record(digest, record: FastaRecord) -> None:
@@ -49,6 +49,12 @@ class ResumableOutput:
         self.rows = 0
         self.handle: IO[str] | None = None
         self._state = self._read_state()
+
+    @staticmethod
+    def lock_path(out: Path) -> Path:
+        """The lock a run holds while it writes ``out`` (see :func:`synnav_cli.files.exclusive_lock`)."""
+        out = Path(out)
+        return out.with_name(out.name + ".lock")
 
     def _read_state(self) -> dict | None:
         if not (self.state_path.is_file() and self.partial.is_file()):
@@ -100,12 +106,15 @@ class ResumableOutput:
     def open(self, header: str) -> IO[str]:
         """The handle rows are written to; ``header`` starts a new file, a resumed one has it."""
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        check_output_file(self.out)  # it may have become something else while the model loaded
+        # The partial file is opened without following links: a link planted at that name must
+        # not redirect the results into someone else's file.
+        fd = open_for_writing(self.partial, append=self._state is not None)
+        self.handle = open(fd, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed by finish()
         if self._state is not None:
-            self.handle = self.partial.open("r+", encoding="utf-8", newline="")
             self.handle.truncate(self._state["bytes"])  # drop a chunk the crash left half-written
             self.handle.seek(self._state["bytes"])
         else:
-            self.handle = self.partial.open("w", encoding="utf-8", newline="")
             self.handle.write(header)
             self.checkpoint(0)
         return self.handle

@@ -14,6 +14,7 @@ from typing import IO
 
 from synnav_cli import console, hardware
 from synnav_cli.backbones.base import Backbone
+from synnav_cli.files import check_output_file, temporary_file
 from synnav_cli.inference import Runtime
 from synnav_cli.model import LocalizationModel
 from synnav_cli.modeldir import ModelInfo, load_model, resolve_model
@@ -82,15 +83,19 @@ def readable_twice(fasta: str) -> Iterator[str]:
 
 
 @contextmanager
-def output_handle(out: Path | None) -> Iterator[IO[str]]:
-    """stdout, or ``out`` written to a temporary sibling and renamed into place when complete."""
+def output_handle(out: Path | None, *, inputs: Iterable[str | Path] = ()) -> Iterator[IO[str]]:
+    """stdout, or ``out`` written to a temporary sibling and renamed into place when complete.
+
+    ``out`` must be a new name or a regular file, and none of ``inputs``.
+    """
     if out is None:
         yield sys.stdout
         sys.stdout.flush()
         return
     out = Path(out)
+    check_output_file(out, inputs=inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    fd, tmp = temporary_file(out.parent, prefix=f".{out.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             yield handle

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synnav_cli import homology
-from synnav_cli.atomic import write_text_atomic
+from synnav_cli.files import write_text_atomic
 from synnav_cli.data import SEQUENCE_COLUMNS, SPLIT_COLUMNS, read_dataset
 from synnav_cli.errors import UserError
 

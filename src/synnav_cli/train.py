@@ -1,7 +1,11 @@
 """Fine-tune a backbone and localization head; keep the best dev epoch; write a model directory.
 
-Training state is checkpointed after every epoch in ``<out>.partial/``; ``resume`` continues
-from there. The finished model directory appears only when training completes.
+Training state is checkpointed after every epoch in ``<out>.partial/``, and at the next step when
+SIGTERM or SIGINT arrives; ``resume`` continues from there and gives the model an uninterrupted
+run would have given. The checkpoint holds no pickle (see :mod:`synnav_cli.checkpoint`), a resume
+writes only to the run's own location, and the data and configuration must be the ones the run
+started with. One run at a time holds the workspace (a lock file inside it). The finished model
+directory appears only when training completes.
 
 Under ``torchrun`` the same code trains with DistributedDataParallel: every rank builds the same
 batch list from the seed and takes a round-robin share of the rows of each batch, so an optimiser
@@ -13,24 +17,36 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from synnav_cli import __version__, batching, console, distributed, frozen, hardware, paths
+from synnav_cli import (
+    __version__,
+    batching,
+    checkpoint,
+    console,
+    distributed,
+    frozen,
+    hardware,
+    paths,
+)
 from synnav_cli.data import Dataset, assign_splits, read_dataset
-from synnav_cli.errors import UserError
+from synnav_cli.errors import UserError, quoted
+from synnav_cli.files import exclusive_lock, replace_atomically, write_json_atomic
 from synnav_cli.inference import Runtime, halve_budget, score_sequences
 from synnav_cli.metrics import (
     THRESHOLD_METRICS,
@@ -39,11 +55,13 @@ from synnav_cli.metrics import (
     tune_threshold,
 )
 from synnav_cli.model import LOSS_PRESETS, LocalizationModel, masked_bce, positive_weights
-from synnav_cli.modeldir import save_model_dir, write_json_atomic
+from synnav_cli.modeldir import check_replaceable, save_model_dir
 from synnav_cli.plugins import DEFAULT_BACKBONE, get_backbone
 
-CHECKPOINT_FILE = "checkpoint.pt"
 RUN_FILE = "run.json"
+BEST_FILE = "best.safetensors"
+LOCK_FILE = "lock"
+PARTIAL_SUFFIX = ".partial"
 WARMUP_FRACTION = 0.05
 
 
@@ -83,6 +101,13 @@ class TrainConfig:
     threshold_metric: str = "f1"
 
     def validate(self) -> None:
+        # The origin writes precision as 16, true or "fp16"; the canonical name is checked below.
+        self.precision = hardware.normalise_precision(self.precision)
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if not _has_type(value, str(spec.type)):
+                raise UserError(f"{spec.name.replace('_', ' ')} must be {_TYPE_WORDS[str(spec.type)]}, "
+                                f"not {quoted(value)}")
         if self.epochs < 1:
             raise UserError("epochs must be at least 1")
         if not self.learning_rate > 0:
@@ -93,12 +118,40 @@ class TrainConfig:
             raise UserError("max tokens must be at least 1")
         if self.max_length < 1:
             raise UserError("max length must be at least 1")
-        self.precision = hardware.normalise_precision(self.precision)
         self.loss = self.loss.lower()
         if self.loss not in LOSS_PRESETS:
             raise UserError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSS_PRESETS)}")
         if self.threshold_metric not in THRESHOLD_METRICS:
             raise UserError("threshold metric must be f1 or mcc")
+
+
+_TYPE_WORDS = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false",
+               "int | None": "a whole number or null", "bool | None": "true, false or null"}
+
+
+def _has_type(value: object, annotation: str) -> bool:
+    if value is None:
+        return annotation.endswith("| None")
+    kind = annotation.removesuffix(" | None")
+    if kind == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind == "int":
+        return isinstance(value, int)
+    if kind == "float":
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, str)
+
+
+def config_from_record(record: object, source: Path) -> TrainConfig:
+    """A TrainConfig from a stored ``asdict`` record, refusing anything malformed."""
+    names = {f.name for f in fields(TrainConfig)}
+    if not isinstance(record, dict) or not set(record) <= names:
+        raise UserError(f"{source} is damaged: its config is not a synnav training config")
+    config = TrainConfig(**record)
+    config.validate()
+    return config
 
 
 # The origin's config keys (and common spellings) mapped to TrainConfig fields.
@@ -154,10 +207,11 @@ class TrainResult:
 
 
 def _rng_state() -> dict:
+    kind, key, position, has_gauss, gauss = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": np.random.get_state(),
+        "numpy": [kind, torch.from_numpy(key.astype(np.int64)), int(position), int(has_gauss), float(gauss)],
     }
 
 
@@ -165,13 +219,13 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
+    kind, key, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), position, has_gauss, gauss))
 
 
-def _save_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _save_weights(model: nn.Module, path: Path) -> None:
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    replace_atomically(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def _truncate(sequences: list[str], limit: int) -> tuple[list[str], int]:
@@ -284,47 +338,79 @@ def train(
     config.backbone = backbone.id
     # Ranks would each stamp their own time; rank 0's name is the one used.
     out = distributed.broadcast(Path(out) if out is not None else default_out_dir(backbone.id))
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists; choose another --out or pass --force")
-    workspace = out.with_name(out.name + ".partial")
-    if (workspace / CHECKPOINT_FILE).exists():
-        raise UserError(
-            f"an interrupted run is waiting in {workspace}; continue it with "
-            f"`synnav train --resume {workspace}` or delete that directory"
-        )
-    distributed.barrier()  # every rank has checked before rank 0 creates the workspace
-    if distributed.is_main():
-        workspace.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(
-            workspace / RUN_FILE,
-            {"config": asdict(config), "data": str(Path(data_path).resolve()), "out": str(out.resolve()),
-             "force": force},
-        )
-    distributed.barrier()
-    return _run(workspace, device=device, offline=offline)
+    check_replaceable(out, force)
+    workspace = out.with_name(out.name + PARTIAL_SUFFIX)
+    with _holding(workspace):
+        if checkpoint.exists(workspace):
+            raise UserError(
+                f"an interrupted run is waiting in {workspace}; continue it with "
+                f"`synnav train --resume {workspace}` or delete that directory"
+            )
+        dataset = assign_splits(read_dataset(data_path), seed=config.seed)
+        run = {"config": asdict(config), "data": str(Path(data_path).resolve()),
+               "data_sha256": dataset.content_hash(), "split_sha256": dataset.split_hash(), "force": force}
+        if distributed.is_main():
+            write_json_atomic(workspace / RUN_FILE, run)
+        distributed.barrier()
+        return _run(workspace, out, run, config, dataset, device=device, offline=offline)
 
 
 def resume(workspace: Path, *, device: str = "auto", offline: bool = False) -> TrainResult:
-    """Continue an interrupted run from its last checkpoint (``<out>.partial`` or ``<out>``)."""
+    """Continue an interrupted run from its last checkpoint (``<out>.partial`` or ``<out>``).
+
+    The model is written next to the workspace (``<out>.partial`` gives ``<out>``), never to a
+    location read from the workspace's files.
+    """
     distributed.init()
     workspace = Path(workspace)
-    if not (workspace / RUN_FILE).exists():
-        sibling = workspace.with_name(workspace.name + ".partial")
-        if (sibling / RUN_FILE).exists():
-            workspace = sibling
-        else:
-            raise UserError(f"nothing to resume in {workspace}: no {RUN_FILE} there")
-    return _run(workspace, device=device, offline=offline)
+    if not workspace.name.endswith(PARTIAL_SUFFIX):
+        workspace = workspace.with_name(workspace.name + PARTIAL_SUFFIX)
+    if not (workspace / RUN_FILE).is_file():
+        raise UserError(f"nothing to resume in {workspace}: no {RUN_FILE} there")
+    out = workspace.with_name(workspace.name.removesuffix(PARTIAL_SUFFIX))
+    with _holding(workspace):
+        run = _read_run(workspace)
+        config = config_from_record(run["config"], workspace / RUN_FILE)
+        dataset = assign_splits(read_dataset(run["data"]), seed=config.seed)
+        if (dataset.content_hash(), dataset.split_hash()) != (run["data_sha256"], run["split_sha256"]):
+            raise UserError(f"{run['data']} has changed since this run started (its proteins, labels or "
+                            "split differ); resuming would mix two datasets. Start a new run instead")
+        check_replaceable(out, run["force"])
+        return _run(workspace, out, run, config, dataset, device=device, offline=offline)
 
 
-def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
-    run = json.loads((workspace / RUN_FILE).read_text())
-    config = TrainConfig(**run["config"])
-    config.validate()
-    out = Path(run["out"])
+def _read_run(workspace: Path) -> dict:
+    path = workspace / RUN_FILE
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as error:
+        raise UserError(f"{path} is damaged ({type(error).__name__}); delete {workspace} to start over") from None
+    expected = {"config": dict, "data": str, "data_sha256": str, "split_sha256": str, "force": bool}
+    if not isinstance(run, dict) or any(not isinstance(run.get(k), t) for k, t in expected.items()):
+        raise UserError(f"{path} is damaged or from an older synnav; delete {workspace} to start over")
+    return run
+
+
+@contextmanager
+def _holding(workspace: Path) -> Iterator[None]:
+    """The workspace, created if needed and locked by this run (rank 0 holds the lock for all)."""
+    refusal = None
+    with ExitStack() as stack:
+        if distributed.is_main():
+            try:
+                workspace.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(exclusive_lock(workspace / LOCK_FILE, f"the training workspace {workspace}"))
+            except UserError as error:
+                refusal = str(error)
+        refusal = distributed.broadcast(refusal)
+        if refusal is not None:
+            raise UserError(refusal)
+        yield
+
+
+def _run(workspace: Path, out: Path, run: dict, config: TrainConfig, dataset: Dataset, *, device: str,
+         offline: bool) -> TrainResult:
     backbone = get_backbone(config.backbone)
-
-    dataset = assign_splits(read_dataset(run["data"]), seed=config.seed)
     parts = {name: dataset.subset(name) for name in ("train", "dev", "test")}
     for name in ("train", "dev"):
         if len(parts[name]) == 0:
@@ -388,37 +474,69 @@ def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
 
     def score(sequences: list[str]) -> np.ndarray:
         return distributed.score_sharded(lambda part: score_sequences(model, backbone, part, runtime), sequences)
+    # What a checkpoint must agree with: the data and the configuration this run started with.
+    identity = {"config": asdict(config), "data_sha256": run["data_sha256"], "split_sha256": run["split_sha256"]}
+    saved = checkpoint.load(workspace) if checkpoint.exists(workspace) else None
+    if saved is not None and saved.get("identity") != identity:
+        raise UserError(f"the checkpoint in {workspace} was made with other data or another configuration; "
+                        "resuming would mix two runs (delete the directory to start over)")
+    # Batches are composed with the budget the run started with, even on other hardware, so that
+    # the resumed run takes the same steps (memory is still bounded by the runtime's budget).
+    batch_tokens = max_tokens if saved is None else _saved_int(saved, "batch_tokens", workspace)
     rng = np.random.default_rng(config.seed)
     lengths = [len(s) + 2 for s in parts["train"].sequences]
-    steps_per_epoch = len(batching.training_batches(lengths, max_tokens, config.batch_size, np.random.default_rng(0)))
+    steps_per_epoch = len(batching.training_batches(lengths, batch_tokens, config.batch_size,
+                                                    np.random.default_rng(0)))
     total_steps = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps))
     scaler = hardware.grad_scaler(torch_device, precision)
 
-    start_epoch, best_score, best_epoch, history = 0, -math.inf, 0, []
-    checkpoint_path = workspace / CHECKPOINT_FILE
-    best_path = workspace / "best.pt"
-    if checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, map_location=torch_device, weights_only=False)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch = checkpoint["epoch"]
-        best_score, best_epoch, history = checkpoint["best_score"], checkpoint["best_epoch"], checkpoint["history"]
-        rng.bit_generator.state = checkpoint["batch_rng"]
-        _set_rng_state(checkpoint["rng"])
-        console.info(f"Resuming from the end of epoch {start_epoch}.")
+    start_epoch, start_step, start_loss, best_score, best_epoch, history = 0, 0, 0.0, -math.inf, 0, []
+    best_path = workspace / BEST_FILE
+    if saved is not None:
+        try:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            scaler.load_state_dict(saved["scaler"])
+            start_epoch, start_step, start_loss = int(saved["epoch"]), int(saved["step"]), float(saved["epoch_loss"])
+            best_epoch, history = int(saved["best_epoch"]), list(saved["history"])
+            best_score = -math.inf if saved["best_score"] is None else float(saved["best_score"])
+            rng.bit_generator.state = saved["batch_rng"]
+            _set_rng_state(saved["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise UserError(f"the checkpoint in {workspace} is damaged ({type(error).__name__}); "
+                            "delete the directory to start over") from None
+        where = f"step {start_step} of epoch {start_epoch + 1}" if start_step else f"the end of epoch {start_epoch}"
+        console.info(f"Resuming from {where}.")
+
+    def save_checkpoint(epoch: int, step: int, epoch_loss: float, batch_rng: dict) -> None:
+        if distributed.is_main():
+            checkpoint.save(workspace, {
+                "identity": identity, "batch_tokens": batch_tokens, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch, "step": step, "epoch_loss": epoch_loss,
+                "best_score": None if best_score == -math.inf else best_score, "best_epoch": best_epoch,
+                "history": history, "batch_rng": batch_rng, "rng": _rng_state(),
+            })
+        distributed.barrier()  # the checkpoint is complete before any rank may stop
 
     labels_train = torch.tensor(parts["train"].labels)
     with _StopRequest() as stop:
         for epoch in range(start_epoch, config.epochs):
             started = time.monotonic()
             model.train()
-            batches = batching.training_batches(lengths, max_tokens, config.batch_size, rng)
+            # The batch order is drawn from this state, so a mid-epoch checkpoint keeps it to
+            # draw the same order again and skip the steps already taken.
+            epoch_rng = rng.bit_generator.state
+            batches = batching.training_batches(lengths, batch_tokens, config.batch_size, rng)
+            skip = start_step if epoch == start_epoch else 0
             progress = console.Progress(len(lengths), f"epoch {epoch + 1}/{config.epochs}")
-            total_loss = 0.0
-            for index in batches:
+            total_loss = start_loss if skip else 0.0
+            for step, index in enumerate(batches):
+                if step < skip:
+                    progress.advance(len(index))
+                    continue
                 positions, rows, weight = _local_rows(index)
                 known_global = int((~torch.isnan(labels_train[index])).sum())
                 dropout.draw(len(index), backbone.embedding_dim, positions, torch_device)
@@ -447,6 +565,12 @@ def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
                 step_loss = loss.item() / distributed.world_size()
                 total_loss += step_loss * len(index)
                 progress.advance(len(index), f"loss {step_loss:.4f}")
+                # A signal may reach the ranks at different moments; all stop at the same step.
+                if step + 1 < len(batches) and distributed.any_rank(stop.requested):
+                    progress.close()
+                    save_checkpoint(epoch, step + 1, total_loss, epoch_rng)
+                    raise UserError(f"training stopped at step {step + 1} of epoch {epoch + 1}; "
+                                    f"continue with `synnav train --resume {workspace}`")
             progress.close()
             total_loss = distributed.sum_across(total_loss)
             dev_probs = score(parts["dev"].sequences)
@@ -462,27 +586,22 @@ def _run(workspace: Path, *, device: str, offline: bool) -> TrainResult:
             if improved:
                 best_score, best_epoch = dev_score, epoch + 1
                 if distributed.is_main():
-                    _save_atomic(model.state_dict(), best_path)
+                    _save_weights(model, best_path)
             console.info(
                 f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "
                 f"dev mean ROC-AUC {_fmt(record['dev_mean_roc_auc'])}"
                 f"{' (best)' if improved else ''}, {record['seconds']:.1f}s"
             )
-            if distributed.is_main():
-                _save_atomic(
-                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                     "epoch": epoch + 1, "best_score": best_score, "best_epoch": best_epoch,
-                     "history": history, "batch_rng": rng.bit_generator.state, "rng": _rng_state()},
-                    checkpoint_path,
-                )
-            distributed.barrier()  # the checkpoint is complete before any rank may stop
+            save_checkpoint(epoch + 1, 0, 0.0, rng.bit_generator.state)
             # A signal may reach the ranks at different moments; all stop at the same epoch.
             if distributed.any_rank(stop.requested) and epoch + 1 < config.epochs:
                 raise UserError(f"training stopped after epoch {epoch + 1}; "
                                 f"continue with `synnav train --resume {workspace}`")
 
-    model.load_state_dict(torch.load(best_path, map_location=torch_device, weights_only=True))
+    try:
+        model.load_state_dict(load_file(str(best_path)))
+    except Exception as error:  # noqa: BLE001 - safetensors and torch raise several types
+        raise UserError(f"{best_path} is damaged ({type(error).__name__}); delete {workspace} to start over") from None
     probs = {name: score(part.sequences) for name, part in parts.items() if len(part)}
     return _finish(config, backbone, dataset, run, parts, probs, model, best_epoch, history, weights, precision,
                    torch_device, workspace, out)
@@ -510,7 +629,7 @@ def _finish(config, backbone, dataset, run, parts, probs, model, best_epoch, his
     meta = _metadata(config, backbone, dataset, run["data"], thresholds, metrics, best_epoch, history,
                      weights, precision, torch_device)
     if distributed.is_main():
-        save_model_dir(out, model, meta, encoder_frozen=config.freeze, force=run.get("force", False))
+        save_model_dir(out, model, meta, encoder_frozen=config.freeze, force=run["force"])
         shutil.rmtree(workspace, ignore_errors=True)
     distributed.barrier()
     console.info(f"Saved model to {out} (best epoch {best_epoch}).")
@@ -564,6 +683,13 @@ def _accumulate(backward, lengths: list[int], optimizer, runtime: Runtime) -> to
                 raise
             optimizer.zero_grad(set_to_none=True)
             halve_budget(runtime, lengths, error)
+
+
+def _saved_int(saved: dict, key: str, workspace: Path) -> int:
+    value = saved.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"the checkpoint in {workspace} is damaged ({key}); delete the directory to start over")
+    return value
 
 
 def _fmt(value: float | None) -> str:

@@ -1,0 +1,122 @@
+"""Training state on disk without pickle: tensors in safetensors, everything else in JSON.
+
+A checkpoint is a directory passed between people and machines (``--resume``), so nothing in it
+may run code when read: ``torch.load`` without ``weights_only`` would unpickle whatever a crafted
+file holds. Nested state (model, optimiser, scheduler, scaler and RNG states) is walked once;
+each tensor is replaced by a reference into one safetensors file and the rest is plain JSON.
+
+The tensors go to a new file named by their hash, then the JSON that names it replaces the old
+JSON atomically, then older tensor files are removed: a kill at any moment leaves one whole
+checkpoint, the previous or the new. A truncated or edited file is reported as damage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from synnav_cli.errors import UserError
+from synnav_cli.files import replace_atomically, write_json_atomic
+
+STATE_FILE = "checkpoint.json"
+TENSORS_PREFIX = "checkpoint-"
+TENSORS_SUFFIX = ".safetensors"
+_TENSOR = "__tensor__"
+_ITEMS = "__items__"  # a dict whose keys are not all strings (optimiser state is keyed by int)
+_TUPLE = "__tuple__"
+
+
+def _flatten(value: object, tensors: dict[str, torch.Tensor]) -> object:
+    if isinstance(value, torch.Tensor):
+        key = str(len(tensors))
+        tensors[key] = value.detach().to("cpu").contiguous().clone()
+        return {_TENSOR: key}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value) and not ({_TENSOR, _ITEMS, _TUPLE} & set(value)):
+            return {k: _flatten(v, tensors) for k, v in value.items()}
+        return {_ITEMS: [[k, _flatten(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {_TUPLE: [_flatten(v, tensors) for v in value]}
+    if isinstance(value, list):
+        return [_flatten(v, tensors) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot store {type(value).__name__} in a checkpoint")
+
+
+def _restore(value: object, tensors: dict[str, torch.Tensor]) -> object:
+    if isinstance(value, dict):
+        if _TENSOR in value:
+            return tensors[value[_TENSOR]]
+        if _ITEMS in value:
+            return {_key(k): _restore(v, tensors) for k, v in value[_ITEMS]}
+        if _TUPLE in value:
+            return tuple(_restore(v, tensors) for v in value[_TUPLE])
+        return {k: _restore(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore(v, tensors) for v in value]
+    return value
+
+
+def _key(key: object) -> object:
+    return tuple(key) if isinstance(key, list) else key
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save(directory: Path, state: dict) -> None:
+    """Write ``state`` (nested dicts, lists, tuples, numbers, strings and tensors) to ``directory``."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(state, tensors)
+    staged = directory / f"{TENSORS_PREFIX}new{TENSORS_SUFFIX}"
+    replace_atomically(staged, lambda tmp: save_file(tensors, str(tmp)))
+    digest = _sha256(staged)
+    name = f"{TENSORS_PREFIX}{digest[:16]}{TENSORS_SUFFIX}"
+    staged.replace(directory / name)
+    write_json_atomic(directory / STATE_FILE, {"tensors": name, "tensors_sha256": digest, "state": skeleton})
+    for old in directory.glob(f"{TENSORS_PREFIX}*{TENSORS_SUFFIX}"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def exists(directory: Path) -> bool:
+    return (directory / STATE_FILE).is_file()
+
+
+def load(directory: Path) -> dict:
+    """The state :func:`save` wrote; a damaged or mismatched pair is a :class:`UserError`."""
+    state_path = directory / STATE_FILE
+    try:
+        record = json.loads(state_path.read_text(encoding="utf-8"))
+        expected, name, skeleton = str(record["tensors_sha256"]), str(record["tensors"]), record["state"]
+        # The name is read from the file: only a plain name of the expected shape is used.
+        if Path(name).name != name or not (name.startswith(TENSORS_PREFIX) and name.endswith(TENSORS_SUFFIX)):
+            raise ValueError("unexpected tensor file name")
+        tensors_path = directory / name
+    except FileNotFoundError:
+        raise UserError(f"no checkpoint in {directory}") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
+        raise UserError(f"{state_path} is damaged ({type(error).__name__}); delete {directory} "
+                        "to start over") from None
+    if not tensors_path.is_file() or _sha256(tensors_path) != expected:
+        raise UserError(f"{tensors_path} is damaged (missing, truncated or not the one {STATE_FILE} "
+                        f"was saved with); delete {directory} to start over")
+    try:
+        tensors = load_file(str(tensors_path))
+        state = _restore(skeleton, tensors)
+    except (SafetensorError, KeyError, TypeError, ValueError) as error:
+        raise UserError(f"the checkpoint in {directory} is damaged ({error}); delete it to start over") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{state_path} is damaged (expected an object); delete {directory} to start over")
+    return state

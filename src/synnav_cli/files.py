@@ -1,0 +1,194 @@
+"""Every file synnav writes: replaced in one step, with the user's permissions, at a path checked
+before anything is written, by one writer at a time.
+
+Writes go to a temporary sibling that is renamed over the target, so a reader (or a crash) never
+sees half a file. ``tempfile`` creates its files 0600 and its directories 0700 whatever the umask;
+synnav widens them to what the umask allows, so that a model shared on a group server is readable
+by the group, as any other file the user creates would be.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+from synnav_cli.errors import UserError
+
+
+@lru_cache(maxsize=1)
+def _umask() -> int:
+    # The only portable way to read the umask is to set it; set it straight back.
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def _open_mode(directory: bool) -> int:
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+def temporary_dir(parent: Path, prefix: str) -> Path:
+    """A new directory in ``parent`` with the permissions ``mkdir`` would give it."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(path, _open_mode(directory=True))
+    return path
+
+
+def temporary_file(parent: Path, prefix: str, suffix: str = ".tmp") -> tuple[int, Path]:
+    """An open descriptor and path of a new file in ``parent``, permissions as ``open`` gives."""
+    fd, name = tempfile.mkstemp(dir=parent, prefix=prefix, suffix=suffix)
+    os.fchmod(fd, _open_mode(directory=False))
+    return fd, Path(name)
+
+
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary sibling of ``path``, make it durable, rename it over.
+
+    On any failure (a full disk included) the temporary file is removed and ``path`` is as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = temporary_file(path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        # Writers that replace the file themselves (safetensors does) leave it 0600 again.
+        os.chmod(tmp, _open_mode(directory=False))
+        with tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` in one step: the old file (if any) stays whole until replaced."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+
+    replace_atomically(path, write)
+
+
+def write_json_atomic(path: Path, payload: object) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def check_output_file(out: Path, *, inputs: Iterable[str | Path] = ()) -> None:
+    """Refuse an output path that is not a regular file or a new name, or that is an input.
+
+    A FIFO or a device node would be replaced by a regular file (or, opened, would block or
+    write to hardware); an input would be destroyed by its own results.
+    """
+    out = Path(out)
+    try:
+        status = out.stat()
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise UserError(f"cannot use {out} as the output: {error.strerror}") from None
+    if stat.S_ISDIR(status.st_mode):
+        raise UserError(f"--out {out} is a directory; give a file name")
+    if not stat.S_ISREG(status.st_mode):
+        raise UserError(f"--out {out} is not a regular file (a pipe, socket or device); "
+                        "give a file name, or write to stdout")
+    for source in inputs:
+        if str(source) == "-":
+            continue
+        try:
+            if os.path.samefile(source, out):
+                raise UserError(f"--out {out} is the input file; its results would replace it")
+        except OSError:
+            continue
+
+
+def open_for_writing(path: Path, *, append: bool) -> int:
+    """A descriptor on ``path`` as a regular file synnav owns: never through a symlink, never a FIFO.
+
+    ``append`` keeps the content (to continue a partial file); otherwise the file is emptied.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UserError(f"{path} is a symbolic link; synnav does not write through links") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"{path} is not a regular file; remove it or choose another --out")
+    os.set_blocking(fd, True)
+    if not append:
+        os.ftruncate(fd, 0)
+    return fd
+
+
+@contextmanager
+def exclusive_lock(path: Path, holder: str) -> Iterator[None]:
+    """Hold ``path`` as a lock for as long as the block runs; refuse at once if another has it.
+
+    ``holder`` names the output in the refusal. The lock file is removed on release, so finished
+    outputs do not gather lock files; a process that opened the old file just before the removal
+    sees that its inode is no longer the one at ``path`` and tries again.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = _open_lock_file(path)
+        if not _try_lock(fd):
+            os.close(fd)
+            raise UserError(f"another synnav run is writing {holder}; wait for it to finish "
+                            "or choose another output")
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        try:
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
+def _open_lock_file(path: Path) -> int:
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        return os.open(path, flags, 0o666)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UserError(f"{path} is a symbolic link; synnav does not lock through links") from None
+        raise
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            return False
+        raise
+    return True

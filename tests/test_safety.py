@@ -1,0 +1,523 @@
+"""Adversarial inputs and concurrent runs: no code from data files, no deleted user data, one
+writer per output, step-granular stops, one-line errors for damaged files (docs/safety.md).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import pickle
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import launch
+import pytest
+import torch
+from hub_fixture import cache_repo
+from launch import normal_verbosity  # noqa: F401  (an autouse fixture)
+from safetensors.torch import load_file, save_file
+
+from synnav_cli import checkpoint, files, modeldir
+from synnav_cli import train as training
+from synnav_cli.cli import cli
+
+TRAIN = ["train", "--backbone", "tiny", "--epochs", "3", "--batch-size", "8", "--lr", "3e-3",
+         "--seed", "1", "--device", "cpu", "--max-tokens", "2000", "-q"]
+SRC = Path(training.__file__).parent
+
+
+def one_error_line(result, *needles: str) -> str:
+    """The result failed with exit code 1 and one ``Error:`` line holding every needle."""
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def train_args(data: Path, out: Path) -> list[str]:
+    return [*TRAIN, "--data", str(data), "--out", str(out)]
+
+
+def stop_at(monkeypatch, epoch: int, step: int) -> None:
+    """Send this process SIGTERM during ``step`` of ``epoch`` of training (both 1-based)."""
+    original_batches, original_accumulate = training.batching.training_batches, training._accumulate
+    count = {"per_epoch": None, "steps": 0}
+
+    def training_batches(lengths, max_tokens, batch_size, rng):
+        batches = original_batches(lengths, max_tokens, batch_size, rng)
+        count["per_epoch"] = count["per_epoch"] or len(batches)
+        return batches
+
+    def accumulate(backward, lengths, optimizer, runtime):
+        loss = original_accumulate(backward, lengths, optimizer, runtime)
+        count["steps"] += 1
+        if count["steps"] == (epoch - 1) * count["per_epoch"] + step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(training.batching, "training_batches", training_batches)
+    monkeypatch.setattr(training, "_accumulate", accumulate)
+
+
+def comparable(model_dir: Path) -> dict:
+    meta = json.loads((model_dir / "synnav-model.json").read_text())
+    history = [{k: v for k, v in h.items() if k != "seconds"} for h in meta["history"]]
+    return {"history": history, "metrics": meta["metrics"], "thresholds": meta["thresholds"],
+            "best_epoch": meta["best_epoch"]}
+
+
+@pytest.fixture
+def small_dataset(tmp_path) -> Path:
+    """A private copy: a resume must see the very file its run started with."""
+    copy = tmp_path / "small.json"
+    copy.write_bytes((launch.TESTS / "data" / "small.json").read_bytes())
+    return copy
+
+
+@pytest.fixture
+def interrupted(runner, tmp_path, small_dataset, monkeypatch) -> Path:
+    """A training workspace stopped by SIGTERM at step 2 of epoch 2; returns ``<out>``."""
+    out = tmp_path / "model"
+    stop_at(monkeypatch, 2, 2)
+    result = runner.invoke(cli, train_args(small_dataset, out))
+    monkeypatch.undo()
+    one_error_line(result, "stopped at step 2 of epoch 2", "--resume")
+    assert checkpoint.exists(out.with_name("model.partial")) and not out.exists()
+    return out
+
+
+# 1. No code runs from a checkpoint ------------------------------------------------------------
+
+
+def test_no_source_file_unpickles():
+    for path in SRC.rglob("*.py"):
+        text = path.read_text()
+        assert "weights_only=False" not in text, path
+        assert "import pickle" not in text and "pickle.load" not in text, path
+
+
+class Exploit:
+    marker: Path
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+def test_a_crafted_pickle_in_a_workspace_never_runs(runner, interrupted, tmp_path):
+    workspace = interrupted.with_name("model.partial")
+    marker = tmp_path / "marker"
+    exploit = Exploit()
+    exploit.marker = marker
+    payload = pickle.dumps({"model": exploit})
+    # Every file a resume reads, and the old checkpoint name, replaced by the pickle.
+    (workspace / "checkpoint.pt").write_bytes(payload)
+    for tensors in workspace.glob("checkpoint-*.safetensors"):
+        tensors.write_bytes(payload)
+    result = runner.invoke(cli, ["train", "--resume", str(workspace), "--device", "cpu"])
+    one_error_line(result, "damaged")
+    assert not marker.exists()
+    # With the recorded hash made to match, the pickle reaches the tensor reader itself.
+    state = json.loads((workspace / "checkpoint.json").read_text())
+    state["tensors_sha256"] = hashlib.sha256(payload).hexdigest()
+    (workspace / "checkpoint.json").write_text(json.dumps(state))
+    one_error_line(runner.invoke(cli, ["train", "--resume", str(workspace), "--device", "cpu"]), "damaged")
+    assert not marker.exists()
+
+
+def test_checkpoint_round_trips_nested_state(tmp_path):
+    state = {"a": torch.arange(3.0), "opt": {"state": {0: {"step": torch.tensor(4.0)}},
+                                             "param_groups": [{"betas": (0.9, 0.99), "params": [0]}]},
+             "big": 2**100, "none": None, "inf": -1.5}
+    checkpoint.save(tmp_path, state)
+    got = checkpoint.load(tmp_path)
+    assert torch.equal(got["a"], state["a"]) and got["big"] == 2**100
+    assert got["opt"]["param_groups"][0]["betas"] == (0.9, 0.99)
+    assert torch.equal(got["opt"]["state"][0]["step"], torch.tensor(4.0))
+
+
+def test_checkpoint_names_only_files_in_its_own_directory(tmp_path):
+    checkpoint.save(tmp_path, {"x": torch.zeros(2)})
+    record = json.loads((tmp_path / "checkpoint.json").read_text())
+    record["tensors"] = "../../etc/passwd"
+    (tmp_path / "checkpoint.json").write_text(json.dumps(record))
+    with pytest.raises(training.UserError, match="damaged"):
+        checkpoint.load(tmp_path)
+
+
+# 2. A resume writes only to its own location, with the data it started with ---------------------
+
+
+def test_an_edited_run_json_cannot_redirect_the_model(runner, interrupted, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.tex").write_text("years of work")
+    workspace = interrupted.with_name("model.partial")
+    run = json.loads((workspace / "run.json").read_text())
+    run.update({"out": str(victim), "force": True})
+    (workspace / "run.json").write_text(json.dumps(run))
+    result = runner.invoke(cli, ["train", "--resume", str(workspace), "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    assert (victim / "thesis.tex").read_text() == "years of work"
+    assert modeldir.is_model_dir(interrupted) and not workspace.exists()
+
+
+def test_a_changed_dataset_is_refused_on_resume(runner, interrupted, tmp_path):
+    workspace = interrupted.with_name("model.partial")
+    run = json.loads((workspace / "run.json").read_text())
+    records = json.loads(Path(run["data"]).read_text())
+    record = next(r for r in records if any(v is not None for v in r["labels"].values()))
+    record["labels"] = {k: (None if v is None else 1 - v) for k, v in record["labels"].items()}
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps(records))
+    run["data"] = str(changed)
+    (workspace / "run.json").write_text(json.dumps(run))
+    one_error_line(runner.invoke(cli, ["train", "--resume", str(workspace), "--device", "cpu"]),
+                   "has changed since this run started")
+
+
+def test_an_edited_config_is_refused_on_resume(runner, interrupted):
+    workspace = interrupted.with_name("model.partial")
+    run = json.loads((workspace / "run.json").read_text())
+    run["config"]["learning_rate"] = 0.5
+    (workspace / "run.json").write_text(json.dumps(run))
+    one_error_line(runner.invoke(cli, ["train", "--resume", str(workspace), "--device", "cpu"]),
+                   "another configuration")
+
+
+@pytest.mark.parametrize("content", ["[]", "{", '{"config": {"epochs": "abc"}}', '[[[[' * 5000])
+def test_a_broken_run_json_is_one_line(runner, interrupted, content):
+    workspace = interrupted.with_name("model.partial")
+    (workspace / "run.json").write_text(content)
+    one_error_line(runner.invoke(cli, ["train", "--resume", str(workspace), "--device", "cpu"]), "run.json")
+
+
+def test_a_truncated_checkpoint_is_one_line(runner, interrupted):
+    workspace = interrupted.with_name("model.partial")
+    tensors = next(workspace.glob("checkpoint-*.safetensors"))
+    tensors.write_bytes(tensors.read_bytes()[:100])
+    one_error_line(runner.invoke(cli, ["train", "--resume", str(workspace), "--device", "cpu"]), "truncated")
+
+
+# 3. One writer per output -----------------------------------------------------------------------
+
+
+def test_a_second_predict_on_the_same_out_is_refused_while_the_first_finishes(runner, tmp_path):
+    env = launch.environment(tmp_path)
+    model = launch.tiny_model_dir(tmp_path / "m")
+    fasta = launch.write_fasta(tmp_path / "in.fasta", 300)
+    out = tmp_path / "out.tsv"
+    lines = fasta.read_text().splitlines(keepends=True)
+    first = subprocess.Popen([sys.executable, "-m", "synnav_cli", "predict", "-", "--model", str(model),
+                              "--out", str(out), "--device", "cpu", "-q"], env=env, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first.stdin.write("".join(lines[:100]))
+        first.stdin.flush()
+        lock = out.with_name("out.tsv.lock")
+        deadline = time.monotonic() + 120
+        while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lock.exists(), first.stderr.read() if first.poll() is not None else "no lock"
+        second = runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "--out", str(out),
+                                     "--device", "cpu"])
+        one_error_line(second, "another synnav run is writing", str(out))
+        first.stdin.write("".join(lines[100:]))
+        first.stdin.close()
+        assert first.wait(timeout=120) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    alone = runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "--device", "cpu"])
+    assert out.read_text() == alone.stdout
+    assert not out.with_name("out.tsv.lock").exists()
+
+
+def test_a_second_train_on_the_same_out_is_refused_while_the_first_finishes(runner, tmp_path, small_dataset):
+    env = launch.environment(tmp_path)
+    out = tmp_path / "model"
+    args = [*TRAIN, "--epochs", "40", "--data", str(small_dataset), "--out", str(out)]
+    first = subprocess.Popen([sys.executable, "-m", "synnav_cli", *args], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = out.with_name("model.partial") / "lock"
+        deadline = time.monotonic() + 120
+        while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert lock.exists(), "the first run never held its workspace"
+        second = runner.invoke(cli, args)
+        one_error_line(second, "another synnav run is writing")
+        assert first.wait(timeout=240) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    meta = json.loads((out / "synnav-model.json").read_text())
+    assert meta["config"]["epochs"] == 40 and len(meta["history"]) == 40
+    assert set(load_file(str(out / "model.safetensors")))  # whole and readable
+
+
+def test_a_lock_is_exclusive_and_removed_on_release(tmp_path):
+    lock = tmp_path / "x.lock"
+    with files.exclusive_lock(lock, "x"):
+        with pytest.raises(training.UserError, match="another synnav run"), files.exclusive_lock(lock, "x"):
+            pass
+    assert not lock.exists()
+    with files.exclusive_lock(lock, "x"):  # free again
+        assert lock.exists()
+
+
+# 4. cache clear deletes only what it lists ------------------------------------------------------
+
+
+def test_cache_clear_through_a_symlinked_root_deletes_only_listed_repositories(runner, tmp_path, monkeypatch):
+    target = tmp_path / "elsewhere"
+    hub = target / "hub"
+    cache_repo(hub, "org/weights", {"model.safetensors": b"w" * 100})
+    (hub / "datasets--org--data").mkdir(parents=True)
+    (hub / "datasets--org--data" / "keep").write_text("dataset")
+    (hub / "my-notes").mkdir()
+    (hub / "my-notes" / "keep.txt").write_text("notes")
+    outside = tmp_path / "victim"
+    outside.mkdir()
+    (outside / "keep").write_text("precious")
+    (hub / "models--org--linked").symlink_to(outside, target_is_directory=True)
+    link = tmp_path / "cache-link"
+    link.symlink_to(target, target_is_directory=True)
+    monkeypatch.setenv("SYNNAV_CACHE_DIR", str(link))
+    result = runner.invoke(cli, ["cache", "clear", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert not (hub / "models--org--weights").exists()
+    assert (hub / "datasets--org--data" / "keep").read_text() == "dataset"
+    assert (hub / "my-notes" / "keep.txt").read_text() == "notes"
+    assert (outside / "keep").read_text() == "precious"
+    assert link.is_symlink() and hub.is_dir()
+
+
+# 5. --out must be a new name or a regular file, never the input ---------------------------------
+
+
+@pytest.fixture
+def model_and_fasta(tmp_path):
+    return launch.tiny_model_dir(tmp_path / "m"), launch.write_fasta(tmp_path / "in.fasta", 5)
+
+
+def test_out_naming_the_input_is_refused(runner, model_and_fasta):
+    model, fasta = model_and_fasta
+    before = fasta.read_text()
+    one_error_line(runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "--out", str(fasta)]),
+                   "is the input file")
+    assert fasta.read_text() == before
+
+
+def test_out_naming_a_fifo_or_a_device_is_refused(runner, model_and_fasta, tmp_path):
+    model, fasta = model_and_fasta
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for target in (fifo, Path("/dev/null")):
+        one_error_line(runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "--out", str(target)]),
+                       "not a regular file")
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_a_link_planted_at_the_partial_name_is_not_followed(runner, model_and_fasta, tmp_path):
+    model, fasta = model_and_fasta
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone else's")
+    out = tmp_path / "out.tsv"
+    out.with_name("out.tsv.partial").symlink_to(victim)
+    one_error_line(runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "--out", str(out)]),
+                   "symbolic link")
+    assert victim.read_text() == "someone else's"
+
+
+def test_merge_out_naming_a_part_is_refused(runner, tmp_path):
+    part = tmp_path / "part.tsv"
+    part.write_text("id\tx\na\t1\n")
+    one_error_line(runner.invoke(cli, ["merge", str(part), "--out", str(part)]), "is the input file")
+    assert part.read_text() == "id\tx\na\t1\n"
+
+
+# 6. --force replaces only model directories ----------------------------------------------------
+
+
+def test_force_does_not_replace_a_folder_that_is_not_a_model(runner, tmp_path, small_dataset):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "main.py").write_text("print('mine')")
+    one_error_line(runner.invoke(cli, [*train_args(small_dataset, source), "--force"]),
+                   "not a synnav model directory")
+    assert (source / "main.py").read_text() == "print('mine')"
+    assert not source.with_name("src.partial").exists() or not any(source.with_name("src.partial").iterdir())
+
+
+def test_force_replaces_a_model_directory(runner, tmp_path, small_dataset):
+    out = launch.tiny_model_dir(tmp_path / "model")
+    result = runner.invoke(cli, [*train_args(small_dataset, out), "--force"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "synnav-model.json").read_text())["config"]["epochs"] == 3
+
+
+# 7. A stop signal ends training at the next step, and the resume is exact ---------------------
+
+
+def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_run(runner, interrupted, tmp_path, small_dataset):
+    saved = checkpoint.load(interrupted.with_name("model.partial"))
+    assert (saved["epoch"], saved["step"]) == (1, 2)  # one epoch done, two steps into the second
+    resumed = runner.invoke(cli, ["train", "--resume", str(interrupted.with_name("model.partial")),
+                                  "--device", "cpu", "-q"])
+    assert resumed.exit_code == 0, resumed.output
+    reference = tmp_path / "reference"
+    assert runner.invoke(cli, train_args(small_dataset, reference)).exit_code == 0
+    assert comparable(interrupted) == comparable(reference)
+    ours, theirs = load_file(str(interrupted / "model.safetensors")), load_file(str(reference / "model.safetensors"))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+@pytest.mark.slow
+def test_a_real_sigterm_stops_within_a_step_and_resumes_exactly(tmp_path, small_dataset):
+    env = launch.environment(tmp_path)
+    args = [*TRAIN, "--epochs", "30", "--data", str(small_dataset)]
+    reference = launch.synnav([*args, "--out", str(tmp_path / "reference")], env)
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "stopped"
+    process = subprocess.Popen([sys.executable, "-m", "synnav_cli", *args, "--out", str(out)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        state = out.with_name("stopped.partial") / "checkpoint.json"
+        deadline = time.monotonic() + 120
+        while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        _, stderr = process.communicate(timeout=60)
+        stopped_after = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1 and "--resume" in stderr, stderr
+    assert stopped_after < 5, f"took {stopped_after:.1f}s to stop"
+    resumed = launch.synnav(["train", "--resume", str(out.with_name("stopped.partial")), "--device", "cpu"], env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert comparable(out) == comparable(tmp_path / "reference")
+
+
+# 8. Damaged files are one line -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [
+    "[]", "[[[[" * 10000, "{}", '{"backbone": "tiny", "labels": ["a"], "thresholds": {"a": 0.5}, '
+    '"config": {"max_length": "abc"}}', '{"backbone": "tiny", "labels": ["a"], "thresholds": {}}',
+    '{"backbone": "tiny", "labels": ["a"], "thresholds": {"a": 0.5}, "config": {"max_length": -5}}',
+])
+def test_malformed_model_metadata_is_one_line_and_does_not_hide_other_models(runner, tmp_path, content):
+    models = Path(os.environ["SYNNAV_DATA_DIR"]) / "models"
+    good = launch.tiny_model_dir(models / "good")
+    broken = launch.tiny_model_dir(models / "broken")
+    (broken / "synnav-model.json").write_text(content)
+    os.utime(broken / "synnav-model.json")
+    one_error_line(runner.invoke(cli, ["models", "show", str(broken)]), "damaged")
+    fasta = launch.write_fasta(tmp_path / "in.fasta", 3)
+    one_error_line(runner.invoke(cli, ["predict", str(fasta), "--model", str(broken)]), "damaged")
+    listing = runner.invoke(cli, ["models", "list"])
+    assert listing.exit_code == 0 and "good" in listing.stdout, listing.output
+    default = runner.invoke(cli, ["predict", str(fasta)])
+    assert default.exit_code == 0 and default.stdout.count("\n") == 4, default.output
+    assert good.exists()
+
+
+def test_nan_weights_are_refused_when_loading(runner, tmp_path):
+    model = launch.tiny_model_dir(tmp_path / "m")
+    tensors = load_file(str(model / "model.safetensors"))
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, str(model / "model.safetensors"))
+    fasta = launch.write_fasta(tmp_path / "in.fasta", 3)
+    one_error_line(runner.invoke(cli, ["predict", str(fasta), "--model", str(model)]), "NaN")
+
+
+def test_a_full_disk_during_training_is_one_line_and_leaves_no_temporary_file(runner, tmp_path, small_dataset,
+                                                                               monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    out = tmp_path / "model"
+    one_error_line(runner.invoke(cli, train_args(small_dataset, out)), "No space left on device")
+    leftovers = [p.name for p in out.with_name("model.partial").iterdir() if ".tmp" in p.name or "-new" in p.name]
+    assert leftovers == []
+
+
+def test_a_deeply_nested_dataset_is_one_line(runner, tmp_path):
+    data = tmp_path / "deep.json"
+    data.write_text("[" * 100000 + "]" * 100000)
+    one_error_line(runner.invoke(cli, [*train_args(data, tmp_path / "m")]), "nested too deeply")
+
+
+# 10. Headers: bounded in messages, no control characters, a BOM is fine -------------------------
+
+
+def test_a_huge_header_is_not_quoted_whole(runner, model_and_fasta, tmp_path):
+    model, _ = model_and_fasta
+    fasta = tmp_path / "huge.fasta"
+    fasta.write_text(">" + "A" * 5_000_000 + "\nNOT A PROTEIN 123\n")
+    line = one_error_line(runner.invoke(cli, ["predict", str(fasta), "--model", str(model)]), "characters")
+    assert len(line) < 400
+
+
+def test_a_nul_in_a_header_is_refused(runner, model_and_fasta, tmp_path):
+    model, _ = model_and_fasta
+    fasta = tmp_path / "nul.fasta"
+    fasta.write_bytes(b">p1\x00evil\nMKV\n")
+    result = runner.invoke(cli, ["predict", str(fasta), "--model", str(model)])
+    one_error_line(result, "control characters")
+    assert "\x00" not in result.output
+
+
+def test_a_byte_order_mark_is_accepted(runner, model_and_fasta, tmp_path, small_dataset):
+    model, fasta = model_and_fasta
+    marked = tmp_path / "bom.fasta"
+    marked.write_bytes(b"\xef\xbb\xbf" + fasta.read_bytes())
+    plain = runner.invoke(cli, ["predict", str(fasta), "--model", str(model)])
+    with_bom = runner.invoke(cli, ["predict", str(marked), "--model", str(model)])
+    assert with_bom.exit_code == 0 and with_bom.stdout == plain.stdout, with_bom.output
+    piped = runner.invoke(cli, ["predict", "-", "--model", str(model)], input=marked.read_bytes())
+    assert piped.exit_code == 0 and piped.stdout == plain.stdout, piped.output
+    from synnav_cli.data import read_dataset
+
+    records = json.loads(small_dataset.read_text())[:5]
+    table = tmp_path / "bom.csv"
+    names = list(records[0]["labels"])
+    rows = ["entry,sequence," + ",".join(names)] + [
+        f"{r['entry']},{r['sequence']}," + ",".join("" if r["labels"][n] is None else str(r["labels"][n])
+                                                   for n in names) for r in records]
+    table.write_bytes(b"\xef\xbb\xbf" + "\n".join(rows).encode())
+    assert read_dataset(table).entries == [r["entry"] for r in records]
+
+
+# 11. Files follow the umask --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask, directory, file", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
+def test_model_directories_and_outputs_follow_the_umask(runner, tmp_path, umask, directory, file):
+    previous = os.umask(umask)
+    files._umask.cache_clear()
+    try:
+        model = launch.tiny_model_dir(tmp_path / "m")
+        fasta = launch.write_fasta(tmp_path / "in.fasta", 3)
+        out = tmp_path / "out.tsv"
+        assert runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "--out", str(out)]).exit_code == 0
+    finally:
+        os.umask(previous)
+        files._umask.cache_clear()
+    assert stat.S_IMODE(model.stat().st_mode) == directory
+    assert stat.S_IMODE((model / "model.safetensors").stat().st_mode) == file
+    assert stat.S_IMODE((model / "synnav-model.json").stat().st_mode) == file
+    assert stat.S_IMODE(out.stat().st_mode) == file
