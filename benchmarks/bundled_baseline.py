@@ -36,7 +36,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from synnav_cli.data import assign_splits, read_dataset
+from synnav_cli.data.dataset import assign_splits, read_dataset
 from synnav_cli.evaluate import evaluate
 from synnav_cli.metrics import evaluate_predictions, tune_threshold
 from synnav_cli.modeldir import read_model_info

@@ -61,13 +61,13 @@ from torch import nn
 #   predict_records, Runtime, FastaRecord: synnav's prediction path (with its out-of-memory backoff)
 #   LocalizationModel, masked_bce, training_batches: what a training step is made of
 try:
-    from synnav_cli import hardware
-    from synnav_cli.batching import training_batches
-    from synnav_cli.data import FastaRecord
-    from synnav_cli.inference import Runtime
+    from synnav_cli.data.fasta import FastaRecord
     from synnav_cli.model import LocalizationModel, masked_bce
     from synnav_cli.plugins import get_backbone
-    from synnav_cli.predict import predict_records
+    from synnav_cli.predict.run import predict_records
+    from synnav_cli.runtime import hardware
+    from synnav_cli.scoring.batches import training_batches
+    from synnav_cli.scoring.score import Runtime
 except ImportError as missing:  # a bare GPU machine: torch alone is not enough
     raise SystemExit(
         f"gpu_check: cannot import {missing.name!r}. Run from the repository root with "

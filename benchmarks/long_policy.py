@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from synnav_cli.data import FastaRecord, assign_splits, read_dataset
-from synnav_cli.predict import predict_records
-from synnav_cli.session import load_for_scoring
+from synnav_cli.data.dataset import assign_splits, read_dataset
+from synnav_cli.data.fasta import FastaRecord
+from synnav_cli.predict.run import predict_records
+from synnav_cli.scoring.load import load_for_scoring
 
 POLICIES = ("truncate", "window")
 

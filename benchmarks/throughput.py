@@ -59,10 +59,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from synnav_cli import batching, hardware
 from synnav_cli.backbones.base import TokenBatch
 from synnav_cli.backbones.esm_alphabet import ESM_VOCABULARY
 from synnav_cli.model import LocalizationModel, masked_bce
+from synnav_cli.runtime import hardware
+from synnav_cli.scoring import batches as batching
 
 NUM_LABELS = 10
 # Dense bf16 tensor-core peaks from the vendor data sheets, TFLOP/s, matched against
@@ -164,7 +165,7 @@ def protein_lengths(count: int, seed: int, dataset: Path | None) -> list[int]:
     """Lengths from a dataset file, else log-normal with median 480 clipped to 50..1800."""
     rng = np.random.default_rng(seed)
     if dataset is not None:
-        from synnav_cli.data import read_dataset
+        from synnav_cli.data.dataset import read_dataset
 
         pool = np.array([len(s) for s in read_dataset(dataset).sequences])
         return [int(x) for x in rng.choice(pool, size=count, replace=len(pool) < count)]

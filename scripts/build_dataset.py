@@ -50,7 +50,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from synnav_cli import homology  # noqa: E402  (needs the sys.path line above)
+from synnav_cli.data import homology  # noqa: E402  (needs the sys.path line above
 
 LABELS = (
     "cytosol",
@@ -819,7 +819,7 @@ def generated_section(
                                           for c in command))
     lines.append(f"- Groups: {len(group_sizes):,}; singletons {size_hist[1]:,}; "
                  f"largest {', '.join(str(s) for s in largest)}.")
-    lines.append(f"- Assignment: `synnav_cli.homology.split_groups(groups, {FRACTIONS}, "
+    lines.append(f"- Assignment: `synnav_cli.data.homology.split_groups(groups, {FRACTIONS}, "
                  f"seed={SEED})`, then every cluster holding a marker-panel protein is moved to "
                  "test: " + "; ".join(f"{MARKERS[acc][0]} ({acc}, cluster of {size}, from {was})"
                                       for acc, was, size in log.markers_moved) + ".")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from synnav_cli.cli import cli
+from synnav_cli.cli.main import cli
 
 DOCS_FILE = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 REGENERATE = "python scripts/gen_cli_docs.py"

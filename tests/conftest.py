@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ from tiny_backbone import TinyPlugin
 from synnav_cli.plugins import load_plugins, pm
 
 DATA = Path(__file__).parent / "data"
+
+# Installed third-party plugins stay out of the tests: only the built-ins and the test plugins load.
+os.environ["SYNNAV_LOAD_PLUGINS"] = "tiny-test-plugin"
 
 
 @pytest.fixture(autouse=True)

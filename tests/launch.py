@@ -103,7 +103,7 @@ def torchrun(processes: int, args: list[str], env: dict[str, str], timeout: floa
 
 PEAK_RSS = """
 import resource, sys
-from synnav_cli.cli import cli
+from synnav_cli.cli.main import cli
 try:
     cli(sys.argv[1:], prog_name="synnav", standalone_mode=False)
 finally:

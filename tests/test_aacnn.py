@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from synnav_cli.backbones.aacnn import C_TERMINAL, N_TERMINAL, AACNNBackbone
-from synnav_cli.cli import cli
+from synnav_cli.cli.main import cli
 from synnav_cli.modeldir import load_model, resolve_model
 from synnav_cli.plugins import backbone_registry, get_backbone
 from synnav_cli.resources import bundled_model_path
@@ -120,7 +120,7 @@ def test_bundled_model_is_the_default_when_no_user_model_exists():
     assert info.meta["metrics"]["test"]["mean"]["roc_auc"] > 0.7
     # The backbone's defaults are the shipped architecture: load_model rebuilds it from them and
     # loads the weights strictly, so any drift in shapes fails here.
-    model = load_model(info, torch.device("cpu"), offline=True)
+    model = load_model(info, get_backbone(info.meta["backbone"]), torch.device("cpu"), offline=True)
     assert AACNNBackbone.embedding_dim == 4 * model.encoder.dim
     assert sum(p.numel() for p in model.parameters()) > 10_000
     assert (info.path / "model.safetensors").stat().st_size < 4_000_000  # a few MB at most

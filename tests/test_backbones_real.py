@@ -338,7 +338,7 @@ def test_vocabulary_frames_proteins_for_both_families():
 def cli_invoke(*args, input=None):
     from click.testing import CliRunner
 
-    from synnav_cli.cli import cli
+    from synnav_cli.cli.main import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args], input=input)
 
@@ -355,7 +355,7 @@ def test_train_evaluate_predict_from_the_cache(tiny_hub, tmp_path, small_dataset
     import io
     import json
 
-    from synnav_cli.data import read_dataset
+    from synnav_cli.data.dataset import read_dataset
 
     cache_tiny_weights(backbone_id)
     out = tmp_path / "model"

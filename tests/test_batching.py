@@ -7,11 +7,11 @@ import pytest
 import torch
 from tiny_backbone import TinyBackbone
 
-from synnav_cli import batching
 from synnav_cli.errors import UserError
-from synnav_cli.inference import Runtime, run_batches, score_sequences
 from synnav_cli.model import LocalizationModel, masked_bce
-from synnav_cli.train import _accumulate
+from synnav_cli.scoring import batches as batching
+from synnav_cli.scoring.score import Runtime, run_batches, score_sequences
+from synnav_cli.train.loop import accumulate as _accumulate
 
 LENGTHS = [int(x) for x in np.random.default_rng(3).integers(5, 400, size=97)]
 

@@ -26,9 +26,12 @@ from hub_fixture import (  # noqa: F401 - fixtures
     tiny_hub,
 )
 
-from synnav_cli import cache, cache_cli
-from synnav_cli.cache_cli import cache_group
+from synnav_cli import paths
+from synnav_cli.cli import cache as cache_cli
+from synnav_cli.cli.cache import cache_group
 from synnav_cli.errors import UserError
+from synnav_cli.weights import hub as cache
+from synnav_cli.weights import integrity, listing
 
 REPO = "example-org/example-model"
 WEIGHTS = b"\x00weights\x01" * 1000
@@ -160,7 +163,7 @@ def test_a_verified_file_is_not_hashed_again(hub, monkeypatch):
     def no_hashing(*args):
         raise AssertionError("hashed again")
 
-    monkeypatch.setattr(cache, "_digest", no_hashing)
+    monkeypatch.setattr(integrity, "_digest", no_hashing)
     cache.fetch(REPO, ["data/weights/model.pth"])
 
 
@@ -187,9 +190,9 @@ def test_load_torch_state_dict_refuses_non_state_dicts(tmp_path):
     path = tmp_path / "x.pth"
     torch.save({"a": torch.zeros(2), "b": [1, 2]}, path)
     with pytest.raises(UserError, match="not a state dict"):
-        cache.load_torch_state_dict(path, repo_id=REPO, filename="x.pth")
+        integrity.load_torch_state_dict(path, repo_id=REPO, filename="x.pth")
     torch.save({"a": torch.zeros(2)}, path)
-    assert set(cache.load_torch_state_dict(path, repo_id=REPO, filename="x.pth")) == {"a"}
+    assert set(integrity.load_torch_state_dict(path, repo_id=REPO, filename="x.pth")) == {"a"}
 
 
 # --- online behaviour, with the hub replaced --------------------------------------------------------
@@ -229,7 +232,7 @@ def test_first_download_says_where_and_under_which_licence(tiny_hub, online, cap
     online(fake_download(tiny_hub, {"config.json": CONFIG, "w.pth": WEIGHTS}, calls))
     cache.fetch(REPO, ["config.json", "w.pth"], licence="Cambrian Open", backbone="mine")
     err = capsys.readouterr().err
-    assert f"downloading {REPO} (config.json, w.pth) for backbone mine into {cache.hub_dir()}" in err
+    assert f"downloading {REPO} (config.json, w.pth) for backbone mine into {paths.hub_dir()}" in err
     assert "Cambrian Open licence" in err and f"https://huggingface.co/{REPO}" in err
     # The second file came from the commit the first one resolved to.
     assert calls[0][1] is None and len(calls[2][1]) == 40
@@ -339,7 +342,7 @@ def test_cached_repos_lists_sizes_files_and_backbones(hub):
     from hub_fixture import cache_tiny_weights
 
     cache_tiny_weights("esmc300m")
-    repos = {repo.repo_id: repo for repo in cache.cached_repos()}
+    repos = {repo.repo_id: repo for repo in listing.cached_repos(cache_cli._backbones_by_repo())}
     assert set(repos) == {REPO, "EvolutionaryScale/esmc-300m-2024-12"}
     mine = repos[REPO]
     assert mine.size_on_disk == len(WEIGHTS) + len(CONFIG)
@@ -354,23 +357,23 @@ def test_clear_one_repo_and_everything(hub):
     cache_repo(hub, other, {"x.bin": b"x" * 10})
     cache.fetch(REPO, ["data/weights/model.pth"])
     (hub / ".locks" / repo_folder(hub, REPO).name).mkdir(parents=True)
-    removed = cache.clear(REPO)
+    removed = listing.clear(REPO)
     assert [r.repo_id for r in removed] == [REPO]
     assert not repo_folder(hub, REPO).exists()
     assert not (hub / ".locks" / repo_folder(hub, REPO).name).exists()
-    assert [r.repo_id for r in cache.cached_repos()] == [other]
-    assert cache.clear(REPO) == []
-    assert [r.repo_id for r in cache.clear(None)] == [other]
-    assert cache.cached_repos() == []
+    assert [r.repo_id for r in listing.cached_repos()] == [other]
+    assert listing.clear(REPO) == []
+    assert [r.repo_id for r in listing.clear(None)] == [other]
+    assert listing.cached_repos() == []
 
 
 def test_clear_removes_partial_downloads(tiny_hub):
     folder = repo_folder(tiny_hub, REPO)
     (folder / "blobs").mkdir(parents=True)
     (folder / "blobs" / ("a" * 64 + ".incomplete")).write_bytes(b"x" * 50)
-    (listed,) = cache.cached_repos()
+    (listed,) = listing.cached_repos()
     assert listed.size_on_disk == 50 and listed.files == ()
-    cache.clear(REPO)
+    listing.clear(REPO)
     assert not folder.exists()
 
 
@@ -418,15 +421,15 @@ def test_cli_clear_needs_yes_without_a_terminal(hub):
     result = invoke("clear", "esmc-300m", "--yes")
     assert result.exit_code == 0, result.output
     assert "Deleted" in result.output
-    assert [r.repo_id for r in cache.cached_repos()] == [REPO]
+    assert [r.repo_id for r in listing.cached_repos()] == [REPO]
 
 
 def test_cli_clear_by_repository_and_everything(hub):
     assert invoke("clear", REPO, "-y").exit_code == 0
-    assert cache.cached_repos() == []
+    assert listing.cached_repos() == []
     cache_repo(hub, REPO, {"config.json": CONFIG})
     assert invoke("clear", "--yes").exit_code == 0
-    assert cache.cached_repos() == []
+    assert listing.cached_repos() == []
     result = invoke("clear", "--yes")
     assert result.exit_code == 0 and "Nothing to delete" in result.output
 
@@ -434,16 +437,16 @@ def test_cli_clear_by_repository_and_everything(hub):
 def test_cli_clear_asks_on_a_terminal(hub, monkeypatch):
     monkeypatch.setattr(cache_cli, "_stdin_is_interactive", lambda: True)
     result = invoke("clear", REPO, input="n\n")
-    assert result.exit_code != 0 and cache.cached_repos()
+    assert result.exit_code != 0 and listing.cached_repos()
     result = invoke("clear", REPO, input="y\n")
-    assert result.exit_code == 0 and cache.cached_repos() == []
+    assert result.exit_code == 0 and listing.cached_repos() == []
 
 
 def test_cli_clear_unknown_backbone(hub):
     result = invoke("clear", "nosuchmodel", "--yes")
     assert isinstance(result.exception, UserError)
     assert "known backbones" in str(result.exception)
-    assert cache.cached_repos()
+    assert listing.cached_repos()
 
 
 def test_cli_fetch(tiny_hub):
@@ -462,7 +465,7 @@ def test_cli_fetch(tiny_hub):
 
 
 def run_synnav(*args):
-    from synnav_cli.cli import cli
+    from synnav_cli.cli.main import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args])
 
@@ -505,7 +508,7 @@ def test_cli_first_download_announces_licence_and_destination_once(tiny_hub, onl
     announced = [line for line in first.stderr.splitlines() if line.startswith("synnav: ")]
     assert announced == [
         "synnav: downloading EvolutionaryScale/esmc-600m-2024-12 (data/weights/esmc_600m_2024_12_v0.pth) "
-        f"for backbone esmc600m into {cache.hub_dir()}",
+        f"for backbone esmc600m into {paths.hub_dir()}",
         "synnav: these weights are under the Cambrian Non-Commercial licence: "
         "https://huggingface.co/EvolutionaryScale/esmc-600m-2024-12",
     ]

@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from synnav_cli.data import assign_splits, read_dataset, read_fasta
+from synnav_cli.data.dataset import assign_splits, read_dataset
+from synnav_cli.data.fasta import read_fasta
 from synnav_cli.errors import UserError
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synnav_cli.data import read_dataset
+from synnav_cli.data.dataset import read_dataset
 
 ROOT = Path(__file__).parent.parent
 DATASET = ROOT / "data" / "dataset.json"

@@ -18,8 +18,8 @@ import launch
 import numpy as np
 import pytest
 
-from synnav_cli import distributed
 from synnav_cli.errors import UserError
+from synnav_cli.runtime import distributed
 
 torchrun_step = pytest.mark.skipif(os.environ.get("SYNNAV_TEST_DISTRIBUTED") != "1",
                                    reason="2-process runs are the separate CI step .ci/distributed.sh")

@@ -10,7 +10,7 @@ import click
 
 from synnav_cli import hookspecs
 from synnav_cli.backbones.base import Backbone
-from synnav_cli.cli import cli
+from synnav_cli.cli.main import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -9,10 +9,10 @@ import pytest
 import torch
 from tiny_backbone import TinyBackbone
 
-from synnav_cli import embedding_cache
-from synnav_cli.embedding_cache import EmbeddingCache, cache_key, pooled_embeddings
-from synnav_cli.inference import Runtime
 from synnav_cli.model import LocalizationModel
+from synnav_cli.scoring.score import Runtime
+from synnav_cli.train import embedding_cache
+from synnav_cli.train.embedding_cache import EmbeddingCache, cache_key, pooled_embeddings
 
 SEQUENCES = ["MKTAYIAKQR", "ACDEFGHIKLMNPQRSTVWY" * 3, "MK", "PEPTIDE" * 9, "MKTAYIAKQR", "W" * 40]
 
@@ -171,7 +171,7 @@ def test_process_killed_mid_write_leaves_a_readable_cache(tmp_path):
     child = textwrap.dedent(
         f"""
         import os, numpy as np
-        from synnav_cli.embedding_cache import EmbeddingCache, sequence_digest
+        from synnav_cli.train.embedding_cache import EmbeddingCache, sequence_digest
         cache = EmbeddingCache({str(root)!r})
         conn = cache._connect()
         conn.execute("BEGIN IMMEDIATE")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from synnav_cli.cli import cli
-from synnav_cli.data import assign_splits, read_dataset
+from synnav_cli.cli.main import cli
+from synnav_cli.data.dataset import assign_splits, read_dataset
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from launch import normal_verbosity  # noqa: F401  (an autouse fixture)
 
-from synnav_cli.cli import cli
-from synnav_cli.data import AMINO_ACIDS, read_dataset, read_fasta
+from synnav_cli.cli.main import cli
+from synnav_cli.data.dataset import read_dataset
+from synnav_cli.data.fasta import AMINO_ACIDS, read_fasta
 from synnav_cli.errors import UserError
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

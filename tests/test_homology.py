@@ -1,4 +1,4 @@
-"""Homology grouping and group-preserving splits (synnav_cli.homology)."""
+"""Homology grouping and group-preserving splits (synnav_cli.data.homology)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections import Counter
 
 import pytest
 
-from synnav_cli import homology
-from synnav_cli.cli import cli
-from synnav_cli.data import assign_splits, read_dataset
+from synnav_cli.cli.main import cli
+from synnav_cli.data import homology
+from synnav_cli.data.dataset import assign_splits, read_dataset
 from synnav_cli.errors import UserError
 
 

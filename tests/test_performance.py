@@ -9,12 +9,13 @@ import pytest
 import torch
 from tiny_backbone import TinyBackbone
 
-from synnav_cli import hardware, train
 from synnav_cli.backbones import esmc_model
 from synnav_cli.backbones.esmc_model import ESMC_600M, ESMC_TINY, ESMCEncoder
-from synnav_cli.cli import cli
+from synnav_cli.cli.main import cli
 from synnav_cli.errors import UserError
 from synnav_cli.plugins import get_backbone
+from synnav_cli.runtime import hardware
+from synnav_cli.train import config as train
 
 CUDA = torch.device("cuda")
 GB = 10**9
@@ -138,18 +139,22 @@ def test_the_budget_is_reported_on_stderr(runner, small_dataset, tmp_path):
 
 
 def test_gradient_checkpointing_switches_for_esmc_and_esm2():
+    from synnav_cli.plugins import get_backbone
+
+    switch = get_backbone("esmc600m").set_gradient_checkpointing
     encoder = ESMCEncoder(ESMC_TINY)
-    assert hardware.set_gradient_checkpointing(encoder, True) and encoder.gradient_checkpointing
+    assert switch(encoder, True) and encoder.gradient_checkpointing
     from transformers import EsmModel
 
     from synnav_cli.backbones.esm2 import ESM2_TINY, ESM2Encoder
 
     wrapped = ESM2Encoder(EsmModel(ESM2_TINY.config(), add_pooling_layer=False))
-    assert hardware.set_gradient_checkpointing(wrapped, True)
+    switch = get_backbone("esm2_8m").set_gradient_checkpointing
+    assert switch(wrapped, True)
     assert wrapped.esm.is_gradient_checkpointing
-    assert hardware.set_gradient_checkpointing(wrapped, False)
+    assert switch(wrapped, False)
     assert not wrapped.esm.is_gradient_checkpointing
-    assert not hardware.set_gradient_checkpointing(TinyBackbone().build_encoder(), True)
+    assert not TinyBackbone().set_gradient_checkpointing(TinyBackbone().build_encoder(), True)
 
 
 def test_gradient_checkpointing_option_reaches_the_config(tmp_path):
@@ -237,13 +242,28 @@ def test_second_frozen_run_never_calls_the_encoder(runner, small_dataset, tmp_pa
     assert predicted.exit_code == 0 and calls == [1]
 
 
-def test_a_budget_from_gpu_memory_is_reported_on_stderr(monkeypatch, capsys):
+def test_a_budget_from_gpu_memory_is_reported_on_stderr(monkeypatch, capsys, tmp_path):
+    """The scoring budget comes from the model's own backbone (its memory model, its precision)."""
+    import launch
+
+    from synnav_cli import modeldir
+    from synnav_cli.scoring import load
+
+    model_dir = launch.tiny_model_dir(tmp_path / "m")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
-    tokens = hardware.default_token_budget(CUDA, embedding_dim=1152, training=False)
+    monkeypatch.setattr(load.distributed, "pick_device", lambda device: CUDA if device == "cuda" else torch.device(device))
+    monkeypatch.setattr(load.hardware, "resolve_precision",
+                        lambda device, precision: "bf16" if device.type == "cuda" else "fp32")
+    monkeypatch.setattr(load, "load_model", lambda info, backbone, device, offline=False: None)
+    loaded = load.open_model(modeldir.read_model_info(model_dir), device="cuda")
     err = capsys.readouterr().err
+    tokens = loaded.runtime.max_tokens
+    expected = hardware.plan_budget(CUDA, hardware.memory_model(loaded.backbone), training=False,
+                                    precision="bf16", free_bytes=40 * 2**30).max_tokens
+    assert tokens == expected
     assert f"Scoring: up to {tokens} tokens a batch (memory model: 40.0 GiB free" in err
-    hardware.default_token_budget(torch.device("cpu"), embedding_dim=1152, training=False)
-    assert capsys.readouterr().err == ""  # CPU budgets only with --verbose
+    load.open_model(modeldir.read_model_info(model_dir), device="cpu", max_tokens=None)
+    assert "Scoring" not in capsys.readouterr().err  # CPU budgets only with --verbose
 
 
 def test_grad_checkpoint_option_is_recorded(runner, small_dataset, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from synnav_cli.cli import cli
+from synnav_cli.cli.main import cli
 from synnav_cli.errors import UserError
 from synnav_cli.plugins import DEFAULT_BACKBONE, get_backbone
 
@@ -75,9 +75,15 @@ THIRD_PARTY = """
 """
 
 
-def run_synnav(args: list[str], site: Path, tmp_path: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+def run_synnav(args: list[str], site: Path, tmp_path: Path, stdin: str | None = None,
+               load: str = "thirdparty,broken") -> subprocess.CompletedProcess:
+    """synnav in a fresh process that sees the distributions in ``site``; ``load`` is what
+    SYNNAV_LOAD_PLUGINS allows (None: unset, every installed plugin)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
            "SYNNAV_DATA_DIR": str(tmp_path / "data"), "SYNNAV_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("SYNNAV_LOAD_PLUGINS", None)
+    if load is not None:
+        env["SYNNAV_LOAD_PLUGINS"] = load
     return subprocess.run([sys.executable, "-m", "synnav_cli", *args], capture_output=True, text=True, env=env,
                           input=stdin, timeout=300)
 
@@ -125,3 +131,59 @@ def test_registering_builds_no_model():
     finally:
         TinyBackbone.build_encoder = original
     assert calls == []
+
+
+def test_the_backbone_contract_and_docs_plugins_md_agree():
+    """Every public attribute and method of Backbone is documented in docs/plugins.md, and every
+    name the doc lists in backticks as part of the interface exists on Backbone."""
+    import inspect
+    import re
+
+    from synnav_cli.backbones.base import Backbone
+
+    doc = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
+    interface = doc.split("## The Backbone interface", 1)[1].split("## Testing a plugin", 1)[0]
+    documented = set(re.findall(r"^\| `(\w+)` \|", interface, flags=re.M))
+    documented |= set(re.findall(r"^- `(\w+)\(", interface, flags=re.M))
+    contract = {name for name, _ in inspect.getmembers(Backbone) if not name.startswith("_")}
+    contract |= {name for name in Backbone.__annotations__ if not name.startswith("_")}
+    assert contract - documented == set(), "undocumented in docs/plugins.md"
+    assert documented - contract == set(), "documented but not on Backbone"
+
+
+def test_load_plugins_setting_chooses_which_installed_plugins_load(tmp_path):
+    site = make_distribution(tmp_path / "site", "synnav_broken", "raise RuntimeError('boom')\n",
+                             "broken = synnav_broken")
+    make_distribution(site, "synnav_thirdparty", THIRD_PARTY.format(tests=str(TESTS)),
+                      "thirdparty = synnav_thirdparty")
+
+    def listed(load):
+        result = run_synnav(["backbones", "--json"], site, tmp_path, load=load)
+        assert result.returncode == 0, result.stderr
+        return {row["id"] for row in json.loads(result.stdout)}, result.stderr
+
+    ids, stderr = listed("")
+    assert "thirdparty" not in ids and "esmc600m" in ids and stderr == ""  # built-ins always load
+    ids, stderr = listed("thirdparty")
+    assert "thirdparty" in ids and stderr == ""  # the broken one is not even imported
+    ids, stderr = listed(None)
+    assert "thirdparty" in ids and "boom" in stderr
+
+
+def test_the_registry_is_built_once_per_process(monkeypatch):
+    from synnav_cli import plugins
+
+    calls = []
+    original = plugins.Registry.register
+
+    def counting(self, backbone, aliases=()):
+        calls.append(backbone.id)
+        return original(self, backbone, aliases)
+
+    monkeypatch.setattr(plugins, "_registry", None)
+    monkeypatch.setattr(plugins.Registry, "register", counting)
+    plugins.get_backbone("tiny")
+    first = len(calls)
+    plugins.get_backbone("esmc600m")
+    plugins.backbone_registry()
+    assert first > 0 and len(calls) == first

@@ -23,8 +23,8 @@ import launch
 import pytest
 from launch import normal_verbosity  # noqa: F401  (an autouse fixture)
 
-from synnav_cli import predict
-from synnav_cli.cli import cli
+from synnav_cli.cli.main import cli
+from synnav_cli.predict import run as predict
 
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 

@@ -23,13 +23,15 @@ from hub_fixture import cache_repo
 from launch import normal_verbosity  # noqa: F401  (an autouse fixture)
 from safetensors.torch import load_file, save_file
 
-from synnav_cli import checkpoint, files, modeldir
-from synnav_cli import train as training
-from synnav_cli.cli import cli
+from synnav_cli import files, modeldir
+from synnav_cli.cli.main import cli
+from synnav_cli.errors import UserError
+from synnav_cli.train import checkpoint
+from synnav_cli.train import loop as training
 
 TRAIN = ["train", "--backbone", "tiny", "--epochs", "3", "--batch-size", "8", "--lr", "3e-3",
          "--seed", "1", "--device", "cpu", "--max-tokens", "2000", "-q"]
-SRC = Path(training.__file__).parent
+SRC = Path(training.__file__).parents[1]
 
 
 def one_error_line(result, *needles: str) -> str:
@@ -49,7 +51,7 @@ def train_args(data: Path, out: Path) -> list[str]:
 
 def stop_at(monkeypatch, epoch: int, step: int) -> None:
     """Send this process SIGTERM during ``step`` of ``epoch`` of training (both 1-based)."""
-    original_batches, original_accumulate = training.batching.training_batches, training._accumulate
+    original_batches, original_accumulate = training.batches.training_batches, training.accumulate
     count = {"per_epoch": None, "steps": 0}
 
     def training_batches(lengths, max_tokens, batch_size, rng):
@@ -64,8 +66,8 @@ def stop_at(monkeypatch, epoch: int, step: int) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
         return loss
 
-    monkeypatch.setattr(training.batching, "training_batches", training_batches)
-    monkeypatch.setattr(training, "_accumulate", accumulate)
+    monkeypatch.setattr(training.batches, "training_batches", training_batches)
+    monkeypatch.setattr(training, "accumulate", accumulate)
 
 
 def comparable(model_dir: Path) -> dict:
@@ -149,7 +151,7 @@ def test_checkpoint_names_only_files_in_its_own_directory(tmp_path):
     record = json.loads((tmp_path / "checkpoint.json").read_text())
     record["tensors"] = "../../etc/passwd"
     (tmp_path / "checkpoint.json").write_text(json.dumps(record))
-    with pytest.raises(training.UserError, match="damaged"):
+    with pytest.raises(UserError, match="damaged"):
         checkpoint.load(tmp_path)
 
 
@@ -267,7 +269,7 @@ def test_a_second_train_on_the_same_out_is_refused_while_the_first_finishes(runn
 def test_a_lock_is_exclusive_and_removed_on_release(tmp_path):
     lock = tmp_path / "x.lock"
     with files.exclusive_lock(lock, "x"):
-        with pytest.raises(training.UserError, match="another synnav run"), files.exclusive_lock(lock, "x"):
+        with pytest.raises(UserError, match="another synnav run"), files.exclusive_lock(lock, "x"):
             pass
     assert not lock.exists()
     with files.exclusive_lock(lock, "x"):  # free again
@@ -490,7 +492,7 @@ def test_a_byte_order_mark_is_accepted(runner, model_and_fasta, tmp_path, small_
     assert with_bom.exit_code == 0 and with_bom.stdout == plain.stdout, with_bom.output
     piped = runner.invoke(cli, ["predict", "-", "--model", str(model)], input=marked.read_bytes())
     assert piped.exit_code == 0 and piped.stdout == plain.stdout, piped.output
-    from synnav_cli.data import read_dataset
+    from synnav_cli.data.dataset import read_dataset
 
     records = json.loads(small_dataset.read_text())[:5]
     table = tmp_path / "bom.csv"

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from synnav_cli import paths
-from synnav_cli.cli import cli
-from synnav_cli.compare import pair_mutants
-from synnav_cli.data import read_dataset
-from synnav_cli.explain import attribute, file_stem
-from synnav_cli.session import load_for_scoring
-from synnav_cli.train import TrainConfig, train
+from synnav_cli.cli.main import cli
+from synnav_cli.data.dataset import read_dataset
+from synnav_cli.predict.compare import pair_mutants
+from synnav_cli.predict.explain import attribute, file_stem
+from synnav_cli.scoring.load import load_for_scoring
+from synnav_cli.train.config import TrainConfig
+from synnav_cli.train.loop import train
 
 DATA = Path(__file__).parent / "data"
 

@@ -16,3 +16,9 @@ def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(str(value)):,} characters)"
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as ``Type: first line of its message``, for messages that quote a cause."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

@@ -1,34 +1,20 @@
 """Score a trained model on a labelled dataset split.
 
 Under torchrun each rank scores a round-robin share of the split; every rank gets all scores,
-and only rank 0 prints (see :mod:`synnav_cli.distributed`).
+and only rank 0 prints (see :mod:`synnav_cli.runtime.distributed`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from synnav_cli import distributed, hardware
-from synnav_cli.data import assign_splits, read_dataset
+from synnav_cli.data.dataset import assign_splits, read_dataset
 from synnav_cli.errors import UserError
-from synnav_cli.inference import Runtime, score_sequences
-from synnav_cli.metrics import evaluate_predictions
-from synnav_cli.modeldir import ModelInfo, load_model
-from synnav_cli.plugins import get_backbone
-
-
-@dataclass
-class Scores:
-    """Per-protein probabilities and known labels of one model on one split (for plots)."""
-
-    label_names: list[str]
-    entries: list[str]
-    labels: np.ndarray  # [proteins, labels], 1, 0 or NaN (unknown)
-    probabilities: np.ndarray  # [proteins, labels]
-    thresholds: list[float]
+from synnav_cli.metrics import Scores, evaluate_predictions
+from synnav_cli.modeldir import ModelInfo
+from synnav_cli.runtime import distributed
+from synnav_cli.scoring.load import open_model
+from synnav_cli.scoring.score import score_sequences
 
 
 def evaluate(
@@ -79,17 +65,11 @@ def evaluate_with_scores(
         if len(dataset) == 0:
             raise UserError(f"the {split} split of {data_path} is empty")
     columns = [dataset.label_names.index(name) for name in info.label_names]
-    backbone = get_backbone(info.meta["backbone"])
-    torch_device = distributed.pick_device(device)
-    precision = hardware.resolve_precision(torch_device, "auto")
-    limit = min(int(info.meta.get("config", {}).get("max_length", backbone.max_length)), backbone.max_length)
-    sequences = [s[:limit] for s in dataset.sequences]
-    budget = max_tokens or hardware.default_token_budget(
-        torch_device, embedding_dim=backbone.embedding_dim, training=False
+    loaded = open_model(info, device=device, max_tokens=max_tokens, offline=offline)
+    sequences = [s[: loaded.max_length] for s in dataset.sequences]
+    probs = distributed.score_sharded(
+        lambda part: score_sequences(loaded.model, loaded.backbone, part, loaded.runtime), sequences
     )
-    model = load_model(info, torch_device, offline=offline)
-    runtime = Runtime(torch_device, precision, max(budget, limit + 2))
-    probs = distributed.score_sharded(lambda part: score_sequences(model, backbone, part, runtime), sequences)
     labels = dataset.labels[:, columns]
     result = evaluate_predictions(labels, probs, info.label_names, info.thresholds)
     result["model"] = str(info.path)

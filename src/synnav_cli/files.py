@@ -12,12 +12,15 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import IO
 
 from synnav_cli.errors import UserError
 
@@ -192,3 +195,41 @@ def _try_lock(fd: int) -> bool:
             return False
         raise
     return True
+
+
+@contextmanager
+def readable_twice(fasta: str) -> Iterator[str]:
+    """A path to ``fasta`` that can be read more than once: standard input is spooled to a file."""
+    if fasta != "-":
+        yield fasta
+        return
+    fd, tmp = tempfile.mkstemp(prefix="synnav-stdin-", suffix=".fasta")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            shutil.copyfileobj(sys.stdin, handle)
+        yield tmp
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+@contextmanager
+def output_handle(out: Path | None, *, inputs: Iterable[str | Path] = ()) -> Iterator[IO[str]]:
+    """stdout, or ``out`` written to a temporary sibling and renamed into place when complete.
+
+    ``out`` must be a new name or a regular file, and none of ``inputs``.
+    """
+    if out is None:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    out = Path(out)
+    check_output_file(out, inputs=inputs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = temporary_file(out.parent, prefix=f".{out.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

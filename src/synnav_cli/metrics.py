@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import (
@@ -18,6 +19,18 @@ from synnav_cli.errors import UserError
 THRESHOLD_METRICS = ("f1", "mcc")
 METRIC_NAMES = ("f1", "roc_auc", "pr_auc", "mcc", "precision", "recall")
 DEFAULT_THRESHOLD = 0.5
+
+
+
+@dataclass
+class Scores:
+    """Per-protein probabilities and known labels of one model on one split (for plots)."""
+
+    label_names: list[str]
+    entries: list[str]
+    labels: np.ndarray  # [proteins, labels], 1, 0 or NaN (unknown)
+    probabilities: np.ndarray  # [proteins, labels]
+    thresholds: list[float]
 
 
 def _known(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

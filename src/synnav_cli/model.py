@@ -30,6 +30,11 @@ class LocalizationHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(embedding_dim, num_labels)
 
+    def replace_dropout(self, dropout: nn.Module) -> nn.Module:
+        """Use ``dropout`` instead of ``nn.Dropout`` (training draws one mask per global batch)."""
+        self.dropout = dropout
+        return dropout
+
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.linear(self.dropout(pooled))
 

@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from synnav_cli import console, paths
+from synnav_cli.backbones.base import Backbone
 from synnav_cli.errors import UserError, quoted
 from synnav_cli.files import replace_atomically, temporary_dir, write_json_atomic
 from synnav_cli.model import LocalizationModel
-from synnav_cli.plugins import get_backbone
 from synnav_cli.resources import bundled_model_path
 
 METADATA_FILE = "synnav-model.json"
@@ -195,9 +195,13 @@ def resolve_model(name: str | None) -> tuple[ModelInfo, str]:
     raise UserError("no trained model found; train one with `synnav train` or pass --model")
 
 
-def load_model(info: ModelInfo, device: torch.device, *, offline: bool = False) -> LocalizationModel:
-    """Rebuild the network a model directory describes and load its weights."""
-    backbone = get_backbone(info.meta["backbone"])
+def load_model(info: ModelInfo, backbone: Backbone, device: torch.device, *, offline: bool = False
+               ) -> LocalizationModel:
+    """Rebuild the network a model directory describes on ``backbone`` and load its weights.
+
+    The caller looks the backbone up (``plugins.get_backbone(info.meta["backbone"])``) once and
+    passes it here; see ``scoring.load`` for the whole load path.
+    """
     recorded = info.meta.get("backbone_fingerprint")
     if recorded is not None and recorded != backbone.fingerprint():
         raise UserError(f"{info.path} was trained on backbone variant {recorded!r}, but {backbone.id} is "

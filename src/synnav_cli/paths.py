@@ -31,3 +31,18 @@ def data_dir() -> Path:
 
 def models_dir() -> Path:
     return data_dir() / "models"
+
+
+def hub_dir() -> Path:
+    """The hub-layout weights cache (``$SYNNAV_CACHE_DIR/hub``), symlinks resolved as the hub does."""
+    return hub_cache_dir().expanduser().resolve()
+
+
+def repo_dir(repo_id: str) -> Path:
+    """Where huggingface_hub keeps one model repository inside :func:`hub_dir`."""
+    return hub_dir() / ("models--" + repo_id.replace("/", "--"))
+
+
+def verified_dir() -> Path:
+    """Stamps of cached weight files whose hash was checked (see ``weights.integrity``)."""
+    return cache_dir().expanduser() / "verified"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from synnav_cli.errors import UserError
-from synnav_cli.evaluate import Scores
+from synnav_cli.metrics import Scores
 
 BAR_METRICS = ("f1", "roc_auc", "pr_auc", "mcc")
 

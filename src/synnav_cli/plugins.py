@@ -2,11 +2,16 @@
 
 Each entry point is loaded on its own, so one broken distribution costs a line on stderr and
 nothing else (pluggy's ``load_setuptools_entrypoints`` would stop at the first failure).
+``SYNNAV_LOAD_PLUGINS`` (a comma-separated list of entry-point or distribution names; empty for
+none) limits which installed plugins load, so a test run or a reproduction sees only those. The
+registry of backbones is built once per process and rebuilt only when the set of registered
+plugins changes, so a failing plugin is reported once.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -18,6 +23,7 @@ from synnav_cli.backbones.base import Backbone
 from synnav_cli.errors import UserError
 
 ENTRY_POINT_GROUP = "synnav"
+LOAD_PLUGINS_ENV = "SYNNAV_LOAD_PLUGINS"
 DEFAULT_BACKBONE = "esmc600m"
 
 # Built-in plugins, registered exactly like installed ones.
@@ -55,8 +61,12 @@ def load_plugins() -> None:
             _report(module_name, error)
             continue
         pm.register(module, name=module_name)
+    allowed = _allowed_plugins()
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         if pm.get_plugin(entry_point.name) is not None or pm.is_blocked(entry_point.name):
+            continue
+        distribution = entry_point.dist.name if entry_point.dist is not None else None
+        if allowed is not None and entry_point.name not in allowed and distribution not in allowed:
             continue
         try:
             plugin = entry_point.load()
@@ -64,6 +74,14 @@ def load_plugins() -> None:
         except Exception as error:  # noqa: BLE001
             _report(entry_point.name, error)
     pm.check_pending()
+
+
+def _allowed_plugins() -> set[str] | None:
+    """The names ``SYNNAV_LOAD_PLUGINS`` allows, or None (unset: every installed plugin)."""
+    value = os.environ.get(LOAD_PLUGINS_ENV)
+    if value is None:
+        return None
+    return {name.strip() for name in value.split(",") if name.strip()}
 
 
 @dataclass
@@ -90,15 +108,26 @@ class Registry:
         return self.backbones[key]
 
 
+_registry: tuple[tuple[int, ...], Registry] | None = None
+
+
 def backbone_registry() -> Registry:
-    """Collect every registered backbone. Cheap: no weights are touched."""
+    """Every registered backbone, collected once (again only when plugins are added or removed).
+
+    Cheap either way: no weights are touched.
+    """
+    global _registry
     load_plugins()
+    registered = tuple(sorted(id(plugin) for plugin in pm.get_plugins()))
+    if _registry is not None and _registry[0] == registered:
+        return _registry[1]
     registry = Registry()
     for implementation in pm.hook.register_backbones.get_hookimpls():
         try:
             implementation.function(register=registry.register)
         except Exception as error:  # noqa: BLE001
             _report(implementation.plugin_name, error)
+    _registry = (registered, registry)
     return registry
 
 

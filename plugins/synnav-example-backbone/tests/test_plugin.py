@@ -19,7 +19,7 @@ import torch
 from click.testing import CliRunner
 from synnav_example_backbone import VOCABULARY, ExampleBackbone, OneHotGRU
 
-from synnav_cli.cli import cli
+from synnav_cli.cli.main import cli
 
 LABELS = ("cytosol", "nucleus")
 

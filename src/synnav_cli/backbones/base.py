@@ -1,7 +1,12 @@
-"""What a backbone is: an id, a tokenizer, and an encoder that returns per-residue embeddings.
+"""The Backbone contract: everything synnav asks of a protein language model, in one class.
 
 A backbone object is cheap to create: it holds configuration only. The encoder (an
 ``nn.Module``) is built by :meth:`Backbone.build_encoder`, which is where weights are loaded.
+Subclasses must set the class attributes and implement :meth:`Backbone.tokenize` and
+:meth:`Backbone.build_encoder`; every other method has a default that a plugin overrides when
+its model differs. Nothing outside ``synnav_cli.backbones`` reaches into an encoder's
+internals: training, scoring and the memory model ask the backbone through these methods.
+docs/plugins.md documents the same contract, and a test keeps the two in step.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -95,6 +101,16 @@ class Vocabulary:
         return TokenBatch(input_ids, attention_mask, residue_mask)
 
 
+@dataclass(frozen=True)
+class EncoderShape:
+    """The sizes the memory model needs to estimate a batch's bytes (see ``runtime.hardware``)."""
+
+    width: int  # hidden size
+    layers: int
+    ffn_hidden: int  # the feed-forward layer's inner size
+    ffn_matrices: int = 2  # width x ffn_hidden matrices per layer: 2 plain, 3 gated (SwiGLU)
+
+
 class Backbone(abc.ABC):
     """A protein language model (or any per-residue encoder) that synnav can fine-tune.
 
@@ -110,6 +126,8 @@ class Backbone(abc.ABC):
     license: str  # the licence the weights carry
     description: str = ""
     weights_repo: str | None = None  # where pretrained weights come from; None: none needed
+    # Tokens tokenize() adds to every protein (ESM's <cls> and <eos>); batch budgets count them.
+    special_tokens: int = 2
 
     @abc.abstractmethod
     def tokenize(self, sequences: Sequence[str]) -> TokenBatch:
@@ -127,6 +145,47 @@ class Backbone(abc.ABC):
     def weights_cached(self) -> bool | None:
         """Whether pretrained weights are in the local cache; None when none are needed."""
         return None if self.weights_repo is None else False
+
+    def fetch_weights(self, *, offline: bool = False) -> Path | tuple[Path, str] | None:
+        """Download the pretrained weights into the synnav cache now (``synnav cache fetch``).
+
+        The default builds the encoder with its pretrained weights, which downloads them;
+        override it to fetch without building. Returns what the override finds useful (the ESM
+        backbones return the local files), None by default.
+        """
+        if self.weights_repo is not None:
+            self.build_encoder(pretrained=True, offline=offline)
+        return None
+
+    def tokens(self, residues: int) -> int:
+        """Tokens a protein of ``residues`` residues takes once tokenized."""
+        return residues + self.special_tokens
+
+    def encoder_shape(self) -> EncoderShape:
+        """Sizes for the memory model. The default takes a 12-layer transformer of
+        ``embedding_dim`` with a 4x FFN, which errs on the large side for small models (the
+        out-of-memory backoff corrects an estimate that is too large); override it with the
+        real architecture."""
+        return EncoderShape(self.embedding_dim, 12, 4 * self.embedding_dim)
+
+    def set_gradient_checkpointing(self, encoder: nn.Module, on: bool) -> bool:
+        """Recompute activations in the backward pass (or stop); False when the encoder cannot.
+
+        The default handles an encoder with a boolean ``gradient_checkpointing`` attribute and
+        transformers models (bare, or wrapped as ``encoder.esm``); anything else cannot.
+        """
+        if hasattr(encoder, "gradient_checkpointing") and not callable(encoder.gradient_checkpointing):
+            encoder.gradient_checkpointing = on
+            return True
+        inner = getattr(encoder, "esm", encoder)
+        if not getattr(inner, "supports_gradient_checkpointing", False):
+            return False
+        if on != inner.is_gradient_checkpointing:
+            if on:
+                inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                inner.gradient_checkpointing_disable()
+        return True
 
     def input_embedding(self, encoder: nn.Module) -> nn.Embedding:
         """The encoder's token embedding, whose output per-residue attributions are taken against.

@@ -1,13 +1,13 @@
 """ESM2 backbones (Meta, MIT licence), run through transformers' ``EsmModel`` with SDPA attention.
 
-Weights come from the ``facebook/esm2_*`` repositories through :mod:`synnav_cli.cache`
+Weights come from the ``facebook/esm2_*`` repositories through :mod:`synnav_cli.weights.hub`
 (``config.json`` plus ``model.safetensors``; ``pytorch_model.bin`` only where a repository has
 nothing else). The architecture of each registered size is written down here, so a randomly
 initialised encoder needs no download. transformers is imported only when an encoder is built:
 registration stays cheap.
 
 ``SYNNAV_TEST_TINY_BACKBONES=1`` swaps every size for a 2-layer, width-64 model of the same
-architecture (see :func:`synnav_cli.cache.tiny_backbones`); the weights are still looked up in
+architecture (see :func:`synnav_cli.weights.hub.tiny_backbones`); the weights are still looked up in
 the same repository and loaded by the same code.
 """
 
@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from synnav_cli import cache
-from synnav_cli.backbones.base import Backbone, TokenBatch
+from synnav_cli.backbones.base import Backbone, EncoderShape, TokenBatch
 from synnav_cli.backbones.esm_alphabet import ESM_VOCABULARY
 from synnav_cli.errors import UserError
 from synnav_cli.hookspecs import hookimpl
+from synnav_cli.weights import hub, integrity
 
 if TYPE_CHECKING:
     from transformers import EsmConfig, EsmModel
@@ -112,23 +112,27 @@ class ESM2(Backbone):
 
     @property
     def architecture(self) -> ESM2Architecture:
-        return ESM2_TINY if cache.tiny_backbones() else self._architecture
+        return ESM2_TINY if hub.tiny_backbones() else self._architecture
 
     @property
     def embedding_dim(self) -> int:  # type: ignore[override]
         return self.architecture.hidden_size
+
+    def encoder_shape(self) -> EncoderShape:
+        shape = self.architecture
+        return EncoderShape(shape.hidden_size, shape.num_hidden_layers, shape.intermediate_size)
 
     def tokenize(self, sequences: Sequence[str]) -> TokenBatch:
         # ESM2's vocabulary has <null_1> where ESM C has "|" (id 31); no protein uses either.
         return ESM_VOCABULARY.batch(sequences)
 
     def fingerprint(self) -> str:
-        return f"{self.id}+tiny" if cache.tiny_backbones() else self.id
+        return f"{self.id}+tiny" if hub.tiny_backbones() else self.id
 
     def weights_cached(self) -> bool:
         repo = self.weights_repo
-        return cache.is_cached(repo, CONFIG_FILE) and (
-            cache.is_cached(repo, SAFETENSORS_FILE) or cache.is_cached(repo, PYTORCH_FILE)
+        return hub.is_cached(repo, CONFIG_FILE) and (
+            hub.is_cached(repo, SAFETENSORS_FILE) or hub.is_cached(repo, PYTORCH_FILE)
         )
 
     def fetch_weights(self, *, offline: bool = False) -> tuple[Path, str]:
@@ -139,15 +143,15 @@ class ESM2(Backbone):
         """
         repo = self.weights_repo
         weights = SAFETENSORS_FILE
-        if not cache.is_cached(repo, SAFETENSORS_FILE) and cache.is_cached(repo, PYTORCH_FILE):
+        if not hub.is_cached(repo, SAFETENSORS_FILE) and hub.is_cached(repo, PYTORCH_FILE):
             weights = PYTORCH_FILE
         options = dict(licence=self.license, backbone=self.id, offline=offline)
         try:
-            return cache.fetch(repo, [CONFIG_FILE, weights], **options), weights
-        except cache.RemoteFileMissing:
+            return hub.fetch(repo, [CONFIG_FILE, weights], **options), weights
+        except hub.RemoteFileMissing:
             if weights != SAFETENSORS_FILE:
                 raise
-        return cache.fetch(repo, [CONFIG_FILE, PYTORCH_FILE], **options), PYTORCH_FILE
+        return hub.fetch(repo, [CONFIG_FILE, PYTORCH_FILE], **options), PYTORCH_FILE
 
     def build_encoder(self, *, pretrained: bool = True, offline: bool = False) -> nn.Module:
         """Build the encoder (in eval mode); with ``pretrained``, load the published weights."""
@@ -168,7 +172,7 @@ class ESM2(Backbone):
                     output_loading_info=True,
                 )
         except Exception as error:  # noqa: BLE001 - any failure here means unusable files
-            raise cache.damaged_file_error(
+            raise integrity.damaged_file_error(
                 self.weights_repo, weights, snapshot / weights, error
             ) from error
         # A weight the file lacks would stay random; one the encoder lacks means another model.
@@ -193,7 +197,7 @@ class ESM2(Backbone):
         try:
             found = json.loads(path.read_text())
         except (OSError, ValueError) as error:
-            raise cache.damaged_file_error(self.weights_repo, CONFIG_FILE, path, error) from error
+            raise integrity.damaged_file_error(self.weights_repo, CONFIG_FILE, path, error) from error
         expected: dict[str, Any] = {
             "hidden_size": self.architecture.hidden_size,
             "num_hidden_layers": self.architecture.num_hidden_layers,
@@ -204,7 +208,7 @@ class ESM2(Backbone):
         }
         wrong = {k: found.get(k) for k, v in expected.items() if found.get(k) != v}
         if wrong:
-            hint = f" ({cache.TINY_ENV} is set)" if cache.tiny_backbones() else ""
+            hint = f" ({hub.TINY_ENV} is set)" if hub.tiny_backbones() else ""
             differences = ", ".join(f"{k}={v!r} (expected {expected[k]!r})" for k, v in wrong.items())
             raise UserError(
                 f"the cached config.json of {self.weights_repo} does not describe backbone "

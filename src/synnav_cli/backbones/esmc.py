@@ -1,13 +1,13 @@
 """ESM C backbones (EvolutionaryScale, December 2024), in plain torch (:mod:`.esmc_model`).
 
 The official checkpoints are single ``.pth`` state dicts in the ``EvolutionaryScale/esmc-*``
-repositories, fetched through :mod:`synnav_cli.cache` and loaded with ``weights_only=True``
+repositories, fetched through :mod:`synnav_cli.weights.hub` and loaded with ``weights_only=True``
 (no pickled code runs) and ``mmap=True`` (the file is paged in, not read into a second copy).
 Their licences differ: 300M is under the Cambrian Open licence, 600M under the Cambrian
 Non-Commercial licence; ``synnav backbones`` and the first download say so.
 
 ``SYNNAV_TEST_TINY_BACKBONES=1`` swaps both sizes for ``ESMC_TINY`` (see
-:func:`synnav_cli.cache.tiny_backbones`); the weights are still looked up at the same repository
+:func:`synnav_cli.weights.hub.tiny_backbones`); the weights are still looked up at the same repository
 and file, and loaded by the same code.
 """
 
@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from synnav_cli import cache
-from synnav_cli.backbones.base import Backbone, TokenBatch
+from synnav_cli.backbones.base import Backbone, EncoderShape, TokenBatch
 from synnav_cli.backbones.esm_alphabet import ESM_VOCABULARY
 from synnav_cli.hookspecs import hookimpl
+from synnav_cli.weights import hub, integrity
 
 if TYPE_CHECKING:
     from synnav_cli.backbones.esmc_model import ESMCConfig
@@ -67,24 +67,28 @@ class ESMC(Backbone):
     def config(self) -> ESMCConfig:
         from synnav_cli.backbones import esmc_model
 
-        return getattr(esmc_model, "ESMC_TINY" if cache.tiny_backbones() else self.config_name)
+        return getattr(esmc_model, "ESMC_TINY" if hub.tiny_backbones() else self.config_name)
 
     @property
     def embedding_dim(self) -> int:  # type: ignore[override]
-        return self.config.d_model if cache.tiny_backbones() else self._embedding_dim
+        return self.config.d_model if hub.tiny_backbones() else self._embedding_dim
 
     def tokenize(self, sequences: Sequence[str]) -> TokenBatch:
         return ESM_VOCABULARY.batch(sequences)
 
+    def encoder_shape(self) -> EncoderShape:
+        config = self.config
+        return EncoderShape(config.d_model, config.n_layers, config.ffn_hidden, ffn_matrices=3)  # SwiGLU
+
     def fingerprint(self) -> str:
-        return f"{self.id}+tiny" if cache.tiny_backbones() else self.id
+        return f"{self.id}+tiny" if hub.tiny_backbones() else self.id
 
     def weights_cached(self) -> bool:
-        return cache.is_cached(self.weights_repo, self.weights_file)
+        return hub.is_cached(self.weights_repo, self.weights_file)
 
     def fetch_weights(self, *, offline: bool = False) -> Path:
         """Download (unless cached) and verify the checkpoint; return its local path."""
-        snapshot = cache.fetch(
+        snapshot = hub.fetch(
             self.weights_repo,
             [self.weights_file],
             licence=self.license,
@@ -100,7 +104,7 @@ class ESMC(Backbone):
         if not pretrained:
             return ESMCEncoder(self.config).eval()
         path = self.fetch_weights(offline=offline)
-        state = cache.load_torch_state_dict(
+        state = integrity.load_torch_state_dict(
             path, repo_id=self.weights_repo, filename=self.weights_file
         )
         # Built on the meta device, the encoder gets the checkpoint's (memory-mapped) tensors

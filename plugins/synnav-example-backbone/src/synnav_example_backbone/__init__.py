@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from synnav_cli import hookimpl
 from synnav_cli.backbones.base import Backbone, TokenBatch, Vocabulary
-from synnav_cli.data import AMINO_ACIDS
+from synnav_cli.data.fasta import AMINO_ACIDS
 
 # Padding, unknown, then one token per letter synnav accepts (the 20 residues and X B Z J U O).
 VOCABULARY = Vocabulary(["<pad>", "<unk>", *sorted(AMINO_ACIDS)], pad="<pad>", unk="<unk>")

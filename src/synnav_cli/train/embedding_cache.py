@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synnav_cli import console, hardware, paths
+from synnav_cli import console, paths
 from synnav_cli.backbones.base import Backbone
-from synnav_cli.inference import Runtime, run_batches
 from synnav_cli.model import LocalizationModel
+from synnav_cli.runtime import hardware
+from synnav_cli.scoring.score import Runtime, run_batches
 
 DB_FILE = "embeddings.sqlite"
 # Bound parameters per SELECT; well under SQLite's limit on every build still in use.
@@ -173,7 +174,7 @@ def pooled_embeddings(
     """Pooled embeddings ``[len(sequences), dim]`` (float32) in the order given.
 
     Only proteins missing from ``cache`` go through the encoder, in length-sorted token-budget
-    batches (``runtime``: an :class:`synnav_cli.inference.Runtime`); each batch is stored as it
+    batches (``runtime``: an :class:`synnav_cli.scoring.score.Runtime`); each batch is stored as it
     finishes, so an interrupted run keeps what it computed. ``model`` may be a function that
     builds the model: it is then called only when something is missing, so a fully cached run
     never loads the backbone's weights. Identical sequences are embedded once.
@@ -203,7 +204,7 @@ def pooled_embeddings(
         model = model()
     was_training = model.training
     model.eval()
-    lengths = [len(s) + 2 for s in todo]  # room for special tokens
+    lengths = [backbone.tokens(len(s)) for s in todo]
 
     @torch.inference_mode()
     def embed(index: list[int]) -> np.ndarray:

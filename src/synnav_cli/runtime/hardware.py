@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 from torch import nn
 
 from synnav_cli import console
+from synnav_cli.backbones.base import Backbone
 from synnav_cli.errors import UserError, quoted
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -164,29 +164,18 @@ class MemoryModel:
         return max(0, int(room // per_token))
 
 
-def memory_model(backbone, encoder: nn.Module | None = None) -> MemoryModel:
-    """The memory model of a backbone, from its architecture when it describes one.
+def memory_model(backbone: Backbone, encoder: nn.Module | None = None) -> MemoryModel:
+    """The memory model of a backbone, from the shape it reports (:meth:`Backbone.encoder_shape`).
 
-    ESM C backbones carry ``config`` (d_model, n_layers, ffn_hidden), ESM2 ``architecture``
-    (hidden_size, num_hidden_layers, intermediate_size). Other backbones are taken as a
-    12-layer transformer of their embedding width with a 4x FFN, which errs on the large side for
-    small models; the out-of-memory backoff corrects an estimate that is too large.
     Parameters are counted from ``encoder`` when it is given, else estimated from the shape
     (attention 4 x width^2 a layer, plus the FFN's matrices).
     """
-    # ffn_matrices: a gated FFN (SwiGLU) has three width x ffn matrices, a plain one two.
-    width, layers, ffn, ffn_matrices = backbone.embedding_dim, 12, 4 * backbone.embedding_dim, 2
-    shape = getattr(backbone, "config", None)
-    if shape is not None and hasattr(shape, "n_layers"):
-        width, layers, ffn, ffn_matrices = shape.d_model, shape.n_layers, shape.ffn_hidden, 3
-    shape = getattr(backbone, "architecture", None)
-    if shape is not None and hasattr(shape, "num_hidden_layers"):
-        width, layers, ffn = shape.hidden_size, shape.num_hidden_layers, shape.intermediate_size
+    shape = backbone.encoder_shape()
     if encoder is not None:
         params = sum(p.numel() for p in encoder.parameters())
     else:
-        params = layers * (4 * width * width + ffn_matrices * width * ffn)
-    return MemoryModel(params=params, layers=layers, width=width, ffn_hidden=ffn)
+        params = shape.layers * (4 * shape.width**2 + shape.ffn_matrices * shape.width * shape.ffn_hidden)
+    return MemoryModel(params=params, layers=shape.layers, width=shape.width, ffn_hidden=shape.ffn_hidden)
 
 
 @dataclass(frozen=True)
@@ -257,16 +246,6 @@ def plan_budget(
                   plain)
 
 
-def default_token_budget(device: torch.device, *, embedding_dim: int, training: bool) -> int:
-    """Tokens per batch for a backbone known only by its width (see :func:`plan_budget`),
-    reported on stderr. Callers that know the backbone get a closer estimate from
-    :func:`plan_budget` with :func:`memory_model`."""
-    width_only = SimpleNamespace(embedding_dim=embedding_dim)
-    budget = plan_budget(device, memory_model(width_only), training=training)
-    report_budget("Training" if training else "Scoring", budget)
-    return budget.max_tokens
-
-
 def report_budget(what: str, budget: Budget, max_batch_size: int | None = None) -> None:
     """One line on stderr: the budget chosen and where it came from.
 
@@ -276,19 +255,3 @@ def report_budget(what: str, budget: Budget, max_batch_size: int | None = None) 
     proteins = f", at most {max_batch_size} proteins" if max_batch_size else ""
     say = console.detail if budget.source.endswith(" default") else console.info
     say(f"{what}: up to {budget.max_tokens} tokens a batch{proteins} ({budget.source}).")
-
-
-def set_gradient_checkpointing(encoder: nn.Module, on: bool) -> bool:
-    """Recompute activations in the backward pass (or stop); False when the encoder cannot."""
-    if hasattr(encoder, "gradient_checkpointing") and not callable(encoder.gradient_checkpointing):
-        encoder.gradient_checkpointing = on  # synnav's ESM C: a flag read at every forward
-        return True
-    inner = getattr(encoder, "esm", encoder)  # transformers models, bare or wrapped
-    if not getattr(inner, "supports_gradient_checkpointing", False):
-        return False
-    if on != inner.is_gradient_checkpointing:
-        if on:
-            inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            inner.gradient_checkpointing_disable()
-    return True

@@ -15,11 +15,13 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from synnav_cli import batching, console, hardware
+from synnav_cli import console
 from synnav_cli.backbones.base import Backbone
 from synnav_cli.console import Progress
 from synnav_cli.errors import UserError
 from synnav_cli.model import LocalizationModel
+from synnav_cli.runtime import hardware
+from synnav_cli.scoring import batches as batching
 
 T = TypeVar("T")
 
@@ -96,7 +98,7 @@ def score_sequences(
     model.eval()
     num_labels = model.head.linear.out_features
     result = np.zeros((len(sequences), num_labels), dtype=np.float32)
-    lengths = [len(s) + 2 for s in sequences]  # room for special tokens
+    lengths = [backbone.tokens(len(s)) for s in sequences]
 
     @torch.inference_mode()
     def score(index: list[int]) -> np.ndarray:

@@ -17,9 +17,9 @@ from typing import IO
 import numpy as np
 
 from synnav_cli import console
-from synnav_cli.data import FastaRecord
+from synnav_cli.data.fasta import FastaRecord
 from synnav_cli.errors import UserError
-from synnav_cli.session import LoadedModel
+from synnav_cli.scoring.load import LoadedModel
 
 MUTANT_MARKER = "_mut"
 FORMATS = ("tsv", "csv", "jsonl")
@@ -66,7 +66,7 @@ def compare_records(loaded: LoadedModel, records: Iterable[FastaRecord], *, long
         records: FASTA records; held in memory, as pairing needs all names.
         long_policy: truncate, window or skip, as for ``synnav predict --long``.
     """
-    from synnav_cli.predict import predict_records
+    from synnav_cli.predict.run import predict_records
 
     records = list(records)
     pairs, orphans = pair_mutants(r.id for r in records)
@@ -123,8 +123,8 @@ def run_comparison(
 
     Returns the number of mutants compared.
     """
-    from synnav_cli.data import read_fasta
-    from synnav_cli.session import output_handle
+    from synnav_cli.data.fasta import read_fasta
+    from synnav_cli.files import output_handle
 
     comparisons = compare_records(loaded, read_fasta(fasta), long_policy=long_policy)
     with output_handle(out, inputs=[fasta]) as handle:

@@ -16,6 +16,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -88,6 +89,37 @@ def save(directory: Path, state: dict) -> None:
     for old in directory.glob(f"{TENSORS_PREFIX}*{TENSORS_SUFFIX}"):
         if old.name != name:
             old.unlink(missing_ok=True)
+
+
+def rng_state() -> dict:
+    """Every random state training draws from (dropout masks, initialisation), storable here."""
+    kind, key, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": [kind, torch.from_numpy(key.astype(np.int64)), int(position), int(has_gauss), float(gauss)],
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, key, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), position, has_gauss, gauss))
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """A model's state dict as one safetensors file, replaced atomically."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    replace_atomically(path, lambda tmp: save_file(tensors, str(tmp)))
+
+
+def load_weights(model: torch.nn.Module, path: Path, workspace: Path) -> None:
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except Exception as error:  # noqa: BLE001 - safetensors and torch raise several types
+        raise UserError(f"{path} is damaged ({type(error).__name__}); delete {workspace} to start over") from None
 
 
 def exists(directory: Path) -> bool:

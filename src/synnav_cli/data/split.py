@@ -14,10 +14,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from synnav_cli import homology
-from synnav_cli.files import write_text_atomic
-from synnav_cli.data import SEQUENCE_COLUMNS, SPLIT_COLUMNS, read_dataset
+from synnav_cli.data import homology
+from synnav_cli.data.dataset import SEQUENCE_COLUMNS, SPLIT_COLUMNS, read_dataset
 from synnav_cli.errors import UserError
+from synnav_cli.files import write_text_atomic
 
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 

@@ -1,14 +1,48 @@
-"""What `synnav models list` and `synnav models show` print: trained models, read from their metadata.
+"""Every table and JSON rendering the commands print: backbones, trained models, evaluations.
 
-Everything here reads ``synnav-model.json`` only; no weights are loaded, so listing is instant
-even with many large models.
+Model listings read ``synnav-model.json`` only; no weights are loaded, so listing is instant
+even with many large models. Evaluations render as a table, JSON, TSV or Markdown, several
+models side by side.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from synnav_cli.modeldir import ModelInfo
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell, two spaces apart, no trailing blanks."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def backbone_rows(registry, default_id: str) -> list[dict]:
+    """One dict per registered backbone, as `synnav backbones --json` prints them."""
+    return [{
+        "id": backbone_id,
+        "aliases": list(registry.aliases[backbone_id]),
+        "embedding_dim": backbone.embedding_dim,
+        "max_length": backbone.max_length,
+        "license": backbone.license,
+        "weights": backbone.weights_repo,
+        "cached": backbone.weights_cached(),
+        "default": backbone_id == default_id,
+        "description": backbone.description,
+    } for backbone_id, backbone in registry.backbones.items()]
+
+
+def format_backbones(rows: list[dict]) -> str:
+    headers = ["id", "dim", "max len", "weights cached", "license", "description"]
+    table = [[r["id"] + (" (default)" if r["default"] else ""), str(r["embedding_dim"]), str(r["max_length"]),
+              {True: "yes", False: "no", None: "not needed"}[r["cached"]], r["license"], r["description"]]
+             for r in rows]
+    return format_table(headers, table)
+
 
 # Hash prefixes long enough to tell datasets apart at a glance; the full hash is in --json.
 HASH_PREFIX = 12
@@ -141,3 +175,54 @@ def format_model_details(info: ModelInfo, *, as_json: bool = False) -> str:
     if details["versions"]:
         lines.append("Versions:       " + ", ".join(f"{k} {v}" for k, v in details["versions"].items()))
     return "\n".join(lines) + "\n"
+
+
+# --- evaluations ---------------------------------------------------------------------------------
+
+METRICS_SHOWN = ("f1", "roc_auc", "pr_auc", "mcc", "support")
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.3f}"
+
+
+def _rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """One row per label (then the mean); one column per metric per model."""
+    names = [r.get("name") or Path(r["model"]).name for r in results]
+    multi = len(results) > 1
+    headers = ["label"]
+    for name in names:
+        headers += [f"{name} {m}" if multi else m for m in METRICS_SHOWN]
+    labels = list(results[0]["labels"])
+    rows = []
+    for label in labels:
+        row = [label]
+        for result in results:
+            metrics = result["labels"].get(label, {})
+            row += [_cell(metrics.get(m)) for m in METRICS_SHOWN]
+        rows.append(row)
+    mean_row = ["mean"]
+    for result in results:
+        mean_row += [_cell(result["mean"].get(m)) if m != "support" else "" for m in METRICS_SHOWN]
+    rows.append(mean_row)
+    return headers, rows
+
+
+def format_evaluation(results: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(results[0] if len(results) == 1 else results, indent=2) + "\n"
+    headers, rows = _rows(results)
+    if fmt == "tsv":
+        return "\n".join("\t".join(r) for r in [headers, *rows]) + "\n"
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines) + "\n"
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [headers, *rows]]
+    header = f"{results[0]['split']} split, {results[0]['proteins']} proteins\n"
+    return header + "\n".join(lines) + "\n"

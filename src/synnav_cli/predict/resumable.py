@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from synnav_cli import console
-from synnav_cli.data import FastaRecord
+from synnav_cli.data.fasta import FastaRecord
 from synnav_cli.errors import UserError
 from synnav_cli.files import check_output_file, open_for_writing, write_json_atomic
 

@@ -1,6 +1,6 @@
 """``synnav cache``: where weights are kept, what is there, fetching ahead and deleting.
 
-Commands parse options and print; the work is in :mod:`synnav_cli.cache`.
+Commands parse options and print; the work is in :mod:`synnav_cli.weights`.
 """
 
 from __future__ import annotations
@@ -10,14 +10,16 @@ import sys
 
 import click
 
-from synnav_cli import cache, paths
+from synnav_cli import paths
+from synnav_cli.cli.views import format_table
 from synnav_cli.errors import UserError
+from synnav_cli.weights import hub, listing
 
 CACHE_HELP = f"""Manage downloaded model weights.
 
 Weights are kept under ${paths.CACHE_ENV} (default: the platform cache directory), in the
 Hugging Face Hub cache layout, and never in the default Hugging Face cache. Set
-{cache.OFFLINE_ENV}=1 (or HF_HUB_OFFLINE=1) to forbid downloads.
+{hub.OFFLINE_ENV}=1 (or HF_HUB_OFFLINE=1) to forbid downloads.
 
 \b
 Examples:
@@ -49,6 +51,17 @@ def _resolve_backbone(name: str):
     return get_backbone(name)
 
 
+def _backbones_by_repo() -> dict[str, tuple[str, ...]]:
+    """Registered backbone ids by the (lower-cased) repository their weights come from."""
+    from synnav_cli.plugins import backbone_registry
+
+    found: dict[str, list[str]] = {}
+    for backbone_id, backbone in sorted(backbone_registry().backbones.items()):
+        if backbone.weights_repo:
+            found.setdefault(backbone.weights_repo.lower(), []).append(backbone_id)
+    return {repo: tuple(ids) for repo, ids in found.items()}
+
+
 def _repo_for(name: str) -> str:
     """A backbone name or alias to its weights repository; ``org/name`` is taken as a repository."""
     if "/" in name:
@@ -74,21 +87,18 @@ def path_command() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.  [default: table]")
 def list_command(as_json: bool) -> None:
     """List cached weight repositories: size on disk, files, and the backbones that use them."""
-    repos = cache.cached_repos()
+    repos = listing.cached_repos(_backbones_by_repo())
     if as_json:
         click.echo(json.dumps([repo.to_json() for repo in repos], indent=2))
         return
     if not repos:
-        click.echo(f"No weights cached in {cache.hub_dir()}.", err=True)
+        click.echo(f"No weights cached in {paths.hub_dir()}.", err=True)
         return
     rows = [["REPOSITORY", "SIZE", "BACKBONES", "FILES"]]
     for repo in repos:
         rows.append([repo.repo_id, _size(repo.size_on_disk), ", ".join(repo.backbones) or "-",
                      ", ".join(repo.files) or "(incomplete)"])  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]
-        click.echo("  ".join(cells).rstrip())
+    click.echo(format_table(rows[0], rows[1:]))
 
 
 @cache_group.command("fetch")
@@ -97,15 +107,10 @@ def fetch_command(backbones: tuple[str, ...]) -> None:
     """Download the weights of BACKBONE now (names or aliases, as `synnav backbones` lists)."""
     for name in backbones:
         backbone = _resolve_backbone(name)
-        fetch = getattr(backbone, "fetch_weights", None)
         if backbone.weights_repo is None:
             click.echo(f"{backbone.id}: no weights to download", err=True)
             continue
-        if fetch is None:
-            # A plugin backbone without a separate fetch: loading it downloads its weights.
-            backbone.build_encoder(pretrained=True)
-        else:
-            fetch()
+        backbone.fetch_weights()
         click.echo(f"{backbone.id}: weights cached ({backbone.weights_repo}, {backbone.license})")
 
 
@@ -119,24 +124,24 @@ def clear_command(names: tuple[str, ...], yes: bool) -> None:
     They are downloaded again the next time a backbone needs them.
     """
     targets = [_repo_for(name) for name in names]
-    cached = {repo.repo_id.lower(): repo for repo in cache.cached_repos()}
+    cached = {repo.repo_id.lower(): repo for repo in listing.cached_repos(_backbones_by_repo())}
     if names:
         found = [cached[t.lower()] for t in dict.fromkeys(targets) if t.lower() in cached]
     else:
         found = list(cached.values())
     if not found:
-        what = f"{', '.join(targets)} not cached" if names else f"{cache.hub_dir()} holds no weights"
+        what = f"{', '.join(targets)} not cached" if names else f"{paths.hub_dir()} holds no weights"
         click.echo(f"Nothing to delete: {what}.", err=True)
         return
     total = sum(repo.size_on_disk for repo in found)
-    listing = ", ".join(repo.repo_id for repo in found)
+    shown = ", ".join(repo.repo_id for repo in found)
     if not yes:
         if not _stdin_is_interactive():
-            raise UserError(f"not deleting {listing} without confirmation: pass --yes")
-        click.confirm(f"Delete {_size(total)} of cached weights ({listing})?", abort=True, err=True)
+            raise UserError(f"not deleting {shown} without confirmation: pass --yes")
+        click.confirm(f"Delete {_size(total)} of cached weights ({shown})?", abort=True, err=True)
     if names:
         for repo in found:
-            cache.clear(repo.repo_id)
+            listing.clear(repo.repo_id)
     else:
-        cache.clear(None)
-    click.echo(f"Deleted {_size(total)}: {listing}", err=True)
+        listing.clear(None)
+    click.echo(f"Deleted {_size(total)}: {shown}", err=True)

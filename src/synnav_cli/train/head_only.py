@@ -3,7 +3,7 @@
 With the encoder frozen, a protein's pooled embedding is a constant, so the backbone runs once
 per protein and never again: every epoch, and every later run with another head, loss, learning
 rate or seed on the same proteins, reads the embeddings back from the
-:class:`~synnav_cli.embedding_cache.EmbeddingCache` (keyed by backbone fingerprint, precision and
+:class:`~synnav_cli.train.embedding_cache.EmbeddingCache` (keyed by backbone fingerprint, precision and
 sequence). A fully cached run never builds the encoder, let alone loads its weights.
 
 Training the head on ``[proteins, width]`` vectors takes seconds, so there is no per-epoch
@@ -23,12 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from synnav_cli import console, distributed
+from synnav_cli import console
 from synnav_cli.backbones.base import Backbone
-from synnav_cli.embedding_cache import EmbeddingCache, pooled_embeddings
-from synnav_cli.inference import Runtime
 from synnav_cli.metrics import evaluate_predictions, selection_score
 from synnav_cli.model import LocalizationModel, masked_bce
+from synnav_cli.runtime import distributed
+from synnav_cli.scoring.score import Runtime
+from synnav_cli.train.embedding_cache import EmbeddingCache, pooled_embeddings
 
 
 @dataclass

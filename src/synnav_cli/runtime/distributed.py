@@ -25,8 +25,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from synnav_cli import console, hardware
+from synnav_cli import console
 from synnav_cli.errors import UserError
+from synnav_cli.runtime import hardware
 
 # Ranks wait at barriers while rank 0 writes a model directory or scores a long test split.
 TIMEOUT = timedelta(hours=2)

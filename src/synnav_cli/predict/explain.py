@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synnav_cli import console, hardware
+from synnav_cli import console
 from synnav_cli.backbones.base import TokenBatch
-from synnav_cli.data import FastaRecord, read_fasta
+from synnav_cli.data.fasta import FastaRecord, read_fasta
 from synnav_cli.errors import UserError
 from synnav_cli.files import replace_atomically
-from synnav_cli.session import LoadedModel
+from synnav_cli.runtime import hardware
+from synnav_cli.scoring.load import LoadedModel
 
 DEFAULT_STEPS = 32
 
@@ -115,7 +116,7 @@ def explain_records(
     loaded: LoadedModel, records: Iterable[FastaRecord], *, steps: int = DEFAULT_STEPS
 ) -> Iterable[Explanation]:
     """Explain the predicted labels of each record (the N-terminal ``max_length`` residues)."""
-    from synnav_cli.inference import score_sequences
+    from synnav_cli.scoring.score import score_sequences
 
     names = loaded.info.label_names
     for record in records:

@@ -2,49 +2,38 @@
 
 Records are read and scored in chunks; within a chunk they are batched by length, and rows are
 written back in input order as soon as the chunk is done. With ``--out`` the rows go to a
-resumable ``.partial`` file (see :mod:`synnav_cli.resumable`).
+resumable ``.partial`` file (see :mod:`synnav_cli.predict.resumable`).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import itertools
-import json
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
-from synnav_cli import console, distributed, hardware
+from synnav_cli import console
 from synnav_cli.backbones.base import Backbone
-from synnav_cli.data import FastaRecord, check_input, read_fasta
+from synnav_cli.data.fasta import FastaRecord, check_input, read_fasta
 from synnav_cli.errors import UserError
 from synnav_cli.files import check_output_file, exclusive_lock
-from synnav_cli.inference import Runtime, score_sequences
 from synnav_cli.model import LocalizationModel
-from synnav_cli.modeldir import METADATA_FILE, WEIGHTS_FILE, ModelInfo, load_model, resolve_model
-from synnav_cli.plugins import get_backbone
-from synnav_cli.resumable import ResumableOutput
+from synnav_cli.modeldir import METADATA_FILE, WEIGHTS_FILE, ModelInfo
+from synnav_cli.predict.resumable import ResumableOutput
+from synnav_cli.predict.writer import Prediction, PredictionWriter
+from synnav_cli.runtime import distributed
+from synnav_cli.scoring.load import load_for_scoring
+from synnav_cli.scoring.score import Runtime, score_sequences
 
 LONG_POLICIES = ("truncate", "window", "skip")
-FORMATS = ("tsv", "csv", "jsonl")
 # Records scored together. Large enough for well-filled length-sorted batches, small enough
 # that memory does not grow with the input.
 CHUNK_RECORDS = 2048
-
-
-@dataclass
-class Prediction:
-    id: str
-    length: int
-    probabilities: np.ndarray | None  # None when skipped
-    status: str  # ok | truncated | windowed:N | skipped
 
 
 def _windows(sequence: str, size: int) -> list[str]:
@@ -116,65 +105,6 @@ def predict_records(model: LocalizationModel, backbone: Backbone, records: Itera
         yield from chunk
 
 
-def parse_thresholds(values: Iterable[str], label_names: list[str], defaults: list[float]) -> list[float]:
-    """``0.4`` sets every label; ``ER=0.3`` sets one. Later values win."""
-    thresholds = list(defaults)
-    lowered = {name.lower(): j for j, name in enumerate(label_names)}
-    for value in values:
-        name, sep, number = value.rpartition("=")
-        try:
-            threshold = float(number)
-        except ValueError:
-            raise UserError(f"--threshold {value!r}: expected a number or LABEL=NUMBER") from None
-        if not 0.0 <= threshold <= 1.0:
-            raise UserError(f"--threshold {value!r}: thresholds lie between 0 and 1")
-        if not sep:
-            thresholds = [threshold] * len(label_names)
-            continue
-        if name.lower() not in lowered:
-            raise UserError(f"--threshold {value!r}: unknown label; labels: {', '.join(label_names)}")
-        thresholds[lowered[name.lower()]] = threshold
-    return thresholds
-
-
-class PredictionWriter:
-    """Rows as tsv, csv or jsonl: ``id, length, <one probability per label>, predicted, status``.
-
-    The tsv/csv header is :attr:`header`; the caller writes it (a resumed file already has it).
-    """
-
-    def __init__(self, handle: IO[str], fmt: str, label_names: list[str], thresholds: list[float]):
-        if fmt not in FORMATS:
-            raise UserError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
-        self.handle, self.fmt = handle, fmt
-        self.label_names, self.thresholds = label_names, np.asarray(thresholds)
-        self.columns = ["id", "length", *label_names, "predicted", "status"]
-        self.header = ""
-        self._csv = None
-        if fmt != "jsonl":
-            dialect = {"delimiter": "\t" if fmt == "tsv" else ",", "lineterminator": "\n"}
-            line = io.StringIO()
-            csv.writer(line, **dialect).writerow(self.columns)
-            self.header = line.getvalue()
-            self._csv = csv.writer(handle, **dialect)
-
-    def write(self, prediction: Prediction) -> None:
-        if prediction.probabilities is None:
-            probs = [None] * len(self.label_names)
-            predicted: list[str] = []
-        else:
-            probs = [round(float(p), 4) for p in prediction.probabilities]
-            predicted = [n for n, p, t in zip(self.label_names, prediction.probabilities, self.thresholds) if p >= t]
-        if self._csv is not None:
-            cells = ["" if p is None else f"{p:.4f}" for p in probs]
-            self._csv.writerow([prediction.id, prediction.length, *cells, ";".join(predicted), prediction.status])
-        else:
-            row = {"id": prediction.id, "length": prediction.length,
-                   "probabilities": dict(zip(self.label_names, probs)),
-                   "predicted": predicted, "status": prediction.status}
-            self.handle.write(json.dumps(row) + "\n")
-
-
 def run_prediction(
     fasta: str,
     *,
@@ -211,27 +141,12 @@ def run_prediction(
     check_input(fasta)  # a mistyped path is the only message, not one after the model's
     if out is not None:
         check_output_file(out, inputs=[fasta])
-    info, how = resolve_model(model_name)
-    if how == "bundled":
-        console.info(
-            f"Using the bundled model ({info.meta.get('description', info.meta['backbone'])}); "
-            "train an ESM C model with `synnav train` for better accuracy."
-        )
-    elif how == "latest":
-        console.info(f"Using the newest trained model {info.path}.")
-    backbone = get_backbone(info.meta["backbone"])
-    thresholds = parse_thresholds(threshold_values, info.label_names, info.thresholds)
     if long_policy not in LONG_POLICIES:
         raise UserError(f"unknown long-protein policy {long_policy!r}; choose {', '.join(LONG_POLICIES)}")
-    torch_device = distributed.pick_device(device)
-    precision = hardware.resolve_precision(torch_device, "auto")
-    limit = min(int(info.meta.get("config", {}).get("max_length", backbone.max_length)), backbone.max_length)
-    budget = max_tokens or hardware.default_token_budget(
-        torch_device, embedding_dim=backbone.embedding_dim, training=False
-    )
-    runtime = Runtime(torch_device, precision, max(budget, limit + 2))
-    console.detail(f"device {torch_device}, precision {precision}, {runtime.max_tokens} tokens a batch")
-    model = load_model(info, torch_device, offline=offline)
+    loaded = load_for_scoring(model_name, threshold_values=threshold_values, device=device,
+                              max_tokens=max_tokens, offline=offline)
+    info, backbone, model, runtime = loaded.info, loaded.backbone, loaded.model, loaded.runtime
+    thresholds, limit = loaded.thresholds, loaded.max_length
 
     writes = distributed.is_main()
     with ExitStack() as stack:

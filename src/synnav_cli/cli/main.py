@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
-from synnav_cli import __version__, console, hardware
+from synnav_cli import __version__, console
 from synnav_cli.errors import UserError
+from synnav_cli.runtime import hardware
 
 EXAMPLES = """
 \b
@@ -77,37 +78,11 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.  [default: table]")
 def backbones(as_json: bool) -> None:
     """List the backbones the plugin registry holds."""
+    from synnav_cli.cli.views import backbone_rows, format_backbones
     from synnav_cli.plugins import DEFAULT_BACKBONE, backbone_registry
 
-    registry = backbone_registry()
-    rows = []
-    for backbone_id, backbone in registry.backbones.items():
-        rows.append({
-            "id": backbone_id,
-            "aliases": list(registry.aliases[backbone_id]),
-            "embedding_dim": backbone.embedding_dim,
-            "max_length": backbone.max_length,
-            "license": backbone.license,
-            "weights": backbone.weights_repo,
-            "cached": backbone.weights_cached(),
-            "default": backbone_id == DEFAULT_BACKBONE,
-            "description": backbone.description,
-        })
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    headers = ["id", "dim", "max len", "weights cached", "license", "description"]
-    table = [[r["id"] + (" (default)" if r["default"] else ""), str(r["embedding_dim"]), str(r["max_length"]),
-              {True: "yes", False: "no", None: "not needed"}[r["cached"]], r["license"], r["description"]]
-             for r in rows]
-    _print_table(headers, table)
-
-
-def _print_table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
-    for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    rows = backbone_rows(backbone_registry(), DEFAULT_BACKBONE)
+    click.echo(json.dumps(rows, indent=2) if as_json else format_backbones(rows))
 
 
 @cli.command()
@@ -143,18 +118,18 @@ def _print_table(headers: list[str], rows: list[list[str]]) -> None:
 def train(resume: Path | None, data: Path | None, out: Path | None, config_file: Path | None, force: bool,
           device: str, offline: bool, **options) -> None:
     """Fine-tune a backbone on a labelled dataset and save a model directory."""
-    from synnav_cli import train as training
-    from synnav_cli.plugins import get_backbone
+    from synnav_cli.train.config import TrainConfig, read_config_file
+    from synnav_cli.train.loop import resume as resume_training
+    from synnav_cli.train.loop import train as run_training
 
     if resume is not None:
-        result = training.resume(resume, device=device, offline=offline)
+        result = resume_training(resume, device=device, offline=offline)
     else:
-        merged = training.read_config_file(config_file) if config_file else {}
+        merged = read_config_file(config_file) if config_file else {}
         merged.update({k: v for k, v in options.items() if v is not None})
-        config = training.TrainConfig(**merged)
-        config.validate()
-        get_backbone(config.backbone)  # an unknown name fails before any data is read
-        result = training.train(config, data or _bundled_dataset(), out, force=force, device=device, offline=offline)
+        config = TrainConfig(**merged)
+        # Validated (and the backbone looked up) here, so a bad value fails before data is read.
+        result = run_training(config, data or _bundled_dataset(), out, force=force, device=device, offline=offline)
     click.echo(str(result.model_dir))
 
 
@@ -185,9 +160,9 @@ def _bundled_dataset() -> Path:
 def evaluate(models: tuple[str, ...], data: Path | None, split: str, fmt: str, max_tokens: int | None,
              plots_dir: Path | None, device: str, offline: bool) -> None:
     """Per-label F1, ROC-AUC, PR-AUC and MCC of trained models on a dataset split."""
+    from synnav_cli.cli.views import format_evaluation
     from synnav_cli.evaluate import evaluate_with_scores
     from synnav_cli.modeldir import resolve_model
-    from synnav_cli.report import format_evaluation
 
     if plots_dir is not None:
         from synnav_cli.plots import pyplot
@@ -202,7 +177,7 @@ def evaluate(models: tuple[str, ...], data: Path | None, split: str, fmt: str, m
         results.append(result)
         scored.append((info.name, result, scores))
     click.echo(format_evaluation(results, fmt), nl=False)
-    from synnav_cli import distributed
+    from synnav_cli.runtime import distributed
 
     if plots_dir is not None and distributed.is_main():
         from synnav_cli.plots import ModelScores, write_plots
@@ -251,7 +226,7 @@ def predict(fasta: str, model: str | None, fmt: str, out: Path | None, threshold
     output (stdout or --out, in --format) is the mutant comparison table instead; --explain adds
     files and leaves the output as it is.
     """
-    from synnav_cli.predict import run_prediction
+    from synnav_cli.predict.run import run_prediction
 
     if explain_dir is None and not compare:
         run_prediction(fasta, model_name=model, fmt=fmt, out=out, threshold_values=thresholds,
@@ -260,7 +235,8 @@ def predict(fasta: str, model: str | None, fmt: str, out: Path | None, threshold
         return
     if shard is not None:
         raise UserError("--shard works with plain predictions, not with --explain or --compare")
-    from synnav_cli.session import load_for_scoring, readable_twice
+    from synnav_cli.files import readable_twice
+    from synnav_cli.scoring.load import load_for_scoring
 
     if explain_dir is not None:
         from synnav_cli.plots import pyplot
@@ -269,7 +245,7 @@ def predict(fasta: str, model: str | None, fmt: str, out: Path | None, threshold
     with readable_twice(fasta) as source:
         loaded = None
         if compare:
-            from synnav_cli.compare import run_comparison
+            from synnav_cli.predict.compare import run_comparison
 
             loaded = load_for_scoring(model, threshold_values=thresholds, device=device, max_tokens=max_tokens,
                                       offline=offline)
@@ -278,7 +254,7 @@ def predict(fasta: str, model: str | None, fmt: str, out: Path | None, threshold
             run_prediction(source, model_name=model, fmt=fmt, out=out, threshold_values=thresholds,
                            long_policy=long_policy, max_tokens=max_tokens, device=device, offline=offline)
         if explain_dir is not None:
-            from synnav_cli.explain import write_explanations
+            from synnav_cli.predict.explain import write_explanations
 
             loaded = loaded or load_for_scoring(model, threshold_values=thresholds, device=device,
                                                 max_tokens=max_tokens, offline=offline)
@@ -305,7 +281,7 @@ def split(data: Path, out: Path, min_seq_id: float, coverage: float, seed: int, 
     Clusters the proteins with MMseqs2 (`apt-get install mmseqs2`) and keeps each cluster in
     one split, so test proteins have no close homologue in training.
     """
-    from synnav_cli.split import parse_fractions, split_dataset
+    from synnav_cli.data.split import parse_fractions, split_dataset
 
     result = split_dataset(data, out, min_seq_id=min_seq_id, coverage=coverage, seed=seed,
                            fractions=parse_fractions(fractions), threads=threads, force=force)
@@ -335,12 +311,12 @@ def merge(parts: tuple[Path, ...], out: Path | None, fasta: str | None) -> None:
     Example:
       synnav merge part-1.tsv part-2.tsv part-3.tsv --fasta proteome.fasta --out all.tsv
     """
-    from synnav_cli.resumable import merge_parts
-    from synnav_cli.session import output_handle
+    from synnav_cli.files import output_handle
+    from synnav_cli.predict.resumable import merge_parts
 
     expected = None
     if fasta is not None:
-        from synnav_cli.data import read_fasta
+        from synnav_cli.data.fasta import read_fasta
 
         expected = (record.id for record in read_fasta(fasta))
     with output_handle(out, inputs=[*parts, *([fasta] if fasta else [])]) as handle:
@@ -356,8 +332,8 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.  [default: table]")
 def models_list(as_json: bool) -> None:
     """Trained models, newest first: backbone, data and split hashes, test mean F1 and ROC-AUC."""
+    from synnav_cli.cli.views import format_model_list
     from synnav_cli.modeldir import list_models
-    from synnav_cli.models_view import format_model_list
 
     click.echo(format_model_list(list_models(), as_json=as_json), nl=False)
 
@@ -368,14 +344,14 @@ def models_list(as_json: bool) -> None:
 def models_show(name: str, as_json: bool) -> None:
     """Everything about model NAME (a name from `synnav models list`, or a model directory):
     thresholds, per-label test metrics, data, config and versions."""
+    from synnav_cli.cli.views import format_model_details
     from synnav_cli.modeldir import resolve_model
-    from synnav_cli.models_view import format_model_details
 
     info, _how = resolve_model(name)
     click.echo(format_model_details(info, as_json=as_json), nl=False)
 
 
-from synnav_cli.cache_cli import cache_group  # noqa: E402  (a command group of its own module)
+from synnav_cli.cli.cache import cache_group  # noqa: E402  (a command group of its own module)
 
 cli.add_command(cache_group)
 

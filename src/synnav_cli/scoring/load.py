@@ -1,0 +1,105 @@
+"""The one load path: model name or directory -> backbone -> weights on a device -> a budgeted scorer.
+
+``synnav predict`` (with ``--compare`` and ``--explain``), ``synnav evaluate`` and the
+benchmarks all load a model here, so the backbone is looked up once, the batch budget comes from
+that backbone's memory model, and a model's length limit and thresholds are read in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from synnav_cli import console
+from synnav_cli.backbones.base import Backbone
+from synnav_cli.errors import UserError
+from synnav_cli.model import LocalizationModel
+from synnav_cli.modeldir import ModelInfo, load_model, resolve_model
+from synnav_cli.plugins import get_backbone
+from synnav_cli.runtime import distributed, hardware
+from synnav_cli.scoring.score import Runtime
+
+
+@dataclass
+class LoadedModel:
+    info: ModelInfo
+    backbone: Backbone
+    model: LocalizationModel
+    runtime: Runtime
+    max_length: int  # residues scored per protein: the model's and the backbone's limit
+    thresholds: list[float]
+
+
+def load_for_scoring(
+    model_name: str | None,
+    *,
+    threshold_values: Iterable[str] = (),
+    device: str = "auto",
+    max_tokens: int | None = None,
+    offline: bool = False,
+) -> LoadedModel:
+    """Find a model by name or directory (None: the newest trained, else the bundled one), say
+    which on stderr, and load it with :func:`open_model`."""
+    info, how = resolve_model(model_name)
+    if how == "bundled":
+        console.info(
+            f"Using the bundled model ({info.meta.get('description', info.meta['backbone'])}); "
+            "train an ESM C model with `synnav train` for better accuracy."
+        )
+    elif how == "latest":
+        console.info(f"Using the newest trained model {info.path}.")
+    return open_model(info, threshold_values=threshold_values, device=device, max_tokens=max_tokens,
+                      offline=offline)
+
+
+def open_model(
+    info: ModelInfo,
+    *,
+    threshold_values: Iterable[str] = (),
+    device: str = "auto",
+    max_tokens: int | None = None,
+    offline: bool = False,
+) -> LoadedModel:
+    """Load the model ``info`` describes onto ``device`` with a scoring budget.
+
+    Arguments:
+        info: the model directory's metadata (see ``modeldir.resolve_model``).
+        threshold_values: overrides of the model's thresholds (``0.4`` or ``LABEL=0.4``).
+        device: auto, cpu, cuda, cuda:N or mps (under torchrun, this rank's GPU).
+        max_tokens: padded tokens per batch; None derives it from the backbone and the device.
+        offline: never download weights.
+    """
+    backbone = get_backbone(info.meta["backbone"])
+    thresholds = parse_thresholds(threshold_values, info.label_names, info.thresholds)
+    torch_device = distributed.pick_device(device)
+    precision = hardware.resolve_precision(torch_device, "auto")
+    limit = min(int(info.meta.get("config", {}).get("max_length", backbone.max_length)), backbone.max_length)
+    budget = hardware.plan_budget(torch_device, hardware.memory_model(backbone), training=False,
+                                  precision=precision, min_tokens=backbone.tokens(limit), requested=max_tokens)
+    if max_tokens is None:
+        hardware.report_budget("Scoring", budget)
+    runtime = Runtime(torch_device, precision, budget.max_tokens)
+    console.detail(f"device {torch_device}, precision {precision}, {runtime.max_tokens} tokens a batch")
+    model = load_model(info, backbone, torch_device, offline=offline)
+    return LoadedModel(info, backbone, model, runtime, limit, thresholds)
+
+
+def parse_thresholds(values: Iterable[str], label_names: list[str], defaults: list[float]) -> list[float]:
+    """``0.4`` sets every label; ``ER=0.3`` sets one. Later values win."""
+    thresholds = list(defaults)
+    lowered = {name.lower(): j for j, name in enumerate(label_names)}
+    for value in values:
+        name, sep, number = value.rpartition("=")
+        try:
+            threshold = float(number)
+        except ValueError:
+            raise UserError(f"--threshold {value!r}: expected a number or LABEL=NUMBER") from None
+        if not 0.0 <= threshold <= 1.0:
+            raise UserError(f"--threshold {value!r}: thresholds lie between 0 and 1")
+        if not sep:
+            thresholds = [threshold] * len(label_names)
+            continue
+        if name.lower() not in lowered:
+            raise UserError(f"--threshold {value!r}: unknown label; labels: {', '.join(label_names)}")
+        thresholds[lowered[name.lower()]] = threshold
+    return thresholds

@@ -1,0 +1,61 @@
+"""What makes N-process training follow the 1-process run step for step.
+
+Every rank builds the same batch list from the seed and takes a round-robin share of each batch's
+rows; dropout masks are drawn for the whole global batch; the loss is scaled so that
+DistributedDataParallel's gradient average is the gradient of the whole batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from synnav_cli.model import masked_bce
+from synnav_cli.runtime import distributed
+
+
+class BatchDropout(nn.Module):
+    """Dropout with a mask drawn for the whole global batch, then cut to this rank's rows.
+
+    Every rank draws the same mask from the same RNG state, so a protein gets the same mask
+    whichever rank (or how many ranks) it is trained on, and N-process training follows the
+    1-process run. ``mask`` is set before each training step; in eval mode this is the identity.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.mask: torch.Tensor | None = None
+
+    def draw(self, rows: int, width: int, keep: list[int], device: torch.device) -> None:
+        full = (torch.rand(rows, width) >= self.p).float() / (1.0 - self.p)
+        self.mask = full[keep].to(device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or self.mask is None:
+            return x
+        return x * self.mask.to(x.dtype)
+
+
+def local_rows(index: list[int]) -> tuple[list[int], list[int], float]:
+    """This rank's positions within a global batch, and 1.0, or 0.0 when it has none.
+
+    A rank with no rows still runs a step on one row with zero weight: DistributedDataParallel
+    needs every rank in every gradient all-reduce.
+    """
+    positions = list(range(distributed.rank(), len(index), distributed.world_size()))
+    if positions:
+        return positions, [index[p] for p in positions], 1.0
+    return [0], [index[0]], 0.0
+
+
+def shard_loss(logits, targets, pos_weight, known_global: int, weight: float) -> torch.Tensor:
+    """This rank's part of the global batch loss, scaled so that DDP's gradient average equals
+    the gradient of :func:`masked_bce` over the whole global batch.
+
+    masked_bce divides by the number of known labels in the batch; here that count is the
+    global one, and the factor ``world`` undoes DDP's division by the number of ranks.
+    """
+    known_local = int((~torch.isnan(targets)).sum())
+    local_sum = masked_bce(logits, targets, pos_weight) * max(known_local, 1)
+    return local_sum * (weight * distributed.world_size() / max(known_global, 1))

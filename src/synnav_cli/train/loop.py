@@ -1,0 +1,362 @@
+"""Fine-tune a backbone and localization head; keep the best dev epoch; write a model directory.
+
+Training state is checkpointed after every epoch in ``<out>.partial/``, and at the next step when
+SIGTERM or SIGINT arrives; ``resume`` continues from there and gives the model an uninterrupted
+run would have given. The checkpoint holds no pickle (see :mod:`synnav_cli.train.checkpoint`), a
+resume writes only to the run's own location, and the data and configuration must be the ones the
+run started with. One run at a time holds the workspace (a lock file inside it). The finished
+model directory appears only when training completes.
+
+Under ``torchrun`` the same code trains with DistributedDataParallel (see
+:mod:`synnav_cli.train.ddp`). Only rank 0 writes the workspace and the model directory, which
+must therefore be on a filesystem every rank can read.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from synnav_cli import console
+from synnav_cli.data.dataset import assign_splits, read_dataset
+from synnav_cli.errors import UserError
+from synnav_cli.files import write_json_atomic
+from synnav_cli.metrics import evaluate_predictions, selection_score
+from synnav_cli.model import LocalizationModel
+from synnav_cli.modeldir import check_replaceable
+from synnav_cli.plugins import get_backbone
+from synnav_cli.runtime import distributed, hardware
+from synnav_cli.scoring import batches
+from synnav_cli.scoring.score import Runtime, score_sequences
+from synnav_cli.train import checkpoint, head_only
+from synnav_cli.train.config import TrainConfig, config_from_record
+from synnav_cli.train.ddp import BatchDropout, local_rows, shard_loss
+from synnav_cli.train.finish import finish
+from synnav_cli.train.setup import (
+    PARTIAL_SUFFIX,
+    RUN_FILE,
+    RunSetup,
+    TrainResult,
+    default_out_dir,
+    holding,
+    out_of,
+    prepare,
+    read_run,
+    workspace_of,
+)
+from synnav_cli.train.steps import StopRequest, accumulate, lr_factor
+
+BEST_FILE = "best.safetensors"
+
+
+def train(
+    config: TrainConfig,
+    data_path: Path,
+    out: Path | None = None,
+    *,
+    force: bool = False,
+    device: str = "auto",
+    offline: bool = False,
+) -> TrainResult:
+    """Train a model on ``data_path`` and write it to ``out`` (default: the models directory).
+
+    Arguments:
+        config: training options.
+        data_path: a dataset.json, CSV or TSV file with labels (and optionally splits).
+        out: the model directory to create; it must not exist unless ``force`` (and then it must
+            be a synnav model directory).
+        force: replace an existing model directory once the new one is complete.
+        device: auto, cpu, cuda, cuda:N or mps.
+        offline: never download; use only cached weights.
+    """
+    config.validate()
+    distributed.init()
+    config.backbone = get_backbone(config.backbone).id
+    # Ranks would each stamp their own time; rank 0's name is the one used.
+    out = distributed.broadcast(Path(out) if out is not None else default_out_dir(config.backbone))
+    check_replaceable(out, force)
+    workspace = workspace_of(out)
+    with holding(workspace):
+        if checkpoint.exists(workspace):
+            raise UserError(
+                f"an interrupted run is waiting in {workspace}; continue it with "
+                f"`synnav train --resume {workspace}` or delete that directory"
+            )
+        dataset = assign_splits(read_dataset(data_path), seed=config.seed)
+        record = {"config": asdict(config), "data": str(Path(data_path).resolve()),
+                  "data_sha256": dataset.content_hash(), "split_sha256": dataset.split_hash(), "force": force}
+        if distributed.is_main():
+            write_json_atomic(workspace / RUN_FILE, record)
+        distributed.barrier()
+        return _train_prepared(prepare(workspace, record, config, dataset, device=device), offline=offline)
+
+
+def resume(workspace: Path, *, device: str = "auto", offline: bool = False) -> TrainResult:
+    """Continue an interrupted run from its last checkpoint (``<out>.partial`` or ``<out>``).
+
+    The model is written next to the workspace (``<out>.partial`` gives ``<out>``), never to a
+    location read from the workspace's files.
+    """
+    distributed.init()
+    workspace = Path(workspace)
+    if not workspace.name.endswith(PARTIAL_SUFFIX):
+        workspace = workspace_of(workspace)
+    if not (workspace / RUN_FILE).is_file():
+        raise UserError(f"nothing to resume in {workspace}: no {RUN_FILE} there")
+    with holding(workspace):
+        record = read_run(workspace)
+        config = config_from_record(record["config"], workspace / RUN_FILE)
+        dataset = assign_splits(read_dataset(record["data"]), seed=config.seed)
+        if (dataset.content_hash(), dataset.split_hash()) != (record["data_sha256"], record["split_sha256"]):
+            raise UserError(f"{record['data']} has changed since this run started (its proteins, labels or "
+                            "split differ); resuming would mix two datasets. Start a new run instead")
+        check_replaceable(out_of(workspace), record["force"])
+        return _train_prepared(prepare(workspace, record, config, dataset, device=device), offline=offline)
+
+
+def _train_prepared(setup: RunSetup, *, offline: bool) -> TrainResult:
+    if setup.config.freeze:
+        return _train_head_only(setup, offline=offline)
+    return FineTuning(setup, offline=offline).run()
+
+
+def _train_head_only(setup: RunSetup, *, offline: bool) -> TrainResult:
+    """Pooled embeddings computed once and cached; the head trained on them (see ``head_only``)."""
+    config, parts = setup.config, setup.parts
+    hardware.report_budget("Embedding", setup.budget)
+    runtime = Runtime(setup.device, setup.precision, setup.budget.max_tokens)
+    features = head_only.cached_features(setup.backbone, {k: p.sequences for k, p in parts.items()}, runtime,
+                                         num_labels=len(setup.dataset.label_names), offline=offline)
+    result = head_only.fit_head(
+        features, {k: p.labels for k, p in parts.items()}, setup.dataset.label_names, setup.pos_weight,
+        embedding_dim=setup.backbone.embedding_dim, epochs=config.epochs, batch_size=config.batch_size,
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay, seed=config.seed,
+        schedule=lr_factor, device=setup.device,
+    )
+    return finish(setup, result.model, result.probabilities, result.best_epoch, result.history)
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what a checkpoint records besides the tensors."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps taken in the epoch under way (0 at an epoch's end)
+    epoch_loss: float = 0.0  # summed loss of those steps
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+class FineTuning:
+    """Full fine-tuning of encoder and head: built once, then epochs of steps."""
+
+    def __init__(self, setup: RunSetup, *, offline: bool) -> None:
+        self.setup = setup
+        config, backbone, device = setup.config, setup.backbone, setup.device
+        limit = min(config.max_length, backbone.max_length)
+        budget = setup.budget
+        max_tokens = budget.max_tokens
+        console.info(
+            f"Training {backbone.id} on {len(setup.parts['train'])} proteins "
+            f"(dev {len(setup.parts['dev'])}, test {len(setup.parts['test'])}), device {device}, "
+            f"precision {setup.precision}, up to {config.batch_size} proteins / {max_tokens} tokens a batch "
+            f"({budget.source})"
+            + (f", over {distributed.world_size()} processes." if distributed.active() else ".")
+        )
+        torch.manual_seed(config.seed)
+        encoder = backbone.build_encoder(pretrained=True, offline=offline)
+        self.model = LocalizationModel(encoder, backbone.embedding_dim, len(setup.dataset.label_names)).to(device)
+        if budget.recompute_above is not None and not backbone.set_gradient_checkpointing(self.model.encoder, False):
+            console.warn(f"{backbone.id} cannot recompute activations; gradient checkpointing is off")
+            if budget.recompute_above:
+                max_tokens = max(budget.recompute_above, backbone.tokens(limit))
+            budget = hardware.Budget(max_tokens, budget.source)
+        self.budget = budget
+        self.dropout = self.model.head.replace_dropout(BatchDropout(self.model.head.dropout.p))
+        # Gradients are averaged across ranks in backward; one process trains the model itself.
+        self.net = DistributedDataParallel(self.model) if distributed.active() else self.model
+        self.pos_weight = torch.tensor(setup.pos_weight, device=device)
+        console.detail("pos_weight: " + ", ".join(
+            f"{n}={w:.2f}" for n, w in zip(setup.dataset.label_names, setup.pos_weight)))
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate,
+                                           weight_decay=config.weight_decay)
+        self.score_runtime = Runtime(device, setup.precision, max_tokens, config.batch_size)
+        self.step_runtime = Runtime(device, setup.precision, max_tokens, config.batch_size)
+        # What a checkpoint must agree with: the data and the configuration this run started with.
+        self.identity = {"config": asdict(config), "data_sha256": setup.record["data_sha256"],
+                         "split_sha256": setup.record["split_sha256"]}
+        saved = checkpoint.load(setup.workspace) if checkpoint.exists(setup.workspace) else None
+        if saved is not None and saved.get("identity") != self.identity:
+            raise UserError(f"the checkpoint in {setup.workspace} was made with other data or another "
+                            "configuration; resuming would mix two runs (delete the directory to start over)")
+        # Batches are composed with the budget the run started with, even on other hardware, so
+        # that a resumed run takes the same steps (memory is still bounded by the step runtime).
+        self.batch_tokens = max_tokens if saved is None else _saved_int(saved, "batch_tokens", setup.workspace)
+        self.lengths = [backbone.tokens(len(s)) for s in setup.parts["train"].sequences]
+        self.labels = torch.tensor(setup.parts["train"].labels)
+        steps_per_epoch = len(batches.training_batches(self.lengths, self.batch_tokens, config.batch_size,
+                                                       np.random.default_rng(0)))
+        total_steps = steps_per_epoch * config.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lambda step: lr_factor(step, total_steps))
+        self.scaler = hardware.grad_scaler(device, setup.precision)
+        self.batch_rng = np.random.default_rng(config.seed)
+        self.progress = Progress()
+        if saved is not None:
+            self._restore(saved)
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def _restore(self, saved: dict) -> None:
+        workspace = self.setup.workspace
+        try:
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
+            self.scaler.load_state_dict(saved["scaler"])
+            best = saved["best_score"]
+            self.progress = Progress(int(saved["epoch"]), int(saved["step"]), float(saved["epoch_loss"]),
+                                     -math.inf if best is None else float(best), int(saved["best_epoch"]),
+                                     list(saved["history"]))
+            self.batch_rng.bit_generator.state = saved["batch_rng"]
+            checkpoint.restore_rng_state(saved["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise UserError(f"the checkpoint in {workspace} is damaged ({type(error).__name__}); "
+                            "delete the directory to start over") from None
+        done = self.progress
+        where = f"step {done.step} of epoch {done.epoch + 1}" if done.step else f"the end of epoch {done.epoch}"
+        console.info(f"Resuming from {where}.")
+
+    def _save(self, batch_rng: dict) -> None:
+        done = self.progress
+        if distributed.is_main():
+            checkpoint.save(self.setup.workspace, {
+                "identity": self.identity, "batch_tokens": self.batch_tokens,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": done.epoch, "step": done.step, "epoch_loss": done.epoch_loss,
+                "best_score": None if done.best_score == -math.inf else done.best_score,
+                "best_epoch": done.best_epoch, "history": done.history,
+                "batch_rng": batch_rng, "rng": checkpoint.rng_state(),
+            })
+        distributed.barrier()  # the checkpoint is complete before any rank may stop
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        config, workspace = self.setup.config, self.setup.workspace
+        with StopRequest() as stop:
+            while self.progress.epoch < config.epochs:
+                self._epoch(stop)
+                self._save(self.batch_rng.bit_generator.state)
+                # A signal may reach the ranks at different moments; all stop at the same epoch.
+                if distributed.any_rank(stop.requested) and self.progress.epoch < config.epochs:
+                    raise UserError(f"training stopped after epoch {self.progress.epoch}; "
+                                    f"continue with `synnav train --resume {workspace}`")
+        checkpoint.load_weights(self.model, workspace / BEST_FILE, workspace)
+        probabilities = {name: self._score(part.sequences) for name, part in self.setup.parts.items() if len(part)}
+        return finish(self.setup, self.model, probabilities, self.progress.best_epoch, self.progress.history)
+
+    def _epoch(self, stop: StopRequest) -> None:
+        """One pass over the training split (or its rest, after a mid-epoch resume), then dev."""
+        config, done = self.setup.config, self.progress
+        started = time.monotonic()
+        self.model.train()
+        # The batch order is drawn from this state, so a mid-epoch checkpoint keeps it to draw the
+        # same order again and skip the steps already taken.
+        epoch_rng = self.batch_rng.bit_generator.state
+        order = batches.training_batches(self.lengths, self.batch_tokens, config.batch_size, self.batch_rng)
+        bar = console.Progress(len(self.lengths), f"epoch {done.epoch + 1}/{config.epochs}")
+        for step, index in enumerate(order):
+            if step < done.step:
+                bar.advance(len(index))
+                continue
+            step_loss = self._step(index)
+            done.step, done.epoch_loss = step + 1, done.epoch_loss + step_loss * len(index)
+            bar.advance(len(index), f"loss {step_loss:.4f}")
+            # A signal may reach the ranks at different moments; all stop at the same step.
+            if step + 1 < len(order) and distributed.any_rank(stop.requested):
+                bar.close()
+                self._save(epoch_rng)
+                raise UserError(f"training stopped at step {step + 1} of epoch {done.epoch + 1}; "
+                                f"continue with `synnav train --resume {self.setup.workspace}`")
+        bar.close()
+        self._end_epoch(distributed.sum_across(done.epoch_loss), time.monotonic() - started)
+
+    def _step(self, index: list[int]) -> float:
+        """One optimiser step on the global batch ``index``; returns its loss."""
+        setup, model = self.setup, self.model
+        positions, rows, weight = local_rows(index)
+        known_global = int((~torch.isnan(self.labels[index])).sum())
+        self.dropout.draw(len(index), setup.backbone.embedding_dim, positions, setup.device)
+        mask = self.dropout.mask
+        sequences = setup.parts["train"].sequences
+
+        def backward(part: list[int]) -> torch.Tensor:
+            self.dropout.mask = mask[part]
+            tokens = batches.padded_cost([self.lengths[rows[p]] for p in part])
+            setup.backbone.set_gradient_checkpointing(model.encoder, self.budget.recompute(tokens))
+            batch = setup.backbone.tokenize([sequences[rows[p]] for p in part]).to(setup.device)
+            with hardware.autocast(setup.device, setup.precision):
+                logits = self.net(batch)
+            targets = self.labels[[rows[p] for p in part]].to(setup.device)
+            part_loss = shard_loss(logits, targets, self.pos_weight, known_global, weight)
+            self.scaler.scale(part_loss).backward()
+            return part_loss.detach()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = accumulate(backward, [self.lengths[i] for i in rows], self.optimizer, self.step_runtime)
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        # Summed over ranks (once an epoch) this is the global batch loss.
+        return loss.item() / distributed.world_size()
+
+    def _end_epoch(self, total_loss: float, seconds: float) -> None:
+        setup, done = self.setup, self.progress
+        dev = setup.parts["dev"]
+        label_names = setup.dataset.label_names
+        dev_metrics = evaluate_predictions(dev.labels, self._score(dev.sequences), label_names,
+                                           [0.5] * len(label_names))
+        dev_score = selection_score(dev_metrics)
+        record = {"epoch": done.epoch + 1, "train_loss": round(total_loss / len(self.lengths), 6),
+                  "dev_mean_roc_auc": dev_metrics["mean"]["roc_auc"],
+                  "dev_mean_pr_auc": dev_metrics["mean"]["pr_auc"],
+                  "seconds": round(seconds, 2)}
+        done.history.append(record)
+        improved = dev_score > done.best_score or done.best_epoch == 0
+        if improved:
+            done.best_score, done.best_epoch = dev_score, done.epoch + 1
+            if distributed.is_main():
+                checkpoint.save_weights(self.model, setup.workspace / BEST_FILE)
+        console.info(
+            f"epoch {done.epoch + 1}/{setup.config.epochs}: train loss {record['train_loss']:.4f}, "
+            f"dev mean ROC-AUC {_fmt(record['dev_mean_roc_auc'])}"
+            f"{' (best)' if improved else ''}, {record['seconds']:.1f}s"
+        )
+        done.epoch, done.step, done.epoch_loss = done.epoch + 1, 0, 0.0
+
+    def _score(self, sequences: list[str]) -> np.ndarray:
+        model, backbone, runtime = self.model, self.setup.backbone, self.score_runtime
+        return distributed.score_sharded(lambda part: score_sequences(model, backbone, part, runtime), sequences)
+
+
+def _saved_int(saved: dict, key: str, workspace: Path) -> int:
+    value = saved.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"the checkpoint in {workspace} is damaged ({key}); delete the directory to start over")
+    return value
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
