@@ -36,8 +36,9 @@ def evaluate(
         max_tokens: padded tokens per batch; None derives it from the device.
         offline: never download weights.
     """
-    result, _scores = evaluate_with_scores(info, data_path, split=split, device=device,
-                                           max_tokens=max_tokens, offline=offline)
+    result, _scores = evaluate_with_scores(
+        info, data_path, split=split, device=device, max_tokens=max_tokens, offline=offline
+    )
     return result
 
 

@@ -102,8 +102,10 @@ def check_output_file(out: Path, *, inputs: Iterable[str | Path] = ()) -> None:
     if stat.S_ISDIR(status.st_mode):
         raise UserError(f"--out {out} is a directory; give a file name")
     if not stat.S_ISREG(status.st_mode):
-        raise UserError(f"--out {out} is not a regular file (a pipe, socket or device); "
-                        "give a file name, or write to stdout")
+        raise UserError(
+            f"--out {out} is not a regular file (a pipe, socket or device); "
+            "give a file name, or write to stdout"
+        )
     for source in inputs:
         if str(source) == "-":
             continue
@@ -115,7 +117,7 @@ def check_output_file(out: Path, *, inputs: Iterable[str | Path] = ()) -> None:
 
 
 def open_for_writing(path: Path, *, append: bool) -> int:
-    """A descriptor on ``path`` as a regular file synnav owns: never through a symlink, never a FIFO.
+    """A descriptor on ``path`` as a regular file: never through a symlink, never a FIFO.
 
     ``append`` keeps the content (to continue a partial file); otherwise the file is emptied.
     """
@@ -124,7 +126,9 @@ def open_for_writing(path: Path, *, append: bool) -> int:
         fd = os.open(path, flags, 0o666)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise UserError(f"{path} is a symbolic link; synnav does not write through links") from None
+            raise UserError(
+                f"{path} is a symbolic link; synnav does not write through links"
+            ) from None
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
@@ -149,8 +153,10 @@ def exclusive_lock(path: Path, holder: str) -> Iterator[None]:
         fd = _open_lock_file(path)
         if not _try_lock(fd):
             os.close(fd)
-            raise UserError(f"another synnav run is writing {holder}; wait for it to finish "
-                            "or choose another output")
+            raise UserError(
+                f"another synnav run is writing {holder}; wait for it to finish "
+                "or choose another output"
+            )
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -173,7 +179,9 @@ def _open_lock_file(path: Path) -> int:
         return os.open(path, flags, 0o666)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise UserError(f"{path} is a symbolic link; synnav does not lock through links") from None
+            raise UserError(
+                f"{path} is a symbolic link; synnav does not lock through links"
+            ) from None
         raise
 
 

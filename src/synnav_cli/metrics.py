@@ -21,7 +21,6 @@ METRIC_NAMES = ("f1", "roc_auc", "pr_auc", "mcc", "precision", "recall")
 DEFAULT_THRESHOLD = 0.5
 
 
-
 @dataclass
 class Scores:
     """Per-protein probabilities and known labels of one model on one split (for plots)."""

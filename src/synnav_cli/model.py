@@ -56,9 +56,7 @@ class LocalizationModel(nn.Module):
         return self.head(self.embed(batch))
 
 
-def positive_weights(
-    labels: np.ndarray, label_names: list[str], preset: str = "a2"
-) -> np.ndarray:
+def positive_weights(labels: np.ndarray, label_names: list[str], preset: str = "a2") -> np.ndarray:
     """Per-label ``pos_weight`` = negatives / positives among the *known* labels given.
 
     Pass the training split only: computing the ratios on all data leaks the test split into the
@@ -81,7 +79,9 @@ def positive_weights(
     return ratio.astype(np.float32)
 
 
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
+def masked_bce(
+    logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor
+) -> torch.Tensor:
     """Class-weighted BCE over known labels only; ``targets`` holds NaN where unknown."""
     known = ~torch.isnan(targets)
     safe_targets = torch.where(known, targets, torch.zeros_like(targets))

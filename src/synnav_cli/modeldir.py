@@ -68,8 +68,10 @@ def check_replaceable(out: Path, force: bool) -> None:
     if not force:
         raise UserError(f"{out} already exists; choose another --out or pass --force")
     if not is_model_dir(out):
-        raise UserError(f"{out} exists and is not a synnav model directory; --force replaces "
-                        "only model directories, so choose another --out")
+        raise UserError(
+            f"{out} exists and is not a synnav model directory; --force replaces "
+            "only model directories, so choose another --out"
+        )
 
 
 def save_model_dir(
@@ -129,7 +131,11 @@ def metadata_problem(meta: object) -> str | None:
     if not isinstance(backbone, str) or not backbone:
         return "'backbone' must name a backbone"
     labels = meta.get("labels")
-    if not isinstance(labels, list) or not labels or not all(isinstance(n, str) and n for n in labels):
+    if (
+        not isinstance(labels, list)
+        or not labels
+        or not all(isinstance(n, str) and n for n in labels)
+    ):
         return "'labels' must be a non-empty list of names"
     if len(set(labels)) != len(labels):
         return "'labels' names a label twice"
@@ -138,14 +144,19 @@ def metadata_problem(meta: object) -> str | None:
         return "'thresholds' must map each label to a number"
     for name in labels:
         value = thresholds.get(name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0.0 <= value <= 1.0
+        ):
             return f"the threshold of {quoted(name)} must be a number between 0 and 1"
     config = meta.get("config", {})
     if not isinstance(config, dict):
         return "'config' must be an object"
     max_length = config.get("max_length")
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
-                                   or max_length < 1):
+    if max_length is not None and (
+        isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
+    ):
         return f"'max_length' must be a whole number of at least 1, not {quoted(max_length)}"
     return None
 
@@ -184,8 +195,10 @@ def resolve_model(name: str | None) -> tuple[ModelInfo, str]:
         if bundled is not None and name == BUNDLED_NAME:
             return read_model_info(bundled), "bundled"
         known = ", ".join(info.name for info in list_models()) or "none"
-        raise UserError(f"no model {name!r}: not a model directory, nor a name in "
-                        f"{paths.models_dir()} (trained models: {known})")
+        raise UserError(
+            f"no model {name!r}: not a model directory, nor a name in "
+            f"{paths.models_dir()} (trained models: {known})"
+        )
     models = list_models()
     if models:
         return models[0], "latest"
@@ -195,8 +208,9 @@ def resolve_model(name: str | None) -> tuple[ModelInfo, str]:
     raise UserError("no trained model found; train one with `synnav train` or pass --model")
 
 
-def load_model(info: ModelInfo, backbone: Backbone, device: torch.device, *, offline: bool = False
-               ) -> LocalizationModel:
+def load_model(
+    info: ModelInfo, backbone: Backbone, device: torch.device, *, offline: bool = False
+) -> LocalizationModel:
     """Rebuild the network a model directory describes on ``backbone`` and load its weights.
 
     The caller looks the backbone up (``plugins.get_backbone(info.meta["backbone"])``) once and
@@ -204,9 +218,11 @@ def load_model(info: ModelInfo, backbone: Backbone, device: torch.device, *, off
     """
     recorded = info.meta.get("backbone_fingerprint")
     if recorded is not None and recorded != backbone.fingerprint():
-        raise UserError(f"{info.path} was trained on backbone variant {recorded!r}, but {backbone.id} is "
-                        f"{backbone.fingerprint()!r} here (is a setting such as SYNNAV_TEST_TINY_BACKBONES "
-                        "different from training?)")
+        raise UserError(
+            f"{info.path} was trained on backbone variant {recorded!r}, but {backbone.id} is "
+            f"{backbone.fingerprint()!r} here (is a setting such as SYNNAV_TEST_TINY_BACKBONES "
+            "different from training?)"
+        )
     frozen = bool(info.meta.get("encoder_frozen"))
     encoder = backbone.build_encoder(pretrained=frozen, offline=offline)
     model = LocalizationModel(encoder, backbone.embedding_dim, len(info.label_names))
@@ -217,9 +233,13 @@ def load_model(info: ModelInfo, backbone: Backbone, device: torch.device, *, off
         state = load_file(str(weights))
     except Exception as error:  # noqa: BLE001 - safetensors raises several types
         raise UserError(f"{weights} is damaged: {error}") from None
-    broken = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    broken = next(
+        (k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None
+    )
     if broken is not None:
-        raise UserError(f"{weights} is damaged: tensor {quoted(broken)} holds NaN or infinite values")
+        raise UserError(
+            f"{weights} is damaged: tensor {quoted(broken)} holds NaN or infinite values"
+        )
     if frozen:
         state = {k.removeprefix("head."): v for k, v in state.items()}
         target = model.head

@@ -34,7 +34,7 @@ def models_dir() -> Path:
 
 
 def hub_dir() -> Path:
-    """The hub-layout weights cache (``$SYNNAV_CACHE_DIR/hub``), symlinks resolved as the hub does."""
+    """The hub-layout weights cache (``$SYNNAV_CACHE_DIR/hub``), links resolved as the hub does."""
     return hub_cache_dir().expanduser().resolve()
 
 

@@ -89,8 +89,12 @@ def write_plots(models: list[ModelScores], out_dir: Path) -> list[Path]:
                     axes.plot(fpr, tpr, label=f"{model.name} (AUC {metrics['roc_auc']:.3f})")
                 else:
                     precision, recall, _ = precision_recall_curve(y, p)
-                    axes.step(recall, precision, where="post",
-                              label=f"{model.name} (AP {metrics['pr_auc']:.3f})")
+                    axes.step(
+                        recall,
+                        precision,
+                        where="post",
+                        label=f"{model.name} (AP {metrics['pr_auc']:.3f})",
+                    )
                 drawn = True
             if kind == "roc":
                 axes.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=1)
@@ -106,8 +110,14 @@ def write_plots(models: list[ModelScores], out_dir: Path) -> list[Path]:
             if drawn:
                 axes.legend(loc="lower right" if kind == "roc" else "lower left", fontsize=7)
             else:
-                axes.text(0.5, 0.5, "no curve: the split holds\nonly one class for this label",
-                          ha="center", va="center", transform=axes.transAxes)
+                axes.text(
+                    0.5,
+                    0.5,
+                    "no curve: the split holds\nonly one class for this label",
+                    ha="center",
+                    va="center",
+                    transform=axes.transAxes,
+                )
             path = out_dir / f"{kind}-{slug(label)}.png"
             figure.tight_layout()
             figure.savefig(path, dpi=120)
@@ -119,7 +129,9 @@ def write_plots(models: list[ModelScores], out_dir: Path) -> list[Path]:
 
 def _metrics_bars(plt, models: list[ModelScores], label_names: list[str], path: Path) -> Path:
     """One panel per metric; one group of bars per label, one bar per model."""
-    figure, panels = plt.subplots(1, len(BAR_METRICS), figsize=(3.2 * len(BAR_METRICS), 3.8), sharey=True)
+    figure, panels = plt.subplots(
+        1, len(BAR_METRICS), figsize=(3.2 * len(BAR_METRICS), 3.8), sharey=True
+    )
     x = np.arange(len(label_names))
     width = 0.8 / len(models)
     for panel, metric in zip(panels, BAR_METRICS):

@@ -1,1 +1,1 @@
-"""Built-in backbones. Each module is a plugin registered through the same hook as third-party ones."""
+"""Built-in backbones: each module is a plugin, registered through the hook third parties use."""

@@ -64,8 +64,14 @@ class _Block(nn.Module):
 
     def __init__(self, dim: int, kernel_size: int, dilation: int, dropout: float) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(dim, dim, kernel_size, padding=dilation * (kernel_size // 2),
-                              dilation=dilation, groups=dim)
+        self.conv = nn.Conv1d(
+            dim,
+            dim,
+            kernel_size,
+            padding=dilation * (kernel_size // 2),
+            dilation=dilation,
+            groups=dim,
+        )
         self.norm = nn.LayerNorm(dim)
         self.up = nn.Linear(dim, 2 * dim)
         self.act = nn.GELU()
@@ -101,7 +107,9 @@ class AACNNEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.dim, self.patch = dim, patch
-        self.embed = nn.Embedding(len(ESM_VOCABULARY), residue_dim - 2, padding_idx=ESM_VOCABULARY.pad_id)
+        self.embed = nn.Embedding(
+            len(ESM_VOCABULARY), residue_dim - 2, padding_idx=ESM_VOCABULARY.pad_id
+        )
         self.register_buffer("properties", _property_table(), persistent=False)
         # Index N_TERMINAL (resp. C_TERMINAL) means "further in"; it is the padding row, kept at 0.
         self.n_position = nn.Embedding(N_TERMINAL + 1, residue_dim, padding_idx=N_TERMINAL)
@@ -125,7 +133,11 @@ class AACNNEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         length = input_ids.shape[1]
-        residues = attention_mask.bool() & (input_ids != ESM_VOCABULARY.cls_id) & (input_ids != ESM_VOCABULARY.eos_id)
+        residues = (
+            attention_mask.bool()
+            & (input_ids != ESM_VOCABULARY.cls_id)
+            & (input_ids != ESM_VOCABULARY.eos_id)
+        )
         index = residues.long().cumsum(dim=1) - 1  # residue number from the N-terminus
         from_end = residues.sum(dim=1, keepdim=True) - 1 - index  # ... and from the C-terminus
         n_index = index.clamp(0, N_TERMINAL).masked_fill(~residues, N_TERMINAL)
@@ -138,8 +150,9 @@ class AACNNEncoder(nn.Module):
         extra = -length % self.patch
         n_weight = keep * (index < N_TERMINAL).unsqueeze(-1)
         c_weight = keep * (from_end < C_TERMINAL).unsqueeze(-1)
-        per_residue = torch.nn.functional.pad(torch.cat([x * keep, keep, n_weight, c_weight], dim=-1),
-                                              (0, 0, 0, extra))
+        per_residue = torch.nn.functional.pad(
+            torch.cat([x * keep, keep, n_weight, c_weight], dim=-1), (0, 0, 0, extra)
+        )
         x, keep, n_weight, c_weight = per_residue.split([x.shape[-1], 1, 1, 1], dim=-1)
         x = self.stem(x.transpose(1, 2)).transpose(1, 2)
         patch_keep = (self._patches(keep) > 0).to(x.dtype)

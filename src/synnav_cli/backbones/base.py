@@ -174,7 +174,9 @@ class Backbone(abc.ABC):
         The default handles an encoder with a boolean ``gradient_checkpointing`` attribute and
         transformers models (bare, or wrapped as ``encoder.esm``); anything else cannot.
         """
-        if hasattr(encoder, "gradient_checkpointing") and not callable(encoder.gradient_checkpointing):
+        if hasattr(encoder, "gradient_checkpointing") and not callable(
+            encoder.gradient_checkpointing
+        ):
             encoder.gradient_checkpointing = on
             return True
         inner = getattr(encoder, "esm", encoder)
@@ -182,7 +184,9 @@ class Backbone(abc.ABC):
             return False
         if on != inner.is_gradient_checkpointing:
             if on:
-                inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                inner.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
             else:
                 inner.gradient_checkpointing_disable()
         return True

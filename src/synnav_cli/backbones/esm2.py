@@ -197,7 +197,9 @@ class ESM2(Backbone):
         try:
             found = json.loads(path.read_text())
         except (OSError, ValueError) as error:
-            raise integrity.damaged_file_error(self.weights_repo, CONFIG_FILE, path, error) from error
+            raise integrity.damaged_file_error(
+                self.weights_repo, CONFIG_FILE, path, error
+            ) from error
         expected: dict[str, Any] = {
             "hidden_size": self.architecture.hidden_size,
             "num_hidden_layers": self.architecture.num_hidden_layers,
@@ -209,7 +211,9 @@ class ESM2(Backbone):
         wrong = {k: found.get(k) for k, v in expected.items() if found.get(k) != v}
         if wrong:
             hint = f" ({hub.TINY_ENV} is set)" if hub.tiny_backbones() else ""
-            differences = ", ".join(f"{k}={v!r} (expected {expected[k]!r})" for k, v in wrong.items())
+            differences = ", ".join(
+                f"{k}={v!r} (expected {expected[k]!r})" for k, v in wrong.items()
+            )
             raise UserError(
                 f"the cached config.json of {self.weights_repo} does not describe backbone "
                 f"{self.id}{hint}: {differences}"

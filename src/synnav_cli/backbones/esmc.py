@@ -7,7 +7,8 @@ Their licences differ: 300M is under the Cambrian Open licence, 600M under the C
 Non-Commercial licence; ``synnav backbones`` and the first download say so.
 
 ``SYNNAV_TEST_TINY_BACKBONES=1`` swaps both sizes for ``ESMC_TINY`` (see
-:func:`synnav_cli.weights.hub.tiny_backbones`); the weights are still looked up at the same repository
+:func:`synnav_cli.weights.hub.tiny_backbones`); the weights are still looked up at the same
+repository
 and file, and loaded by the same code.
 """
 
@@ -78,7 +79,9 @@ class ESMC(Backbone):
 
     def encoder_shape(self) -> EncoderShape:
         config = self.config
-        return EncoderShape(config.d_model, config.n_layers, config.ffn_hidden, ffn_matrices=3)  # SwiGLU
+        return EncoderShape(
+            config.d_model, config.n_layers, config.ffn_hidden, ffn_matrices=3
+        )  # SwiGLU
 
     def fingerprint(self) -> str:
         return f"{self.id}+tiny" if hub.tiny_backbones() else self.id
@@ -122,8 +125,12 @@ class ESMC(Backbone):
 def register_backbones(register):
     register(
         ESMC(
-            "esmc600m", "ESMC_600M", 1152, "EvolutionaryScale/esmc-600m-2024-12",
-            "data/weights/esmc_600m_2024_12_v0.pth", "Cambrian Non-Commercial",
+            "esmc600m",
+            "ESMC_600M",
+            1152,
+            "EvolutionaryScale/esmc-600m-2024-12",
+            "data/weights/esmc_600m_2024_12_v0.pth",
+            "Cambrian Non-Commercial",
             "ESM C 600M (default)",
         ),
         aliases=("esmc_600m", "esmc-600m"),

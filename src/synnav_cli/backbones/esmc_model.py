@@ -71,7 +71,9 @@ _ROTARY_BASE = 10000.0
 
 # Older torch has no min_seqlen/max_seqlen here; passing them spares the CUDA kernels a
 # device-to-host sync per layer to rediscover the longest protein.
-_NJT_TAKES_SEQLENS = "max_seqlen" in inspect.signature(torch.nested.nested_tensor_from_jagged).parameters
+_NJT_TAKES_SEQLENS = (
+    "max_seqlen" in inspect.signature(torch.nested.nested_tensor_from_jagged).parameters
+)
 
 
 @dataclass(frozen=True)
@@ -119,9 +121,7 @@ class CheckpointMismatch(UserError):
     """A state dict that does not fit the encoder it is loaded into (wrong file or config)."""
 
 
-def _rotary_tables(
-    positions: torch.Tensor, d_head: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _rotary_tables(positions: torch.Tensor, d_head: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin for each position, shaped ``[*positions.shape, 1, d_head]`` (the 1 spans
     heads). Angles are computed in fp32 whatever the model's dtype: in bf16, neighbouring
     positions past a few hundred would round to the same angle."""
@@ -171,9 +171,7 @@ def _attend_split(q, k, v, *, lengths: list[int]) -> torch.Tensor:
     return torch.cat([part.transpose(0, 1) for part in parts])
 
 
-def _attend_nested(
-    q, k, v, *, offsets: torch.Tensor, min_len: int, max_len: int
-) -> torch.Tensor:
+def _attend_nested(q, k, v, *, offsets: torch.Tensor, min_len: int, max_len: int) -> torch.Tensor:
     extra = {"min_seqlen": min_len, "max_seqlen": max_len} if _NJT_TAKES_SEQLENS else {}
 
     def jagged(t: torch.Tensor) -> torch.Tensor:
@@ -270,7 +268,8 @@ class ESMCEncoder(nn.Module):
     def attention_backend(self, value: str) -> None:
         if value not in ATTENTION_BACKENDS:
             raise ValueError(
-                f"unknown attention backend {value!r}; choose one of {', '.join(ATTENTION_BACKENDS)}"
+                f"unknown attention backend {value!r}; "
+                f"choose one of {', '.join(ATTENTION_BACKENDS)}"
             )
         self._attention_backend = value
 
@@ -332,9 +331,7 @@ class ESMCEncoder(nn.Module):
         offsets = F.pad(lengths.cumsum(dim=0), (1, 0))
         max_len = int(lengths.max())
         if backend == "varlen":
-            attend = partial(
-                _attend_varlen, cu_seqlens=offsets.to(torch.int32), max_len=max_len
-            )
+            attend = partial(_attend_varlen, cu_seqlens=offsets.to(torch.int32), max_len=max_len)
         elif backend == "split":
             attend = partial(_attend_split, lengths=lengths.tolist())
         else:
@@ -368,7 +365,9 @@ class ESMCEncoder(nn.Module):
         ``assign=True`` adopts the given tensors instead of copying them (for a model built on
         the meta device, so that a large checkpoint is never held twice).
         """
-        kept = {k: v for k, v in state_dict.items() if not k.startswith(IGNORED_CHECKPOINT_PREFIXES)}
+        kept = {
+            k: v for k, v in state_dict.items() if not k.startswith(IGNORED_CHECKPOINT_PREFIXES)
+        }
         expected = self.state_dict(keep_vars=True)
         missing = sorted(expected.keys() - kept.keys())
         unexpected = sorted(kept.keys() - expected.keys())

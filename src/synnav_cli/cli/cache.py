@@ -84,7 +84,12 @@ def path_command() -> None:
 
 
 @cache_group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.  [default: table]")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print a JSON list instead of a table.  [default: table]",
+)
 def list_command(as_json: bool) -> None:
     """List cached weight repositories: size on disk, files, and the backbones that use them."""
     repos = listing.cached_repos(_backbones_by_repo())
@@ -117,7 +122,8 @@ def fetch_command(backbones: tuple[str, ...]) -> None:
 @cache_group.command("clear")
 @click.argument("names", nargs=-1, metavar="[BACKBONE|ORG/REPO]...")
 @click.option("--yes", "-y", is_flag=True,
-              help="Delete without asking (required when stdin is not a terminal).  [default: ask]")  # fmt: skip
+              help="Delete without asking (required when stdin is not a terminal).  "
+                   "[default: ask]")  # fmt: skip
 def clear_command(names: tuple[str, ...], yes: bool) -> None:
     """Delete cached weights: of the named backbones (or repositories), or all of them.
 
@@ -130,7 +136,9 @@ def clear_command(names: tuple[str, ...], yes: bool) -> None:
     else:
         found = list(cached.values())
     if not found:
-        what = f"{', '.join(targets)} not cached" if names else f"{paths.hub_dir()} holds no weights"
+        what = (
+            f"{', '.join(targets)} not cached" if names else f"{paths.hub_dir()} holds no weights"
+        )
         click.echo(f"Nothing to delete: {what}.", err=True)
         return
     total = sum(repo.size_on_disk for repo in found)

@@ -15,7 +15,9 @@ from synnav_cli.modeldir import ModelInfo
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
     """Columns padded to their widest cell, two spaces apart, no trailing blanks."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)
@@ -23,24 +25,35 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
 
 def backbone_rows(registry, default_id: str) -> list[dict]:
     """One dict per registered backbone, as `synnav backbones --json` prints them."""
-    return [{
-        "id": backbone_id,
-        "aliases": list(registry.aliases[backbone_id]),
-        "embedding_dim": backbone.embedding_dim,
-        "max_length": backbone.max_length,
-        "license": backbone.license,
-        "weights": backbone.weights_repo,
-        "cached": backbone.weights_cached(),
-        "default": backbone_id == default_id,
-        "description": backbone.description,
-    } for backbone_id, backbone in registry.backbones.items()]
+    return [
+        {
+            "id": backbone_id,
+            "aliases": list(registry.aliases[backbone_id]),
+            "embedding_dim": backbone.embedding_dim,
+            "max_length": backbone.max_length,
+            "license": backbone.license,
+            "weights": backbone.weights_repo,
+            "cached": backbone.weights_cached(),
+            "default": backbone_id == default_id,
+            "description": backbone.description,
+        }
+        for backbone_id, backbone in registry.backbones.items()
+    ]
 
 
 def format_backbones(rows: list[dict]) -> str:
     headers = ["id", "dim", "max len", "weights cached", "license", "description"]
-    table = [[r["id"] + (" (default)" if r["default"] else ""), str(r["embedding_dim"]), str(r["max_length"]),
-              {True: "yes", False: "no", None: "not needed"}[r["cached"]], r["license"], r["description"]]
-             for r in rows]
+    table = [
+        [
+            r["id"] + (" (default)" if r["default"] else ""),
+            str(r["embedding_dim"]),
+            str(r["max_length"]),
+            {True: "yes", False: "no", None: "not needed"}[r["cached"]],
+            r["license"],
+            r["description"],
+        ]
+        for r in rows
+    ]
     return format_table(headers, table)
 
 
@@ -116,7 +129,9 @@ def _short(digest: str | None) -> str:
 
 def _table(headers: list[str], rows: list[list[str]], indent: str = "") -> list[str]:
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [headers, *rows]]
+    return [
+        indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [headers, *rows]
+    ]
 
 
 def format_model_list(infos: list[ModelInfo], *, as_json: bool = False) -> str:
@@ -126,10 +141,29 @@ def format_model_list(infos: list[ModelInfo], *, as_json: bool = False) -> str:
         return json.dumps(summaries, indent=2) + "\n"
     if not summaries:
         return "No trained models yet; train one with `synnav train`.\n"
-    headers = ["name", "backbone", "data", "data sha256", "split sha256", "test F1", "test ROC-AUC", "created"]
-    rows = [[s["name"], s["backbone"] or "?", s["data"] or "?", _short(s["data_sha256"]),
-             _short(s["split_sha256"]), _number(s["test_mean_f1"]), _number(s["test_mean_roc_auc"]),
-             s["created"] or "?"] for s in summaries]
+    headers = [
+        "name",
+        "backbone",
+        "data",
+        "data sha256",
+        "split sha256",
+        "test F1",
+        "test ROC-AUC",
+        "created",
+    ]
+    rows = [
+        [
+            s["name"],
+            s["backbone"] or "?",
+            s["data"] or "?",
+            _short(s["data_sha256"]),
+            _short(s["split_sha256"]),
+            _number(s["test_mean_f1"]),
+            _number(s["test_mean_roc_auc"]),
+            s["created"] or "?",
+        ]
+        for s in summaries
+    ]
     return "\n".join(_table(headers, rows)) + "\n"
 
 
@@ -149,21 +183,37 @@ def format_model_details(info: ModelInfo, *, as_json: bool = False) -> str:
         f"split sha256:   {details['split_sha256']}",
     ]
     if details["proteins"]:
-        lines.append("proteins:       " + ", ".join(f"{k} {v}" for k, v in details["proteins"].items()))
+        lines.append(
+            "proteins:       " + ", ".join(f"{k} {v}" for k, v in details["proteins"].items())
+        )
     if details["best_epoch"] is not None:
         lines.append(f"best epoch:     {details['best_epoch']}")
     lines.append("")
     test = details["metrics"].get("test", {})
     per_label = test.get("labels", {})
-    lines.append(f"Thresholds (tuned on dev for {details['threshold_metric'] or 'f1'}) and test metrics:")
+    lines.append(
+        f"Thresholds (tuned on dev for {details['threshold_metric'] or 'f1'}) and test metrics:"
+    )
     headers = ["label", "threshold", "f1", "roc_auc", "pr_auc", "mcc", "support"]
     rows = []
     for label in details["labels"]:
         metrics = per_label.get(label, {})
-        rows.append([label, f"{details['thresholds'][label]:.3f}",
-                     *(_number(metrics.get(m)) for m in ("f1", "roc_auc", "pr_auc", "mcc", "support"))])
+        rows.append(
+            [
+                label,
+                f"{details['thresholds'][label]:.3f}",
+                *(_number(metrics.get(m)) for m in ("f1", "roc_auc", "pr_auc", "mcc", "support")),
+            ]
+        )
     if test.get("mean"):
-        rows.append(["mean", "", *(_number(test["mean"].get(m)) for m in ("f1", "roc_auc", "pr_auc", "mcc")), ""])
+        rows.append(
+            [
+                "mean",
+                "",
+                *(_number(test["mean"].get(m)) for m in ("f1", "roc_auc", "pr_auc", "mcc")),
+                "",
+            ]
+        )
     lines += _table(headers, rows, indent="  ")
     if not per_label:
         lines.append("  (no test split: the metrics above are not available)")
@@ -171,9 +221,13 @@ def format_model_details(info: ModelInfo, *, as_json: bool = False) -> str:
     lines.append("Config:")
     lines += [f"  {key}: {value}" for key, value in details["config"].items()]
     if details["trained_on"]:
-        lines.append("Trained on:     " + ", ".join(f"{k} {v}" for k, v in details["trained_on"].items()))
+        lines.append(
+            "Trained on:     " + ", ".join(f"{k} {v}" for k, v in details["trained_on"].items())
+        )
     if details["versions"]:
-        lines.append("Versions:       " + ", ".join(f"{k} {v}" for k, v in details["versions"].items()))
+        lines.append(
+            "Versions:       " + ", ".join(f"{k} {v}" for k, v in details["versions"].items())
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -79,7 +79,11 @@ class Dataset:
 
 
 def _label_value(value: object, entry: str, name: str) -> float:
-    if value is None or value == "" or (isinstance(value, str) and value.lower() in {"na", "nan", "null"}):
+    if (
+        value is None
+        or value == ""
+        or (isinstance(value, str) and value.lower() in {"na", "nan", "null"})
+    ):
         return np.nan
     if isinstance(value, bool):
         return float(value)
@@ -87,7 +91,9 @@ def _label_value(value: object, entry: str, name: str) -> float:
         return float(value)
     if isinstance(value, str) and value.strip() in {"0", "1", "0.0", "1.0"}:
         return float(value.strip())
-    raise UserError(f"label {quoted(name)} of {quoted(entry)} is {quoted(value)}; expected 0, 1 or empty/null")
+    raise UserError(
+        f"label {quoted(name)} of {quoted(entry)} is {quoted(value)}; expected 0, 1 or empty/null"
+    )
 
 
 def _split_value(value: object, entry: str) -> str | None:
@@ -158,11 +164,20 @@ def _table_rows(path: Path, delimiter: str) -> Iterator[tuple[str, str, dict, ob
         for row in reader:
             # DictReader marks a short row with None values and a long one with a None key.
             if None in row or None in row.values():
-                fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, []))
-                raise UserError(f"{path}: line {reader.line_num} has {fields} fields "
-                                f"where the header has {len(columns)}")
+                fields = sum(v is not None for k, v in row.items() if k is not None) + len(
+                    row.get(None, [])
+                )
+                raise UserError(
+                    f"{path}: line {reader.line_num} has {fields} fields "
+                    f"where the header has {len(columns)}"
+                )
             labels = {c: row[c] for c in label_cols}
-            yield row[entry_col], row[sequence_col], labels, row.get(split_col) if split_col else None
+            yield (
+                row[entry_col],
+                row[sequence_col],
+                labels,
+                row.get(split_col) if split_col else None,
+            )
 
 
 def read_dataset(path: str | Path) -> Dataset:

@@ -39,7 +39,8 @@ def normalise_sequence(raw: str, name: str) -> str:
     if bad:
         shown = "".join(sorted(bad))
         raise UserError(
-            f"record {quoted(name)} contains characters that are not amino-acid codes: {quoted(shown)}"
+            f"record {quoted(name)} contains characters that are not amino-acid codes: "
+            f"{quoted(shown)}"
         )
     return sequence
 
@@ -95,7 +96,9 @@ def _parse_fasta(handle: IO[str], label: str) -> Iterator[FastaRecord]:
             raise UserError(f"{label} has a record with an empty header")
         if any(ord(c) < 32 or ord(c) == 127 for c in record_id):
             # A NUL, tab or escape sequence would end up in the output table (and a terminal).
-            raise UserError(f"the identifier {quoted(record_id)} in {label} contains control characters")
+            raise UserError(
+                f"the identifier {quoted(record_id)} in {label} contains control characters"
+            )
         if record_id in seen:
             raise UserError(f"duplicate identifier {quoted(record_id)} in {label}")
         seen.add(record_id)

@@ -132,7 +132,9 @@ def cluster_sequences(
     if missing:
         raise UserError(f"mmseqs easy-cluster left {len(missing)} sequences unclustered")
     cluster_of_rep: dict[int, int] = {}
-    return [cluster_of_rep.setdefault(rep_of[i], len(cluster_of_rep)) for i in range(len(sequences))]
+    return [
+        cluster_of_rep.setdefault(rep_of[i], len(cluster_of_rep)) for i in range(len(sequences))
+    ]
 
 
 def check_fractions(fractions: Sequence[float]) -> None:

@@ -37,7 +37,9 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise UserError(f"fractions must be three numbers like 0.7,0.15,0.15, got {text!r}") from None
+        raise UserError(
+            f"fractions must be three numbers like 0.7,0.15,0.15, got {text!r}"
+        ) from None
     if len(values) != 3:
         raise UserError(f"fractions must be three numbers (train,dev,test), got {text!r}")
     return values  # type: ignore[return-value]
@@ -73,8 +75,10 @@ def split_dataset(
     if out.exists() and out.resolve() == data.resolve():
         raise UserError(f"--out {out} is the input dataset; write the split copy to another file")
     if out.suffix.lower() != data.suffix.lower():
-        raise UserError(f"--out must have the same format as the input ({data.suffix or 'no extension'}), "
-                        f"got {out.name}")
+        raise UserError(
+            f"--out must have the same format as the input ({data.suffix or 'no extension'}), "
+            f"got {out.name}"
+        )
     if out.exists() and not force:
         raise UserError(f"{out} already exists; choose another --out or pass --force")
     if out.is_dir():
@@ -128,4 +132,3 @@ def _table_with_splits(path: Path, splits: list[str], delimiter: str) -> str:
     for row, split in zip(rows, splits, strict=True):
         writer.writerow({**row, split_column: split})
     return buffer.getvalue()
-

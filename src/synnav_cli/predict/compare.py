@@ -45,7 +45,9 @@ def pair_mutants(ids: Iterable[str]) -> tuple[list[tuple[str, str]], list[str]]:
     present = set(ids)
     pairs, orphans = [], []
     for record_id in ids:
-        cuts = [i for i in range(len(record_id)) if record_id.startswith(MUTANT_MARKER, i) and i > 0]
+        cuts = [
+            i for i in range(len(record_id)) if record_id.startswith(MUTANT_MARKER, i) and i > 0
+        ]
         if not cuts:
             continue
         wild = next((record_id[:i] for i in reversed(cuts) if record_id[:i] in present), None)
@@ -56,7 +58,9 @@ def pair_mutants(ids: Iterable[str]) -> tuple[list[tuple[str, str]], list[str]]:
     return pairs, orphans
 
 
-def compare_records(loaded: LoadedModel, records: Iterable[FastaRecord], *, long_policy: str = "truncate") -> list[Comparison]:
+def compare_records(
+    loaded: LoadedModel, records: Iterable[FastaRecord], *, long_policy: str = "truncate"
+) -> list[Comparison]:
     """Score the mutants and their wild types among ``records`` and compare them.
 
     Records that are neither a mutant nor a wild type of one are not scored.
@@ -71,15 +75,28 @@ def compare_records(loaded: LoadedModel, records: Iterable[FastaRecord], *, long
     records = list(records)
     pairs, orphans = pair_mutants(r.id for r in records)
     for orphan in orphans:
-        console.warn(f"{orphan}: no wild-type record {orphan.split(MUTANT_MARKER)[0]!r} in the input; not compared")
+        console.warn(
+            f"{orphan}: no wild-type record {orphan.split(MUTANT_MARKER)[0]!r} in the input; "
+            "not compared"
+        )
     if not pairs:
-        raise UserError("--compare found no mutant/wild-type pairs: name mutants <wild type id>_mut..., "
-                        "e.g. P12345 and P12345_mut_R123W")
+        raise UserError(
+            "--compare found no mutant/wild-type pairs: name mutants <wild type id>_mut..., "
+            "e.g. P12345 and P12345_mut_R123W"
+        )
     needed = {name for pair in pairs for name in pair}
     chosen = [r for r in records if r.id in needed]
-    scored = {p.id: p.probabilities for p in predict_records(
-        loaded.model, loaded.backbone, chosen, loaded.runtime, max_length=loaded.max_length,
-        long_policy=long_policy)}
+    scored = {
+        p.id: p.probabilities
+        for p in predict_records(
+            loaded.model,
+            loaded.backbone,
+            chosen,
+            loaded.runtime,
+            max_length=loaded.max_length,
+            long_policy=long_policy,
+        )
+    }
     names, thresholds = loaded.info.label_names, np.asarray(loaded.thresholds)
     comparisons = []
     for mutant, wild in pairs:
@@ -87,15 +104,22 @@ def compare_records(loaded: LoadedModel, records: Iterable[FastaRecord], *, long
         predicted = [] if m is None else [n for n, on in zip(names, m >= thresholds) if on]
         wild_predicted = [] if w is None else [n for n, on in zip(names, w >= thresholds) if on]
         delta = None if m is None or w is None else m - w
-        comparisons.append(Comparison(
-            mutant, wild, delta, predicted,
-            [n for n in predicted if n not in wild_predicted] if delta is not None else [],
-            [n for n in wild_predicted if n not in predicted] if delta is not None else [],
-        ))
+        comparisons.append(
+            Comparison(
+                mutant,
+                wild,
+                delta,
+                predicted,
+                [n for n in predicted if n not in wild_predicted] if delta is not None else [],
+                [n for n in wild_predicted if n not in predicted] if delta is not None else [],
+            )
+        )
     return comparisons
 
 
-def write_comparisons(comparisons: list[Comparison], handle: IO[str], fmt: str, label_names: list[str]) -> None:
+def write_comparisons(
+    comparisons: list[Comparison], handle: IO[str], fmt: str, label_names: list[str]
+) -> None:
     """``mutant, wild_type, delta <label>..., predicted, gained, lost`` as tsv, csv or jsonl.
 
     Deltas are empty (null in jsonl) when the mutant or its wild type was skipped as too long.
@@ -104,19 +128,49 @@ def write_comparisons(comparisons: list[Comparison], handle: IO[str], fmt: str, 
         raise UserError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
     if fmt == "jsonl":
         for c in comparisons:
-            deltas = None if c.delta is None else {n: round(float(d), 4) for n, d in zip(label_names, c.delta)}
-            handle.write(json.dumps({"mutant": c.mutant, "wild_type": c.wild_type, "delta": deltas,
-                                     "predicted": c.predicted, "gained": c.gained, "lost": c.lost}) + "\n")
+            deltas = (
+                None
+                if c.delta is None
+                else {n: round(float(d), 4) for n, d in zip(label_names, c.delta)}
+            )
+            handle.write(
+                json.dumps(
+                    {
+                        "mutant": c.mutant,
+                        "wild_type": c.wild_type,
+                        "delta": deltas,
+                        "predicted": c.predicted,
+                        "gained": c.gained,
+                        "lost": c.lost,
+                    }
+                )
+                + "\n"
+            )
         return
     writer = csv.writer(handle, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
-    writer.writerow(["mutant", "wild_type", *(f"delta {n}" for n in label_names), "predicted", "gained", "lost"])
+    writer.writerow(
+        ["mutant", "wild_type", *(f"delta {n}" for n in label_names), "predicted", "gained", "lost"]
+    )
     for c in comparisons:
         cells = [""] * len(label_names) if c.delta is None else [f"{d:+.4f}" for d in c.delta]
-        writer.writerow([c.mutant, c.wild_type, *cells, ";".join(c.predicted), ";".join(c.gained), ";".join(c.lost)])
+        writer.writerow(
+            [
+                c.mutant,
+                c.wild_type,
+                *cells,
+                ";".join(c.predicted),
+                ";".join(c.gained),
+                ";".join(c.lost),
+            ]
+        )
 
 
 def run_comparison(
-    loaded: LoadedModel, fasta: str | Path, *, fmt: str = "tsv", out: Path | None = None,
+    loaded: LoadedModel,
+    fasta: str | Path,
+    *,
+    fmt: str = "tsv",
+    out: Path | None = None,
     long_policy: str = "truncate",
 ) -> int:
     """Compare the mutants in ``fasta`` with their wild types; write the table to ``out`` or stdout.

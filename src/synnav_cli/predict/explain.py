@@ -73,8 +73,9 @@ def attribute(
     batch = loaded.backbone.tokenize([sequence]).to(device)
     embedding = loaded.backbone.input_embedding(model.encoder)
     # Only residues move along the path; special tokens keep their embeddings throughout.
-    baseline_ids = torch.where(batch.residue_mask, torch.full_like(batch.input_ids, _baseline_id(loaded)),
-                               batch.input_ids)
+    baseline_ids = torch.where(
+        batch.residue_mask, torch.full_like(batch.input_ids, _baseline_id(loaded)), batch.input_ids
+    )
     with torch.no_grad():
         real = embedding(batch.input_ids).float()
         base = embedding(baseline_ids).float()
@@ -96,13 +97,17 @@ def attribute(
             chunk = alphas[start : start + per_pass]
             interpolated = (base + chunk[:, None, None] * difference).requires_grad_(True)
             replacement["embeddings"] = interpolated
-            repeated = TokenBatch(batch.input_ids.repeat(len(chunk), 1), batch.attention_mask.repeat(len(chunk), 1),
-                                  batch.residue_mask.repeat(len(chunk), 1))
+            repeated = TokenBatch(
+                batch.input_ids.repeat(len(chunk), 1),
+                batch.attention_mask.repeat(len(chunk), 1),
+                batch.residue_mask.repeat(len(chunk), 1),
+            )
             with torch.enable_grad(), hardware.autocast(device, runtime.precision):
                 probabilities = torch.sigmoid(model(repeated).float())
             for k, j in enumerate(label_indices):
-                (grad,) = torch.autograd.grad(probabilities[:, j].sum(), interpolated,
-                                              retain_graph=k + 1 < len(label_indices))
+                (grad,) = torch.autograd.grad(
+                    probabilities[:, j].sum(), interpolated, retain_graph=k + 1 < len(label_indices)
+                )
                 gradients[k] += grad.float().sum(dim=0)
     finally:
         handle.remove()
@@ -129,8 +134,14 @@ def explain_records(
         if not chosen:
             chosen = [int(np.argmax(probs))]
         values = attribute(loaded, sequence, chosen, steps=steps)
-        yield Explanation(record.id, sequence, [names[j] for j in chosen],
-                          [float(probs[j]) for j in chosen], predicted, values)
+        yield Explanation(
+            record.id,
+            sequence,
+            [names[j] for j in chosen],
+            [float(probs[j]) for j in chosen],
+            predicted,
+            values,
+        )
 
 
 def file_stem(record_id: str, taken: set[str]) -> str:
@@ -145,12 +156,15 @@ def file_stem(record_id: str, taken: set[str]) -> str:
 
 def write_tsv(explanation: Explanation, path: Path) -> None:
     """position (1-based), residue, one attribution column per explained label."""
+
     def write(tmp: Path) -> None:
         with tmp.open("w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
             writer.writerow(["position", "residue", *explanation.labels])
             for i, residue in enumerate(explanation.sequence):
-                writer.writerow([i + 1, residue, *(f"{v:.6g}" for v in explanation.attributions[i])])
+                writer.writerow(
+                    [i + 1, residue, *(f"{v:.6g}" for v in explanation.attributions[i])]
+                )
 
     # Replaced, not opened for writing: a link planted at the name is replaced, never followed.
     replace_atomically(path, write)
@@ -160,7 +174,9 @@ def write_track(plt, explanation: Explanation, path: Path) -> None:
     """One panel per label: attribution along the sequence, positive up, negative down."""
     count = len(explanation.labels)
     width = max(6.0, min(18.0, len(explanation.sequence) / 40))
-    figure, panels = plt.subplots(count, 1, figsize=(width, 1.8 * count + 0.6), sharex=True, squeeze=False)
+    figure, panels = plt.subplots(
+        count, 1, figsize=(width, 1.8 * count + 0.6), sharex=True, squeeze=False
+    )
     positions = np.arange(1, len(explanation.sequence) + 1)
     for k, (label, probability) in enumerate(zip(explanation.labels, explanation.probabilities)):
         axes = panels[k][0]

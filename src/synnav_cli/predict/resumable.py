@@ -52,7 +52,7 @@ class ResumableOutput:
 
     @staticmethod
     def lock_path(out: Path) -> Path:
-        """The lock a run holds while it writes ``out`` (see :func:`synnav_cli.files.exclusive_lock`)."""
+        """The lock a run holds while it writes ``out`` (see ``files.exclusive_lock``)."""
         out = Path(out)
         return out.with_name(out.name + ".lock")
 
@@ -71,7 +71,9 @@ class ResumableOutput:
                 f"delete it and {self.state_path.name} to start over"
             )
         if self.partial.stat().st_size < size:
-            console.warn(f"{self.partial} is shorter than its progress record; starting from scratch")
+            console.warn(
+                f"{self.partial} is shorter than its progress record; starting from scratch"
+            )
             return None
         return {"rows": rows, "bytes": size, "input_sha256": sha}
 
@@ -90,12 +92,16 @@ class ResumableOutput:
         for number in range(done):
             record = next(iterator, None)
             if record is None:
-                raise UserError(f"{self.partial} holds {done} records but the input has only {number}; "
-                                f"delete it to start over")
+                raise UserError(
+                    f"{self.partial} holds {done} records but the input has only {number}; "
+                    f"delete it to start over"
+                )
             _digest_record(self.digest, record)
         if done and self.digest.hexdigest() != self._state["input_sha256"]:
-            raise UserError(f"{self.partial} was made from another input (its first {done} records "
-                            f"differ); delete it and {self.state_path.name} to start over")
+            raise UserError(
+                f"{self.partial} was made from another input (its first {done} records "
+                f"differ); delete it and {self.state_path.name} to start over"
+            )
         self.rows = done
         if done:
             console.info(f"Resuming {self.out}: {done} records already done.")
@@ -125,10 +131,15 @@ class ResumableOutput:
         self.rows += rows
         self.handle.flush()
         os.fsync(self.handle.fileno())
-        write_json_atomic(self.state_path, {
-            "rows": self.rows, "bytes": self.handle.tell(), "input_sha256": self.digest.copy().hexdigest(),
-            "fingerprint": self.fingerprint,
-        })
+        write_json_atomic(
+            self.state_path,
+            {
+                "rows": self.rows,
+                "bytes": self.handle.tell(),
+                "input_sha256": self.digest.copy().hexdigest(),
+                "fingerprint": self.fingerprint,
+            },
+        )
 
     def finish(self) -> None:
         assert self.handle is not None
@@ -147,11 +158,15 @@ class ResumableOutput:
         except OSError:
             pass  # the disk that failed the write may fail the flush too; the checkpoint stands
         if self.rows:
-            console.info(f"{self.rows} finished records are kept in {self.partial}; "
-                         f"run the same command again to continue.")
+            console.info(
+                f"{self.rows} finished records are kept in {self.partial}; "
+                f"run the same command again to continue."
+            )
 
 
-def merge_parts(parts: Sequence[Path], handle: IO[str], expected_ids: Iterable[str] | None = None) -> int:
+def merge_parts(
+    parts: Sequence[Path], handle: IO[str], expected_ids: Iterable[str] | None = None
+) -> int:
     """Interleave ``--shard 1/N`` ... ``N/N`` outputs (given in that order) into input order.
 
     Parts are tsv or csv (one header, identical in every part) or jsonl. Rows are copied byte
@@ -185,8 +200,9 @@ def _row_id(line: str, delimiter: str | None) -> str | None:
         return None
 
 
-def _interleave(parts: Sequence[Path], files: list[IO[str]], handle: IO[str],
-                expected_ids: Iterable[str] | None) -> int:
+def _interleave(
+    parts: Sequence[Path], files: list[IO[str]], handle: IO[str], expected_ids: Iterable[str] | None
+) -> int:
     firsts = [f.readline() for f in files]
     tabular = [bool(line) and not line.startswith("{") for line in firsts]
     delimiter = None
@@ -195,7 +211,9 @@ def _interleave(parts: Sequence[Path], files: list[IO[str]], handle: IO[str],
             raise UserError("the parts' header lines differ: they are not parts of one run")
         delimiter = "\t" if "\t" in firsts[0] else ","
     # Rows per part, counted first so that nothing is written when the parts do not fit.
-    counts = [sum(1 for _ in f) + (0 if tabular[r] or not firsts[r] else 1) for r, f in enumerate(files)]
+    counts = [
+        sum(1 for _ in f) + (0 if tabular[r] or not firsts[r] else 1) for r, f in enumerate(files)
+    ]
     # Round-robin parts of one input differ by at most one row, the earlier parts holding more.
     if any(a < b for a, b in zip(counts, counts[1:])) or counts[0] - counts[-1] > 1:
         shown = ", ".join(f"{p}: {c}" for p, c in zip(parts, counts))
@@ -215,9 +233,13 @@ def _interleave(parts: Sequence[Path], files: list[IO[str]], handle: IO[str],
             if expected is not None:
                 want, got = next(expected, None), _row_id(line, delimiter)
                 if want != got:
-                    raise UserError(f"{parts[r]} has {got!r} where the input has {want!r}: "
-                                    f"a part is missing, out of order or from another input")
+                    raise UserError(
+                        f"{parts[r]} has {got!r} where the input has {want!r}: "
+                        f"a part is missing, out of order or from another input"
+                    )
             handle.write(line if line.endswith("\n") else line + "\n")
     if expected is not None and (extra := next(expected, None)) is not None:
-        raise UserError(f"the input goes on ({extra!r}) past the parts' last row: a part is missing")
+        raise UserError(
+            f"the input goes on ({extra!r}) past the parts' last row: a part is missing"
+        )
     return sum(counts)

@@ -77,7 +77,9 @@ def predict_chunks(
     only when the caller asks for it.
     """
     if long_policy not in LONG_POLICIES:
-        raise UserError(f"unknown long-protein policy {long_policy!r}; choose {', '.join(LONG_POLICIES)}")
+        raise UserError(
+            f"unknown long-protein policy {long_policy!r}; choose {', '.join(LONG_POLICIES)}"
+        )
 
     def score(sequences: list[str]) -> np.ndarray:
         return score_sequences(model, backbone, sequences, runtime)
@@ -98,8 +100,13 @@ def predict_chunks(
         yield predictions
 
 
-def predict_records(model: LocalizationModel, backbone: Backbone, records: Iterable[FastaRecord],
-                    runtime: Runtime, **options) -> Iterator[Prediction]:
+def predict_records(
+    model: LocalizationModel,
+    backbone: Backbone,
+    records: Iterable[FastaRecord],
+    runtime: Runtime,
+    **options,
+) -> Iterator[Prediction]:
     """One prediction per record, in input order; options as for :func:`predict_chunks`."""
     for chunk in predict_chunks(model, backbone, records, runtime, **options):
         yield from chunk
@@ -142,9 +149,16 @@ def run_prediction(
     if out is not None:
         check_output_file(out, inputs=[fasta])
     if long_policy not in LONG_POLICIES:
-        raise UserError(f"unknown long-protein policy {long_policy!r}; choose {', '.join(LONG_POLICIES)}")
-    loaded = load_for_scoring(model_name, threshold_values=threshold_values, device=device,
-                              max_tokens=max_tokens, offline=offline)
+        raise UserError(
+            f"unknown long-protein policy {long_policy!r}; choose {', '.join(LONG_POLICIES)}"
+        )
+    loaded = load_for_scoring(
+        model_name,
+        threshold_values=threshold_values,
+        device=device,
+        max_tokens=max_tokens,
+        offline=offline,
+    )
     info, backbone, model, runtime = loaded.info, loaded.backbone, loaded.model, loaded.runtime
     thresholds, limit = loaded.thresholds, loaded.max_length
 
@@ -159,26 +173,48 @@ def run_prediction(
             if out is not None:
                 # One writer per output: a second run on the same --out is refused, not interleaved.
                 stack.enter_context(exclusive_lock(ResumableOutput.lock_path(out), str(out)))
-                fingerprint = _fingerprint(info, fmt, thresholds, long_policy, limit, (shard_index, shard_count))
+                fingerprint = _fingerprint(
+                    info, fmt, thresholds, long_policy, limit, (shard_index, shard_count)
+                )
                 resumable = ResumableOutput(out, fingerprint)
                 records = resumable.skip_done(records)
-        chunks = predict_chunks(model, backbone, records, runtime, max_length=limit, long_policy=long_policy,
-                                chunk_records=CHUNK_RECORDS, progress=console.Progress(0, "predict"))
+        chunks = predict_chunks(
+            model,
+            backbone,
+            records,
+            runtime,
+            max_length=limit,
+            long_policy=long_policy,
+            chunk_records=CHUNK_RECORDS,
+            progress=console.Progress(0, "predict"),
+        )
         # Read the first chunk before writing anything, so that an empty or non-FASTA input fails
         # with nothing on stdout. Later records are validated as they stream by.
         first = next(chunks, None)
         if not writes:  # the other ranks score; rank 0 writes and reports
             return sum(len(chunk) for chunk in itertools.chain([first or []], chunks))
-        if first is None and not (shard_count > 1 or (resumable is not None and resumable.resuming)):
+        if first is None and not (
+            shard_count > 1 or (resumable is not None and resumable.resuming)
+        ):
             raise UserError("no records to predict")
         if first is None and shard_count > 1:
             console.warn(f"shard {shard_index + 1}/{shard_count} holds no records")
-        return _write_predictions(itertools.chain([first] if first else [], chunks), resumable,
-                                  fmt, info.label_names, thresholds)
+        return _write_predictions(
+            itertools.chain([first] if first else [], chunks),
+            resumable,
+            fmt,
+            info.label_names,
+            thresholds,
+        )
 
 
-def _write_predictions(chunks: Iterable[list[Prediction]], resumable: ResumableOutput | None, fmt: str,
-                       label_names: list[str], thresholds: list[float]) -> int:
+def _write_predictions(
+    chunks: Iterable[list[Prediction]],
+    resumable: ResumableOutput | None,
+    fmt: str,
+    label_names: list[str],
+    thresholds: list[float],
+) -> int:
     count = 0
     if resumable is None:
         writer = PredictionWriter(sys.stdout, fmt, label_names, thresholds)
@@ -209,14 +245,26 @@ def _write_predictions(chunks: Iterable[list[Prediction]], resumable: ResumableO
     return count
 
 
-def _fingerprint(info: ModelInfo, fmt: str, thresholds: list[float], long_policy: str, limit: int,
-                 shard: tuple[int, int]) -> dict:
+def _fingerprint(
+    info: ModelInfo,
+    fmt: str,
+    thresholds: list[float],
+    long_policy: str,
+    limit: int,
+    shard: tuple[int, int],
+) -> dict:
     """What must match for an interrupted ``--out`` file to be continued rather than redone."""
     weights = info.path / WEIGHTS_FILE
     return {
         "model": str(info.path.resolve()),
-        "model_metadata_sha256": hashlib.sha256((info.path / METADATA_FILE).read_bytes()).hexdigest(),
+        "model_metadata_sha256": hashlib.sha256(
+            (info.path / METADATA_FILE).read_bytes()
+        ).hexdigest(),
         "weights_bytes": weights.stat().st_size if weights.exists() else None,
-        "format": fmt, "thresholds": [round(t, 6) for t in thresholds], "labels": info.label_names,
-        "long_policy": long_policy, "max_length": limit, "shard": list(shard),
+        "format": fmt,
+        "thresholds": [round(t, 6) for t in thresholds],
+        "labels": info.label_names,
+        "long_policy": long_policy,
+        "max_length": limit,
+        "shard": list(shard),
     }

@@ -1,4 +1,7 @@
-"""Prediction rows as TSV, CSV or JSON lines: ``id, length, <one probability per label>, predicted, status``."""
+"""Prediction rows as TSV, CSV or JSON lines.
+
+Columns: ``id, length, <one probability per label>, predicted, status``.
+"""
 
 from __future__ import annotations
 
@@ -50,12 +53,22 @@ class PredictionWriter:
             predicted: list[str] = []
         else:
             probs = [round(float(p), 4) for p in prediction.probabilities]
-            predicted = [n for n, p, t in zip(self.label_names, prediction.probabilities, self.thresholds) if p >= t]
+            predicted = [
+                n
+                for n, p, t in zip(self.label_names, prediction.probabilities, self.thresholds)
+                if p >= t
+            ]
         if self._csv is not None:
             cells = ["" if p is None else f"{p:.4f}" for p in probs]
-            self._csv.writerow([prediction.id, prediction.length, *cells, ";".join(predicted), prediction.status])
+            self._csv.writerow(
+                [prediction.id, prediction.length, *cells, ";".join(predicted), prediction.status]
+            )
         else:
-            row = {"id": prediction.id, "length": prediction.length,
-                   "probabilities": dict(zip(self.label_names, probs)),
-                   "predicted": predicted, "status": prediction.status}
+            row = {
+                "id": prediction.id,
+                "length": prediction.length,
+                "probabilities": dict(zip(self.label_names, probs)),
+                "predicted": predicted,
+                "status": prediction.status,
+            }
             self.handle.write(json.dumps(row) + "\n")

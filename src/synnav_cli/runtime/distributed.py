@@ -89,7 +89,7 @@ def barrier() -> None:
 
 
 def pick_device(requested_device: str) -> torch.device:
-    """Each rank gets its own GPU (``cuda:LOCAL_RANK``); otherwise as :func:`hardware.pick_device`."""
+    """Each rank gets its own GPU (``cuda:LOCAL_RANK``); otherwise ``hardware.pick_device``."""
     if active() and torch.cuda.is_available() and requested_device in ("auto", "cuda"):
         return torch.device("cuda", local_rank())
     return hardware.pick_device(requested_device)

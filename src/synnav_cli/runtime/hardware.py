@@ -151,7 +151,12 @@ class MemoryModel:
         return self.layers * saved + working
 
     def token_budget(
-        self, free_bytes: int, *, training: bool, frozen: bool, precision: str,
+        self,
+        free_bytes: int,
+        *,
+        training: bool,
+        frozen: bool,
+        precision: str,
         checkpointing: bool = False,
     ) -> int:
         """Tokens one batch may hold in ``free_bytes`` of accelerator memory (0: not even one)."""
@@ -174,8 +179,12 @@ def memory_model(backbone: Backbone, encoder: nn.Module | None = None) -> Memory
     if encoder is not None:
         params = sum(p.numel() for p in encoder.parameters())
     else:
-        params = shape.layers * (4 * shape.width**2 + shape.ffn_matrices * shape.width * shape.ffn_hidden)
-    return MemoryModel(params=params, layers=shape.layers, width=shape.width, ffn_hidden=shape.ffn_hidden)
+        params = shape.layers * (
+            4 * shape.width**2 + shape.ffn_matrices * shape.width * shape.ffn_hidden
+        )
+    return MemoryModel(
+        params=params, layers=shape.layers, width=shape.width, ffn_hidden=shape.ffn_hidden
+    )
 
 
 @dataclass(frozen=True)
@@ -224,11 +233,18 @@ def plan_budget(
         free_bytes, _total = torch.cuda.mem_get_info(device)
 
     def fits(recompute: bool) -> int:
-        return model.token_budget(free_bytes, training=training, frozen=False, precision=precision,
-                                  checkpointing=recompute)
+        return model.token_budget(
+            free_bytes,
+            training=training,
+            frozen=False,
+            precision=precision,
+            checkpointing=recompute,
+        )
 
     def per_token(recompute: bool) -> str:
-        size = model.bytes_per_token(training=training, frozen=False, precision=precision, checkpointing=recompute)
+        size = model.bytes_per_token(
+            training=training, frozen=False, precision=precision, checkpointing=recompute
+        )
         return f"{size / 1024:.0f} KiB a token"
 
     how = f"memory model: {free_bytes / 2**30:.1f} GiB free, "
@@ -236,14 +252,18 @@ def plan_budget(
         return Budget(max(min(fits(False), MAX_PREDICT_TOKENS), min_tokens), how + per_token(False))
     if checkpointing:
         tokens = min(fits(True), MAX_TRAIN_TOKENS)
-        return Budget(max(tokens, min_tokens), how + per_token(True) + ", gradient checkpointing", 0)
+        return Budget(
+            max(tokens, min_tokens), how + per_token(True) + ", gradient checkpointing", 0
+        )
     plain = min(fits(False), MAX_TRAIN_TOKENS)
     stretched = min(fits(True), MAX_TRAIN_TOKENS)
     if checkpointing is False or stretched <= plain:
         return Budget(max(plain, min_tokens), how + per_token(False))
-    return Budget(max(stretched, min_tokens),
-                  how + f"{per_token(False)}; gradient checkpointing for batches over {plain} tokens",
-                  plain)
+    return Budget(
+        max(stretched, min_tokens),
+        how + f"{per_token(False)}; gradient checkpointing for batches over {plain} tokens",
+        plain,
+    )
 
 
 def report_budget(what: str, budget: Budget, max_batch_size: int | None = None) -> None:

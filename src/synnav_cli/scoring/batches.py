@@ -20,7 +20,9 @@ def padded_cost(lengths: Sequence[int]) -> int:
     return len(lengths) * max(lengths, default=0)
 
 
-def _greedy(order: Sequence[int], lengths: Sequence[int], max_tokens: int, max_batch_size: int | None) -> list[list[int]]:
+def _greedy(
+    order: Sequence[int], lengths: Sequence[int], max_tokens: int, max_batch_size: int | None
+) -> list[list[int]]:
     batches: list[list[int]] = []
     current: list[int] = []
     longest = 0

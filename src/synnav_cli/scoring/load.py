@@ -1,4 +1,4 @@
-"""The one load path: model name or directory -> backbone -> weights on a device -> a budgeted scorer.
+"""The one load path: model name or directory -> backbone -> weights on a device -> scorer.
 
 ``synnav predict`` (with ``--compare`` and ``--explain``), ``synnav evaluate`` and the
 benchmarks all load a model here, so the backbone is looked up once, the batch budget comes from
@@ -48,8 +48,13 @@ def load_for_scoring(
         )
     elif how == "latest":
         console.info(f"Using the newest trained model {info.path}.")
-    return open_model(info, threshold_values=threshold_values, device=device, max_tokens=max_tokens,
-                      offline=offline)
+    return open_model(
+        info,
+        threshold_values=threshold_values,
+        device=device,
+        max_tokens=max_tokens,
+        offline=offline,
+    )
 
 
 def open_model(
@@ -73,18 +78,30 @@ def open_model(
     thresholds = parse_thresholds(threshold_values, info.label_names, info.thresholds)
     torch_device = distributed.pick_device(device)
     precision = hardware.resolve_precision(torch_device, "auto")
-    limit = min(int(info.meta.get("config", {}).get("max_length", backbone.max_length)), backbone.max_length)
-    budget = hardware.plan_budget(torch_device, hardware.memory_model(backbone), training=False,
-                                  precision=precision, min_tokens=backbone.tokens(limit), requested=max_tokens)
+    limit = min(
+        int(info.meta.get("config", {}).get("max_length", backbone.max_length)), backbone.max_length
+    )
+    budget = hardware.plan_budget(
+        torch_device,
+        hardware.memory_model(backbone),
+        training=False,
+        precision=precision,
+        min_tokens=backbone.tokens(limit),
+        requested=max_tokens,
+    )
     if max_tokens is None:
         hardware.report_budget("Scoring", budget)
     runtime = Runtime(torch_device, precision, budget.max_tokens)
-    console.detail(f"device {torch_device}, precision {precision}, {runtime.max_tokens} tokens a batch")
+    console.detail(
+        f"device {torch_device}, precision {precision}, {runtime.max_tokens} tokens a batch"
+    )
     model = load_model(info, backbone, torch_device, offline=offline)
     return LoadedModel(info, backbone, model, runtime, limit, thresholds)
 
 
-def parse_thresholds(values: Iterable[str], label_names: list[str], defaults: list[float]) -> list[float]:
+def parse_thresholds(
+    values: Iterable[str], label_names: list[str], defaults: list[float]
+) -> list[float]:
     """``0.4`` sets every label; ``ER=0.3`` sets one. Later values win."""
     thresholds = list(defaults)
     lowered = {name.lower(): j for j, name in enumerate(label_names)}
@@ -100,6 +117,8 @@ def parse_thresholds(values: Iterable[str], label_names: list[str], defaults: li
             thresholds = [threshold] * len(label_names)
             continue
         if name.lower() not in lowered:
-            raise UserError(f"--threshold {value!r}: unknown label; labels: {', '.join(label_names)}")
+            raise UserError(
+                f"--threshold {value!r}: unknown label; labels: {', '.join(label_names)}"
+            )
         thresholds[lowered[name.lower()]] = threshold
     return thresholds

@@ -68,14 +68,18 @@ def run_batches(
     """
 
     def plan(index: list[int]) -> list[list[int]]:
-        parts = batching.inference_batches([lengths[i] for i in index], runtime.max_tokens,
-                                           runtime.max_batch_size)
+        parts = batching.inference_batches(
+            [lengths[i] for i in index], runtime.max_tokens, runtime.max_batch_size
+        )
         return [[index[j] for j in part] for part in parts]
 
     pending = deque(plan(list(range(len(lengths)))))
     while pending:
         index = pending.popleft()
-        if len(index) > 1 and batching.padded_cost([lengths[i] for i in index]) > runtime.max_tokens:
+        if (
+            len(index) > 1
+            and batching.padded_cost([lengths[i] for i in index]) > runtime.max_tokens
+        ):
             pending.extendleft(reversed(plan(index)))  # planned before the budget shrank
             continue
         try:

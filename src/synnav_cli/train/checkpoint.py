@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +79,7 @@ def _sha256(path: Path) -> str:
 
 
 def save(directory: Path, state: dict) -> None:
-    """Write ``state`` (nested dicts, lists, tuples, numbers, strings and tensors) to ``directory``."""
+    """Write ``state`` (nested dicts, lists, tuples, numbers, strings, tensors) to ``directory``."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, tensors)
     staged = directory / f"{TENSORS_PREFIX}new{TENSORS_SUFFIX}"
@@ -85,7 +87,9 @@ def save(directory: Path, state: dict) -> None:
     digest = _sha256(staged)
     name = f"{TENSORS_PREFIX}{digest[:16]}{TENSORS_SUFFIX}"
     staged.replace(directory / name)
-    write_json_atomic(directory / STATE_FILE, {"tensors": name, "tensors_sha256": digest, "state": skeleton})
+    write_json_atomic(
+        directory / STATE_FILE, {"tensors": name, "tensors_sha256": digest, "state": skeleton}
+    )
     for old in directory.glob(f"{TENSORS_PREFIX}*{TENSORS_SUFFIX}"):
         if old.name != name:
             old.unlink(missing_ok=True)
@@ -97,7 +101,13 @@ def rng_state() -> dict:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": [kind, torch.from_numpy(key.astype(np.int64)), int(position), int(has_gauss), float(gauss)],
+        "numpy": [
+            kind,
+            torch.from_numpy(key.astype(np.int64)),
+            int(position),
+            int(has_gauss),
+            float(gauss),
+        ],
     }
 
 
@@ -119,7 +129,9 @@ def load_weights(model: torch.nn.Module, path: Path, workspace: Path) -> None:
     try:
         model.load_state_dict(load_file(str(path)))
     except Exception as error:  # noqa: BLE001 - safetensors and torch raise several types
-        raise UserError(f"{path} is damaged ({type(error).__name__}); delete {workspace} to start over") from None
+        raise UserError(
+            f"{path} is damaged ({type(error).__name__}); delete {workspace} to start over"
+        ) from None
 
 
 def exists(directory: Path) -> bool:
@@ -131,24 +143,58 @@ def load(directory: Path) -> dict:
     state_path = directory / STATE_FILE
     try:
         record = json.loads(state_path.read_text(encoding="utf-8"))
-        expected, name, skeleton = str(record["tensors_sha256"]), str(record["tensors"]), record["state"]
+        expected, name, skeleton = (
+            str(record["tensors_sha256"]),
+            str(record["tensors"]),
+            record["state"],
+        )
         # The name is read from the file: only a plain name of the expected shape is used.
-        if Path(name).name != name or not (name.startswith(TENSORS_PREFIX) and name.endswith(TENSORS_SUFFIX)):
+        if Path(name).name != name or not (
+            name.startswith(TENSORS_PREFIX) and name.endswith(TENSORS_SUFFIX)
+        ):
             raise ValueError("unexpected tensor file name")
         tensors_path = directory / name
     except FileNotFoundError:
         raise UserError(f"no checkpoint in {directory}") from None
     except (ValueError, KeyError, TypeError, RecursionError) as error:
-        raise UserError(f"{state_path} is damaged ({type(error).__name__}); delete {directory} "
-                        "to start over") from None
+        raise UserError(
+            f"{state_path} is damaged ({type(error).__name__}); delete {directory} to start over"
+        ) from None
     if not tensors_path.is_file() or _sha256(tensors_path) != expected:
-        raise UserError(f"{tensors_path} is damaged (missing, truncated or not the one {STATE_FILE} "
-                        f"was saved with); delete {directory} to start over")
+        raise UserError(
+            f"{tensors_path} is damaged (missing, truncated or not the one {STATE_FILE} "
+            f"was saved with); delete {directory} to start over"
+        )
     try:
         tensors = load_file(str(tensors_path))
         state = _restore(skeleton, tensors)
     except (SafetensorError, KeyError, TypeError, ValueError) as error:
-        raise UserError(f"the checkpoint in {directory} is damaged ({error}); delete it to start over") from None
+        raise UserError(
+            f"the checkpoint in {directory} is damaged ({error}); delete it to start over"
+        ) from None
     if not isinstance(state, dict):
-        raise UserError(f"{state_path} is damaged (expected an object); delete {directory} to start over")
+        raise UserError(
+            f"{state_path} is damaged (expected an object); delete {directory} to start over"
+        )
     return state
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what a checkpoint records besides the tensors."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps taken in the epoch under way (0 at an epoch's end)
+    epoch_loss: float = 0.0  # summed loss of those steps
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def saved_int(saved: dict, key: str, workspace: Path) -> int:
+    value = saved.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(
+            f"the checkpoint in {workspace} is damaged ({key}); delete the directory to start over"
+        )
+    return value

@@ -60,8 +60,10 @@ class TrainConfig:
         for spec in fields(self):
             value = getattr(self, spec.name)
             if not _has_type(value, str(spec.type)):
-                raise UserError(f"{spec.name.replace('_', ' ')} must be {_TYPE_WORDS[str(spec.type)]}, "
-                                f"not {quoted(value)}")
+                raise UserError(
+                    f"{spec.name.replace('_', ' ')} must be {_TYPE_WORDS[str(spec.type)]}, "
+                    f"not {quoted(value)}"
+                )
         if self.epochs < 1:
             raise UserError("epochs must be at least 1")
         if not self.learning_rate > 0:
@@ -79,8 +81,14 @@ class TrainConfig:
             raise UserError("threshold metric must be f1 or mcc")
 
 
-_TYPE_WORDS = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false",
-               "int | None": "a whole number or null", "bool | None": "true, false or null"}
+_TYPE_WORDS = {
+    "str": "text",
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "int | None": "a whole number or null",
+    "bool | None": "true, false or null",
+}
 
 
 def _has_type(value: object, annotation: str) -> bool:

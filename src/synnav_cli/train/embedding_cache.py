@@ -79,7 +79,9 @@ class EmbeddingCache:
                 # nothing that cannot be recomputed; set it aside rather than fail every run.
                 aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
                 os.replace(self.path, aside)
-                console.warn(f"embedding cache {self.path} was unreadable ({error}); moved to {aside.name}")
+                console.warn(
+                    f"embedding cache {self.path} was unreadable ({error}); moved to {aside.name}"
+                )
                 self._conn = self._open()
         return self._conn
 
@@ -112,7 +114,7 @@ class EmbeddingCache:
     def get_many(
         self, key: str, sequences: Sequence[str]
     ) -> tuple[dict[int, np.ndarray], list[int]]:
-        """``(found, missing)``: vectors by position in ``sequences``, and the positions not cached."""
+        """``(found, missing)``: vectors by position in ``sequences``, and positions not cached."""
         digests = [sequence_digest(s) for s in sequences]
         unique = list(dict.fromkeys(digests))
         stored: dict[bytes, np.ndarray] = {}
@@ -146,7 +148,9 @@ class EmbeddingCache:
             )
         vectors = np.ascontiguousarray(embeddings, dtype="<f4")
         dim = vectors.shape[1]
-        rows = ((key, sequence_digest(s), dim, vectors[i].tobytes()) for i, s in enumerate(sequences))
+        rows = (
+            (key, sequence_digest(s), dim, vectors[i].tobytes()) for i, s in enumerate(sequences)
+        )
         conn = self._connect()
         conn.execute("BEGIN IMMEDIATE")
         try:

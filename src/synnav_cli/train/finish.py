@@ -19,8 +19,13 @@ from synnav_cli.runtime import distributed
 from synnav_cli.train.setup import RunSetup, TrainResult
 
 
-def finish(setup: RunSetup, model: LocalizationModel, probabilities: dict[str, np.ndarray], best_epoch: int,
-           history: list[dict]) -> TrainResult:
+def finish(
+    setup: RunSetup,
+    model: LocalizationModel,
+    probabilities: dict[str, np.ndarray],
+    best_epoch: int,
+    history: list[dict],
+) -> TrainResult:
     """Tune thresholds on dev, score every split, write the model directory, drop the workspace.
 
     ``probabilities`` holds the best epoch's scores of each non-empty split.
@@ -29,22 +34,33 @@ def finish(setup: RunSetup, model: LocalizationModel, probabilities: dict[str, n
     unseen = unlearned_labels(setup.parts["train"].labels)
     if unseen:
         names = ", ".join(label_names[j] for j in unseen)
-        console.warn(f"no known value of {names} in the training split: the model cannot learn it; "
-                     "it will give every protein 0.5 and never predict it")
+        console.warn(
+            f"no known value of {names} in the training split: the model cannot learn it; "
+            "it will give every protein 0.5 and never predict it"
+        )
         blank_labels(model, unseen)
         probabilities = {name: p.copy() for name, p in probabilities.items()}
         for p in probabilities.values():
             p[:, unseen] = 0.5
     thresholds = [
-        NEVER if j in unseen else
-        tune_threshold(setup.parts["dev"].labels[:, j], probabilities["dev"][:, j], setup.config.threshold_metric)
+        NEVER
+        if j in unseen
+        else tune_threshold(
+            setup.parts["dev"].labels[:, j],
+            probabilities["dev"][:, j],
+            setup.config.threshold_metric,
+        )
         for j in range(len(label_names))
     ]
-    metrics = {name: evaluate_predictions(setup.parts[name].labels, p, label_names, thresholds)
-               for name, p in probabilities.items()}
+    metrics = {
+        name: evaluate_predictions(setup.parts[name].labels, p, label_names, thresholds)
+        for name, p in probabilities.items()
+    }
     meta = _metadata(setup, thresholds, metrics, best_epoch, history)
     if distributed.is_main():
-        save_model_dir(setup.out, model, meta, encoder_frozen=setup.config.freeze, force=setup.record["force"])
+        save_model_dir(
+            setup.out, model, meta, encoder_frozen=setup.config.freeze, force=setup.record["force"]
+        )
         shutil.rmtree(setup.workspace, ignore_errors=True)
     distributed.barrier()
     console.info(f"Saved model to {setup.out} (best epoch {best_epoch}).")
@@ -71,8 +87,9 @@ def blank_labels(model: LocalizationModel, columns: list[int]) -> None:
         model.head.linear.bias[columns] = 0.0
 
 
-def _metadata(setup: RunSetup, thresholds: list[float], metrics: dict, best_epoch: int,
-              history: list[dict]) -> dict:
+def _metadata(
+    setup: RunSetup, thresholds: list[float], metrics: dict, best_epoch: int, history: list[dict]
+) -> dict:
     config, backbone, dataset = setup.config, setup.backbone, setup.dataset
     return {
         "backbone": backbone.id,
@@ -84,7 +101,9 @@ def _metadata(setup: RunSetup, thresholds: list[float], metrics: dict, best_epoc
         "best_epoch": best_epoch,
         "history": history,
         "config": asdict(config),
-        "pos_weight": dict(zip(dataset.label_names, [round(float(w), 4) for w in setup.pos_weight])),
+        "pos_weight": dict(
+            zip(dataset.label_names, [round(float(w), 4) for w in setup.pos_weight])
+        ),
         "data": {
             "path": str(setup.record["data"]),
             "sha256": dataset.content_hash(),
@@ -93,8 +112,12 @@ def _metadata(setup: RunSetup, thresholds: list[float], metrics: dict, best_epoc
             "label_counts": dataset.label_counts(),
         },
         "trained_on": {"device": str(setup.device), "precision": setup.precision},
-        "versions": {"synnav": __version__, "torch": torch.__version__,
-                     "python": platform.python_version(), "numpy": np.__version__},
+        "versions": {
+            "synnav": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
     }

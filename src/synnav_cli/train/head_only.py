@@ -3,7 +3,8 @@
 With the encoder frozen, a protein's pooled embedding is a constant, so the backbone runs once
 per protein and never again: every epoch, and every later run with another head, loss, learning
 rate or seed on the same proteins, reads the embeddings back from the
-:class:`~synnav_cli.train.embedding_cache.EmbeddingCache` (keyed by backbone fingerprint, precision and
+:class:`~synnav_cli.train.embedding_cache.EmbeddingCache` (keyed by backbone fingerprint,
+precision and
 sequence). A fully cached run never builds the encoder, let alone loads its weights.
 
 Training the head on ``[proteins, width]`` vectors takes seconds, so there is no per-epoch
@@ -27,9 +28,12 @@ from synnav_cli import console
 from synnav_cli.backbones.base import Backbone
 from synnav_cli.metrics import evaluate_predictions, selection_score
 from synnav_cli.model import LocalizationModel, masked_bce
-from synnav_cli.runtime import distributed
+from synnav_cli.runtime import distributed, hardware
 from synnav_cli.scoring.score import Runtime
 from synnav_cli.train.embedding_cache import EmbeddingCache, pooled_embeddings
+from synnav_cli.train.finish import finish
+from synnav_cli.train.setup import RunSetup, TrainResult
+from synnav_cli.train.steps import lr_factor
 
 
 @dataclass
@@ -63,7 +67,9 @@ def cached_features(
     def build() -> LocalizationModel:
         if not built:
             encoder = backbone.build_encoder(pretrained=True, offline=offline)
-            built.append(LocalizationModel(encoder, backbone.embedding_dim, num_labels).to(runtime.device))
+            built.append(
+                LocalizationModel(encoder, backbone.embedding_dim, num_labels).to(runtime.device)
+            )
         return built[0]
 
     everything = [s for sequences in splits.values() for s in sequences]
@@ -72,11 +78,15 @@ def cached_features(
         pooled_embeddings(build, backbone, everything, runtime, cache, progress)
         progress.close()
     distributed.barrier()  # the cache is complete before any rank reads it
-    features = {name: pooled_embeddings(build, backbone, seqs, runtime, cache)
-                for name, seqs in splits.items() if seqs}
+    features = {
+        name: pooled_embeddings(build, backbone, seqs, runtime, cache)
+        for name, seqs in splits.items()
+        if seqs
+    }
     console.info(
         f"Frozen {backbone.id}: {len(everything)} pooled embeddings from {cache.path}"
-        + ("" if built else " (all cached; the backbone was not run)") + "."
+        + ("" if built else " (all cached; the backbone was not run)")
+        + "."
     )
     return features
 
@@ -96,7 +106,7 @@ def fit_head(
     schedule,
     device: torch.device,
 ) -> FrozenResult:
-    """Train a :class:`~synnav_cli.model.LocalizationHead` on fixed features; keep the best dev epoch.
+    """Train a ``LocalizationHead`` on fixed features; keep the best dev epoch.
 
     ``schedule(step, total_steps)`` is the learning-rate factor, as in full fine-tuning.
     """
@@ -132,16 +142,53 @@ def fit_head(
             optimizer.step()
             scheduler.step()
             total_loss += loss.item() * len(index)
-        dev = evaluate_predictions(labels["dev"], predict("dev"), label_names, [0.5] * len(label_names))
+        dev = evaluate_predictions(
+            labels["dev"], predict("dev"), label_names, [0.5] * len(label_names)
+        )
         score = selection_score(dev)
-        record = {"epoch": epoch + 1, "train_loss": round(total_loss / len(y), 6),
-                  "dev_mean_roc_auc": dev["mean"]["roc_auc"], "dev_mean_pr_auc": dev["mean"]["pr_auc"],
-                  "seconds": round(time.monotonic() - started, 2)}
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": round(total_loss / len(y), 6),
+            "dev_mean_roc_auc": dev["mean"]["roc_auc"],
+            "dev_mean_pr_auc": dev["mean"]["pr_auc"],
+            "seconds": round(time.monotonic() - started, 2),
+        }
         history.append(record)
         if score > best_score or best_epoch == 0:
             best_score, best_epoch, best_state = score, epoch + 1, copy.deepcopy(head.state_dict())
         console.detail(f"epoch {epoch + 1}/{epochs}: train loss {record['train_loss']:.4f}")
     head.load_state_dict(best_state)
     probabilities = {name: predict(name) for name in x}
-    console.info(f"Trained the head for {epochs} epochs on cached embeddings (best epoch {best_epoch}).")
+    console.info(
+        f"Trained the head for {epochs} epochs on cached embeddings (best epoch {best_epoch})."
+    )
     return FrozenResult(model, best_epoch, history, probabilities)
+
+
+def train_head(setup: RunSetup, *, offline: bool) -> TrainResult:
+    """Pooled embeddings computed once and cached; the head trained on them (see ``head_only``)."""
+    config, parts = setup.config, setup.parts
+    hardware.report_budget("Embedding", setup.budget)
+    runtime = Runtime(setup.device, setup.precision, setup.budget.max_tokens)
+    features = cached_features(
+        setup.backbone,
+        {k: p.sequences for k, p in parts.items()},
+        runtime,
+        num_labels=len(setup.dataset.label_names),
+        offline=offline,
+    )
+    result = fit_head(
+        features,
+        {k: p.labels for k, p in parts.items()},
+        setup.dataset.label_names,
+        setup.pos_weight,
+        embedding_dim=setup.backbone.embedding_dim,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        schedule=lr_factor,
+        device=setup.device,
+    )
+    return finish(setup, result.model, result.probabilities, result.best_epoch, result.history)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -89,12 +89,19 @@ def train(
                 f"`synnav train --resume {workspace}` or delete that directory"
             )
         dataset = assign_splits(read_dataset(data_path), seed=config.seed)
-        record = {"config": asdict(config), "data": str(Path(data_path).resolve()),
-                  "data_sha256": dataset.content_hash(), "split_sha256": dataset.split_hash(), "force": force}
+        record = {
+            "config": asdict(config),
+            "data": str(Path(data_path).resolve()),
+            "data_sha256": dataset.content_hash(),
+            "split_sha256": dataset.split_hash(),
+            "force": force,
+        }
         if distributed.is_main():
             write_json_atomic(workspace / RUN_FILE, record)
         distributed.barrier()
-        return _train_prepared(prepare(workspace, record, config, dataset, device=device), offline=offline)
+        return _train_prepared(
+            prepare(workspace, record, config, dataset, device=device), offline=offline
+        )
 
 
 def resume(workspace: Path, *, device: str = "auto", offline: bool = False) -> TrainResult:
@@ -113,45 +120,24 @@ def resume(workspace: Path, *, device: str = "auto", offline: bool = False) -> T
         record = read_run(workspace)
         config = config_from_record(record["config"], workspace / RUN_FILE)
         dataset = assign_splits(read_dataset(record["data"]), seed=config.seed)
-        if (dataset.content_hash(), dataset.split_hash()) != (record["data_sha256"], record["split_sha256"]):
-            raise UserError(f"{record['data']} has changed since this run started (its proteins, labels or "
-                            "split differ); resuming would mix two datasets. Start a new run instead")
+        if (dataset.content_hash(), dataset.split_hash()) != (
+            record["data_sha256"],
+            record["split_sha256"],
+        ):
+            raise UserError(
+                f"{record['data']} has changed since this run started (its proteins, labels or "
+                "split differ); resuming would mix two datasets. Start a new run instead"
+            )
         check_replaceable(out_of(workspace), record["force"])
-        return _train_prepared(prepare(workspace, record, config, dataset, device=device), offline=offline)
+        return _train_prepared(
+            prepare(workspace, record, config, dataset, device=device), offline=offline
+        )
 
 
 def _train_prepared(setup: RunSetup, *, offline: bool) -> TrainResult:
     if setup.config.freeze:
-        return _train_head_only(setup, offline=offline)
+        return head_only.train_head(setup, offline=offline)
     return FineTuning(setup, offline=offline).run()
-
-
-def _train_head_only(setup: RunSetup, *, offline: bool) -> TrainResult:
-    """Pooled embeddings computed once and cached; the head trained on them (see ``head_only``)."""
-    config, parts = setup.config, setup.parts
-    hardware.report_budget("Embedding", setup.budget)
-    runtime = Runtime(setup.device, setup.precision, setup.budget.max_tokens)
-    features = head_only.cached_features(setup.backbone, {k: p.sequences for k, p in parts.items()}, runtime,
-                                         num_labels=len(setup.dataset.label_names), offline=offline)
-    result = head_only.fit_head(
-        features, {k: p.labels for k, p in parts.items()}, setup.dataset.label_names, setup.pos_weight,
-        embedding_dim=setup.backbone.embedding_dim, epochs=config.epochs, batch_size=config.batch_size,
-        learning_rate=config.learning_rate, weight_decay=config.weight_decay, seed=config.seed,
-        schedule=lr_factor, device=setup.device,
-    )
-    return finish(setup, result.model, result.probabilities, result.best_epoch, result.history)
-
-
-@dataclass
-class Progress:
-    """Where a run stands: what a checkpoint records besides the tensors."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0  # steps taken in the epoch under way (0 at an epoch's end)
-    epoch_loss: float = 0.0  # summed loss of those steps
-    best_score: float = -math.inf
-    best_epoch: int = 0
-    history: list[dict] = field(default_factory=list)
 
 
 class FineTuning:
@@ -166,15 +152,22 @@ class FineTuning:
         console.info(
             f"Training {backbone.id} on {len(setup.parts['train'])} proteins "
             f"(dev {len(setup.parts['dev'])}, test {len(setup.parts['test'])}), device {device}, "
-            f"precision {setup.precision}, up to {config.batch_size} proteins / {max_tokens} tokens a batch "
+            f"precision {setup.precision}, up to {config.batch_size} proteins / "
+            f"{max_tokens} tokens a batch "
             f"({budget.source})"
             + (f", over {distributed.world_size()} processes." if distributed.active() else ".")
         )
         torch.manual_seed(config.seed)
         encoder = backbone.build_encoder(pretrained=True, offline=offline)
-        self.model = LocalizationModel(encoder, backbone.embedding_dim, len(setup.dataset.label_names)).to(device)
-        if budget.recompute_above is not None and not backbone.set_gradient_checkpointing(self.model.encoder, False):
-            console.warn(f"{backbone.id} cannot recompute activations; gradient checkpointing is off")
+        self.model = LocalizationModel(
+            encoder, backbone.embedding_dim, len(setup.dataset.label_names)
+        ).to(device)
+        if budget.recompute_above is not None and not backbone.set_gradient_checkpointing(
+            self.model.encoder, False
+        ):
+            console.warn(
+                f"{backbone.id} cannot recompute activations; gradient checkpointing is off"
+            )
             if budget.recompute_above:
                 max_tokens = max(budget.recompute_above, backbone.tokens(limit))
             budget = hardware.Budget(max_tokens, budget.source)
@@ -183,33 +176,49 @@ class FineTuning:
         # Gradients are averaged across ranks in backward; one process trains the model itself.
         self.net = DistributedDataParallel(self.model) if distributed.active() else self.model
         self.pos_weight = torch.tensor(setup.pos_weight, device=device)
-        console.detail("pos_weight: " + ", ".join(
-            f"{n}={w:.2f}" for n, w in zip(setup.dataset.label_names, setup.pos_weight)))
+        console.detail(
+            "pos_weight: "
+            + ", ".join(f"{n}={w:.2f}" for n, w in zip(setup.dataset.label_names, setup.pos_weight))
+        )
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate,
-                                           weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay
+        )
         self.score_runtime = Runtime(device, setup.precision, max_tokens, config.batch_size)
         self.step_runtime = Runtime(device, setup.precision, max_tokens, config.batch_size)
         # What a checkpoint must agree with: the data and the configuration this run started with.
-        self.identity = {"config": asdict(config), "data_sha256": setup.record["data_sha256"],
-                         "split_sha256": setup.record["split_sha256"]}
+        self.identity = {
+            "config": asdict(config),
+            "data_sha256": setup.record["data_sha256"],
+            "split_sha256": setup.record["split_sha256"],
+        }
         saved = checkpoint.load(setup.workspace) if checkpoint.exists(setup.workspace) else None
         if saved is not None and saved.get("identity") != self.identity:
-            raise UserError(f"the checkpoint in {setup.workspace} was made with other data or another "
-                            "configuration; resuming would mix two runs (delete the directory to start over)")
+            raise UserError(
+                f"the checkpoint in {setup.workspace} was made with other data or another "
+                "configuration; resuming would mix two runs (delete the directory to start over)"
+            )
         # Batches are composed with the budget the run started with, even on other hardware, so
         # that a resumed run takes the same steps (memory is still bounded by the step runtime).
-        self.batch_tokens = max_tokens if saved is None else _saved_int(saved, "batch_tokens", setup.workspace)
+        self.batch_tokens = (
+            max_tokens
+            if saved is None
+            else checkpoint.saved_int(saved, "batch_tokens", setup.workspace)
+        )
         self.lengths = [backbone.tokens(len(s)) for s in setup.parts["train"].sequences]
         self.labels = torch.tensor(setup.parts["train"].labels)
-        steps_per_epoch = len(batches.training_batches(self.lengths, self.batch_tokens, config.batch_size,
-                                                       np.random.default_rng(0)))
+        steps_per_epoch = len(
+            batches.training_batches(
+                self.lengths, self.batch_tokens, config.batch_size, np.random.default_rng(0)
+            )
+        )
         total_steps = steps_per_epoch * config.epochs
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           lambda step: lr_factor(step, total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, total_steps)
+        )
         self.scaler = hardware.grad_scaler(device, setup.precision)
         self.batch_rng = np.random.default_rng(config.seed)
-        self.progress = Progress()
+        self.progress = checkpoint.Progress()
         if saved is not None:
             self._restore(saved)
 
@@ -223,30 +232,51 @@ class FineTuning:
             self.scheduler.load_state_dict(saved["scheduler"])
             self.scaler.load_state_dict(saved["scaler"])
             best = saved["best_score"]
-            self.progress = Progress(int(saved["epoch"]), int(saved["step"]), float(saved["epoch_loss"]),
-                                     -math.inf if best is None else float(best), int(saved["best_epoch"]),
-                                     list(saved["history"]))
+            self.progress = checkpoint.Progress(
+                int(saved["epoch"]),
+                int(saved["step"]),
+                float(saved["epoch_loss"]),
+                -math.inf if best is None else float(best),
+                int(saved["best_epoch"]),
+                list(saved["history"]),
+            )
             self.batch_rng.bit_generator.state = saved["batch_rng"]
             checkpoint.restore_rng_state(saved["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise UserError(f"the checkpoint in {workspace} is damaged ({type(error).__name__}); "
-                            "delete the directory to start over") from None
+            raise UserError(
+                f"the checkpoint in {workspace} is damaged ({type(error).__name__}); "
+                "delete the directory to start over"
+            ) from None
         done = self.progress
-        where = f"step {done.step} of epoch {done.epoch + 1}" if done.step else f"the end of epoch {done.epoch}"
+        where = (
+            f"step {done.step} of epoch {done.epoch + 1}"
+            if done.step
+            else f"the end of epoch {done.epoch}"
+        )
         console.info(f"Resuming from {where}.")
 
     def _save(self, batch_rng: dict) -> None:
         done = self.progress
         if distributed.is_main():
-            checkpoint.save(self.setup.workspace, {
-                "identity": self.identity, "batch_tokens": self.batch_tokens,
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "epoch": done.epoch, "step": done.step, "epoch_loss": done.epoch_loss,
-                "best_score": None if done.best_score == -math.inf else done.best_score,
-                "best_epoch": done.best_epoch, "history": done.history,
-                "batch_rng": batch_rng, "rng": checkpoint.rng_state(),
-            })
+            checkpoint.save(
+                self.setup.workspace,
+                {
+                    "identity": self.identity,
+                    "batch_tokens": self.batch_tokens,
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "epoch": done.epoch,
+                    "step": done.step,
+                    "epoch_loss": done.epoch_loss,
+                    "best_score": None if done.best_score == -math.inf else done.best_score,
+                    "best_epoch": done.best_epoch,
+                    "history": done.history,
+                    "batch_rng": batch_rng,
+                    "rng": checkpoint.rng_state(),
+                },
+            )
         distributed.barrier()  # the checkpoint is complete before any rank may stop
 
     # --- the loop -------------------------------------------------------------------------------
@@ -259,11 +289,19 @@ class FineTuning:
                 self._save(self.batch_rng.bit_generator.state)
                 # A signal may reach the ranks at different moments; all stop at the same epoch.
                 if distributed.any_rank(stop.requested) and self.progress.epoch < config.epochs:
-                    raise UserError(f"training stopped after epoch {self.progress.epoch}; "
-                                    f"continue with `synnav train --resume {workspace}`")
+                    raise UserError(
+                        f"training stopped after epoch {self.progress.epoch}; "
+                        f"continue with `synnav train --resume {workspace}`"
+                    )
         checkpoint.load_weights(self.model, workspace / BEST_FILE, workspace)
-        probabilities = {name: self._score(part.sequences) for name, part in self.setup.parts.items() if len(part)}
-        return finish(self.setup, self.model, probabilities, self.progress.best_epoch, self.progress.history)
+        probabilities = {
+            name: self._score(part.sequences)
+            for name, part in self.setup.parts.items()
+            if len(part)
+        }
+        return finish(
+            self.setup, self.model, probabilities, self.progress.best_epoch, self.progress.history
+        )
 
     def _epoch(self, stop: StopRequest) -> None:
         """One pass over the training split (or its rest, after a mid-epoch resume), then dev."""
@@ -273,7 +311,9 @@ class FineTuning:
         # The batch order is drawn from this state, so a mid-epoch checkpoint keeps it to draw the
         # same order again and skip the steps already taken.
         epoch_rng = self.batch_rng.bit_generator.state
-        order = batches.training_batches(self.lengths, self.batch_tokens, config.batch_size, self.batch_rng)
+        order = batches.training_batches(
+            self.lengths, self.batch_tokens, config.batch_size, self.batch_rng
+        )
         bar = console.Progress(len(self.lengths), f"epoch {done.epoch + 1}/{config.epochs}")
         for step, index in enumerate(order):
             if step < done.step:
@@ -286,8 +326,10 @@ class FineTuning:
             if step + 1 < len(order) and distributed.any_rank(stop.requested):
                 bar.close()
                 self._save(epoch_rng)
-                raise UserError(f"training stopped at step {step + 1} of epoch {done.epoch + 1}; "
-                                f"continue with `synnav train --resume {self.setup.workspace}`")
+                raise UserError(
+                    f"training stopped at step {step + 1} of epoch {done.epoch + 1}; "
+                    f"continue with `synnav train --resume {self.setup.workspace}`"
+                )
         bar.close()
         self._end_epoch(distributed.sum_across(done.epoch_loss), time.monotonic() - started)
 
@@ -313,7 +355,9 @@ class FineTuning:
             return part_loss.detach()
 
         self.optimizer.zero_grad(set_to_none=True)
-        loss = accumulate(backward, [self.lengths[i] for i in rows], self.optimizer, self.step_runtime)
+        loss = accumulate(
+            backward, [self.lengths[i] for i in rows], self.optimizer, self.step_runtime
+        )
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
         self.scaler.step(self.optimizer)
@@ -326,13 +370,17 @@ class FineTuning:
         setup, done = self.setup, self.progress
         dev = setup.parts["dev"]
         label_names = setup.dataset.label_names
-        dev_metrics = evaluate_predictions(dev.labels, self._score(dev.sequences), label_names,
-                                           [0.5] * len(label_names))
+        dev_metrics = evaluate_predictions(
+            dev.labels, self._score(dev.sequences), label_names, [0.5] * len(label_names)
+        )
         dev_score = selection_score(dev_metrics)
-        record = {"epoch": done.epoch + 1, "train_loss": round(total_loss / len(self.lengths), 6),
-                  "dev_mean_roc_auc": dev_metrics["mean"]["roc_auc"],
-                  "dev_mean_pr_auc": dev_metrics["mean"]["pr_auc"],
-                  "seconds": round(seconds, 2)}
+        record = {
+            "epoch": done.epoch + 1,
+            "train_loss": round(total_loss / len(self.lengths), 6),
+            "dev_mean_roc_auc": dev_metrics["mean"]["roc_auc"],
+            "dev_mean_pr_auc": dev_metrics["mean"]["pr_auc"],
+            "seconds": round(seconds, 2),
+        }
         done.history.append(record)
         improved = dev_score > done.best_score or done.best_epoch == 0
         if improved:
@@ -348,14 +396,9 @@ class FineTuning:
 
     def _score(self, sequences: list[str]) -> np.ndarray:
         model, backbone, runtime = self.model, self.setup.backbone, self.score_runtime
-        return distributed.score_sharded(lambda part: score_sequences(model, backbone, part, runtime), sequences)
-
-
-def _saved_int(saved: dict, key: str, workspace: Path) -> int:
-    value = saved.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"the checkpoint in {workspace} is damaged ({key}); delete the directory to start over")
-    return value
+        return distributed.score_sharded(
+            lambda part: score_sequences(model, backbone, part, runtime), sequences
+        )
 
 
 def _fmt(value: float | None) -> str:

@@ -78,10 +78,14 @@ def read_run(workspace: Path) -> dict:
     try:
         run = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as error:
-        raise UserError(f"{path} is damaged ({type(error).__name__}); delete {workspace} to start over") from None
+        raise UserError(
+            f"{path} is damaged ({type(error).__name__}); delete {workspace} to start over"
+        ) from None
     expected = {"config": dict, "data": str, "data_sha256": str, "split_sha256": str, "force": bool}
     if not isinstance(run, dict) or any(not isinstance(run.get(k), t) for k, t in expected.items()):
-        raise UserError(f"{path} is damaged or from an older synnav; delete {workspace} to start over")
+        raise UserError(
+            f"{path} is damaged or from an older synnav; delete {workspace} to start over"
+        )
     return run
 
 
@@ -93,7 +97,9 @@ def holding(workspace: Path) -> Iterator[None]:
         if distributed.is_main():
             try:
                 workspace.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(exclusive_lock(workspace / LOCK_FILE, f"the training workspace {workspace}"))
+                stack.enter_context(
+                    exclusive_lock(workspace / LOCK_FILE, f"the training workspace {workspace}")
+                )
             except UserError as error:
                 refusal = str(error)
         refusal = distributed.broadcast(refusal)
@@ -102,7 +108,9 @@ def holding(workspace: Path) -> Iterator[None]:
         yield
 
 
-def prepare(workspace: Path, record: dict, config: TrainConfig, dataset: Dataset, *, device: str) -> RunSetup:
+def prepare(
+    workspace: Path, record: dict, config: TrainConfig, dataset: Dataset, *, device: str
+) -> RunSetup:
     """Split the data, cut long proteins, pick the device, precision and batch budget."""
     backbone = get_backbone(config.backbone)
     parts = {name: dataset.subset(name) for name in SPLITS}
@@ -113,18 +121,36 @@ def prepare(workspace: Path, record: dict, config: TrainConfig, dataset: Dataset
     for name, part in parts.items():
         part.sequences, cut = truncate(part.sequences, limit)
         if cut:
-            console.info(f"{cut} {name} proteins longer than {limit} residues keep their first {limit}.")
+            console.info(
+                f"{cut} {name} proteins longer than {limit} residues keep their first {limit}."
+            )
     torch_device = distributed.pick_device(device)
     precision = hardware.resolve_precision(torch_device, config.precision)
     # The budget must admit at least one protein of the longest allowed length.
     budget = hardware.plan_budget(
-        torch_device, hardware.memory_model(backbone), training=True, frozen=config.freeze,
-        precision=precision, min_tokens=backbone.tokens(limit), requested=config.max_tokens,
+        torch_device,
+        hardware.memory_model(backbone),
+        training=True,
+        frozen=config.freeze,
+        precision=precision,
+        min_tokens=backbone.tokens(limit),
+        requested=config.max_tokens,
         checkpointing=config.gradient_checkpointing,
     )
     weights = positive_weights(parts["train"].labels, dataset.label_names, config.loss)
-    return RunSetup(workspace, out_of(workspace), record, config, dataset, parts, backbone, torch_device,
-                    precision, budget, weights)
+    return RunSetup(
+        workspace,
+        out_of(workspace),
+        record,
+        config,
+        dataset,
+        parts,
+        backbone,
+        torch_device,
+        precision,
+        budget,
+        weights,
+    )
 
 
 def truncate(sequences: list[str], limit: int) -> tuple[list[str], int]:

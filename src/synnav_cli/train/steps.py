@@ -26,8 +26,9 @@ def lr_factor(step: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def accumulate(backward: Callable[[list[int]], torch.Tensor], lengths: list[int], optimizer,
-               runtime: Runtime) -> torch.Tensor:
+def accumulate(
+    backward: Callable[[list[int]], torch.Tensor], lengths: list[int], optimizer, runtime: Runtime
+) -> torch.Tensor:
     """Run ``backward`` over parts of one batch that fit ``runtime.max_tokens``; summed loss.
 
     ``backward(part)`` takes positions within the batch and returns its share of the batch loss

@@ -55,7 +55,7 @@ def _env_true(name: str) -> bool:
 
 
 def offline_mode(offline: bool = False) -> bool:
-    """Whether to stay off the network: ``offline``, ``SYNNAV_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``."""
+    """Whether to stay off the network: ``offline``, ``SYNNAV_OFFLINE=1``, ``HF_HUB_OFFLINE=1``."""
     return offline or _env_true(OFFLINE_ENV) or any(_env_true(name) for name in _HF_OFFLINE_ENVS)
 
 
@@ -88,7 +88,7 @@ def model_page(repo_id: str) -> str:
 
 
 def is_cached(repo_id: str, filename: str, revision: str | None = None) -> bool:
-    """Whether ``filename`` of ``repo_id`` is in the synnav cache. Local only; no integrity check."""
+    """Whether ``filename`` of ``repo_id`` is in the synnav cache (local only, no hash check)."""
     from huggingface_hub import try_to_load_from_cache
 
     found = try_to_load_from_cache(repo_id, filename, cache_dir=paths.hub_dir(), revision=revision)
@@ -104,7 +104,7 @@ def fetch(
     offline: bool = False,
     revision: str | None = None,
 ) -> Path:
-    """Make sure ``filenames`` of ``repo_id`` are cached and intact; return their snapshot directory.
+    """Make sure ``filenames`` of ``repo_id`` are cached and intact; return their snapshot folder.
 
     Arguments:
         repo_id: the Hugging Face repository, e.g. ``"facebook/esm2_t6_8M_UR50D"``.
@@ -320,6 +320,4 @@ def _translate_hub_error(
 def _is_network_error(error: BaseException) -> bool:
     if isinstance(error, (ConnectionError, TimeoutError)):
         return True
-    return any(
-        cls.__module__.split(".")[0] in _NETWORK_MODULES for cls in type(error).__mro__
-    )
+    return any(cls.__module__.split(".")[0] in _NETWORK_MODULES for cls in type(error).__mro__)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 _HASH_CHUNK = 16 * 1024 * 1024
 
+
 def _expected_hash(path: Path, repo_id: str, filename: str) -> tuple[str, str] | None:
     """(algorithm, hex digest) the hub cache recorded for a snapshot file, if it recorded one.
 

@@ -1,4 +1,4 @@
-"""What the weights cache holds, and deleting it: only the repositories listed, never through a link."""
+"""What the weights cache holds, and deleting it: only repositories listed, never through a link."""
 
 from __future__ import annotations
 
@@ -123,7 +123,11 @@ def _clear_stamps() -> None:
     if stamps.is_symlink() or not stamps.is_dir():
         return
     for stamp in stamps.iterdir():
-        if stamp.is_file() and not stamp.is_symlink() and all(c in "0123456789abcdef" for c in stamp.name):
+        if (
+            stamp.is_file()
+            and not stamp.is_symlink()
+            and all(c in "0123456789abcdef" for c in stamp.name)
+        ):
             stamp.unlink()
 
 

@@ -1,0 +1,57 @@
+"""Options shared by the commands that run models: --device, --offline, --quiet, --verbose."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from synnav_cli import console
+from synnav_cli.errors import UserError
+
+
+def _verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        console.set_verbosity(quiet=param.name == "quiet", verbose=param.name == "verbose")
+    return value
+
+
+def common_options(function):
+    """--device, --offline, --quiet and --verbose, shared by the commands that run models."""
+    function = click.option(
+        "--verbose",
+        "-v",
+        is_flag=True,
+        expose_value=False,
+        callback=_verbosity,
+        help="Say more on stderr.  [default: off]",
+    )(function)
+    function = click.option(
+        "--quiet",
+        "-q",
+        is_flag=True,
+        expose_value=False,
+        callback=_verbosity,
+        help="Say nothing on stderr but errors and warnings.  [default: off]",
+    )(function)
+    function = click.option(
+        "--offline",
+        is_flag=True,
+        envvar="SYNNAV_OFFLINE",
+        help="Never download weights; use the cache only.  [default: off; env: SYNNAV_OFFLINE]",
+    )(function)
+    function = click.option(
+        "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."
+    )(function)
+    return function
+
+
+def default_dataset() -> Path:
+    """The dataset shipped with the package: the default --data of train and evaluate."""
+    from synnav_cli.resources import bundled_dataset_path
+
+    path = bundled_dataset_path()
+    if path is None:
+        raise UserError("no --data given and this installation ships no dataset")
+    console.info(f"Using the bundled dataset {path}.")
+    return path

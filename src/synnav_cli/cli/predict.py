@@ -1,0 +1,212 @@
+"""``synnav predict`` (with ``--compare`` and ``--explain``) and ``synnav merge``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from synnav_cli.cli.options import common_options
+from synnav_cli.errors import UserError
+
+
+@click.command()
+@click.argument("fasta", default="-", metavar="FASTA")
+@click.option(
+    "--model",
+    "-m",
+    default=None,
+    help="Model directory or name.  [default: the newest trained model, else the bundled one]",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["tsv", "csv", "jsonl"]),
+    default="tsv",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write to this file (atomically) instead of stdout.  [default: stdout]",
+)
+@click.option(
+    "--threshold",
+    "thresholds",
+    multiple=True,
+    help="Decision threshold: a number for every label, or LABEL=NUMBER; repeatable.  "
+    "[default: the model's tuned thresholds]",
+)
+@click.option(
+    "--long",
+    "long_policy",
+    type=click.Choice(["truncate", "window", "skip"]),
+    default="truncate",
+    show_default=True,
+    help="Proteins longer than the model's maximum: keep the N-terminal part, "
+    "average overlapping windows, or skip (reported in the status column).",
+)
+@click.option(
+    "--max-tokens",
+    type=int,
+    default=None,
+    help="Padded tokens per batch.  [default: from the device]",
+)
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Score only part I of N (records I, I+N, I+2N, ... counting from 1), e.g. an array job's "
+    "task; join the parts with `synnav merge`.  [default: every record]",
+)
+@click.option(
+    "--explain",
+    "explain_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Also write per-residue attributions (integrated gradients) of each protein's predicted "
+    "labels to this directory: <id>.tsv and an <id>.png track; proteins over the model's "
+    "maximum are explained over their N-terminal part. Needs `pip install 'synnav[plots]'`.  "
+    "[default: no attributions]",
+)
+@click.option(
+    "--explain-steps",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Integration steps per protein for --explain; more is smoother and slower.",
+)
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Print a mutant-versus-wild-type table instead of the per-record rows: one row per record "
+    "named <id>_mut... whose wild type <id> is in the input, with the change in each label's "
+    "probability (mutant - wild type) and the mutant's predicted, gained and lost labels.  "
+    "[default: off]",
+)
+@common_options
+def predict(
+    fasta: str,
+    model: str | None,
+    fmt: str,
+    out: Path | None,
+    thresholds: tuple[str, ...],
+    long_policy: str,
+    max_tokens: int | None,
+    shard: str | None,
+    explain_dir: Path | None,
+    explain_steps: int,
+    compare: bool,
+    device: str,
+    offline: bool,
+) -> None:
+    """Predict localizations for the proteins in FASTA (a file, or - for stdin).
+
+    Writes one row per record, in input order: id, length, one probability per label, the
+    predicted labels and a status (ok, truncated, windowed:N or skipped). With --compare the
+    output (stdout or --out, in --format) is the mutant comparison table instead; --explain adds
+    files and leaves the output as it is.
+    """
+    from synnav_cli.predict.run import run_prediction
+
+    if explain_dir is None and not compare:
+        run_prediction(
+            fasta,
+            model_name=model,
+            fmt=fmt,
+            out=out,
+            threshold_values=thresholds,
+            long_policy=long_policy,
+            max_tokens=max_tokens,
+            device=device,
+            offline=offline,
+            shard=shard,
+        )
+        return
+    if shard is not None:
+        raise UserError("--shard works with plain predictions, not with --explain or --compare")
+    from synnav_cli.files import readable_twice
+    from synnav_cli.scoring.load import load_for_scoring
+
+    if explain_dir is not None:
+        from synnav_cli.plots import pyplot
+
+        pyplot()  # a missing matplotlib fails before any model runs
+    with readable_twice(fasta) as source:
+        loaded = None
+        if compare:
+            from synnav_cli.predict.compare import run_comparison
+
+            loaded = load_for_scoring(
+                model,
+                threshold_values=thresholds,
+                device=device,
+                max_tokens=max_tokens,
+                offline=offline,
+            )
+            run_comparison(loaded, source, fmt=fmt, out=out, long_policy=long_policy)
+        else:
+            run_prediction(
+                source,
+                model_name=model,
+                fmt=fmt,
+                out=out,
+                threshold_values=thresholds,
+                long_policy=long_policy,
+                max_tokens=max_tokens,
+                device=device,
+                offline=offline,
+            )
+        if explain_dir is not None:
+            from synnav_cli.predict.explain import write_explanations
+
+            loaded = loaded or load_for_scoring(
+                model,
+                threshold_values=thresholds,
+                device=device,
+                max_tokens=max_tokens,
+                offline=offline,
+            )
+            write_explanations(loaded, source, explain_dir, steps=explain_steps)
+
+
+@click.command()
+@click.argument("parts", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write to this file (atomically) instead of stdout.  [default: stdout]",
+)
+@click.option(
+    "--fasta",
+    "fasta",
+    default=None,
+    help="The FASTA the parts were predicted from: every row's id is checked against it, which "
+    "catches a missing or misplaced part whatever the row counts.  [default: counts only]",
+)
+def merge(parts: tuple[Path, ...], out: Path | None, fasta: str | None) -> None:
+    """Join `synnav predict --shard I/N` outputs into one file in input order.
+
+    Give the PARTS in shard order, 1/N first (name them so that a glob sorts them, e.g. part-01
+    ... part-12). tsv and csv parts keep one header. Row counts are checked, and with --fasta
+    every row's id: a missing or misplaced part is an error, never a silently wrong file.
+
+    \b
+    Example:
+      synnav merge part-1.tsv part-2.tsv part-3.tsv --fasta proteome.fasta --out all.tsv
+    """
+    from synnav_cli.files import output_handle
+    from synnav_cli.predict.resumable import merge_parts
+
+    expected = None
+    if fasta is not None:
+        from synnav_cli.data.fasta import read_fasta
+
+        expected = (record.id for record in read_fasta(fasta))
+    with output_handle(out, inputs=[*parts, *([fasta] if fasta else [])]) as handle:
+        merge_parts(list(parts), handle, expected)
