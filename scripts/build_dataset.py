@@ -254,6 +254,7 @@ class Log:
     fasta_skipped_differing: list[str] = field(default_factory=list)
     no_known_label: Counter = field(default_factory=Counter)  # dropped, by source
     no_accession: int = 0
+    kept_unlabelled: list[str] = field(default_factory=list)
     markers_moved: list[tuple[str, str, int]] = field(default_factory=list)
 
 
@@ -521,10 +522,14 @@ def load(shared: Path, log: Log, sources: SynapseSources) -> list[Protein]:
         in_table = any(a in sources.in_table for a in protein.accessions)
         protein.synapse = synapse_labels(protein.evidence, annotated, in_table)
         if all(value is None for value in protein.labels().values()):
+            # Nothing to train or score on. Kept only when a check needs its sequence (GAPDH,
+            # a marker-panel and quick-start protein that no source here labels).
+            wanted = set(MARKERS) | set(EXAMPLE_ACCESSIONS)
             origin = "HOU" if protein.hou_id else "protGPS" if protein.protgps_entries else "hou.fasta"
-            log.no_known_label[origin] += 1
-            if origin == "hou.fasta":
-                continue  # kept from the labelled sources, added from hou.fasta only when labelled
+            if not wanted & set(protein.accessions):
+                log.no_known_label[origin] += 1
+                continue
+            log.kept_unlabelled.extend(sorted(wanted & set(protein.accessions)))
         proteins.append(protein)
 
     for protein in proteins:
@@ -792,11 +797,10 @@ def generated_section(
     lines.append(f"- Proteins with no UniProt accession to look synapse evidence up by "
                  f"(protGPS entry names that neither the reference table nor a unique gene "
                  f"symbol maps): {log.no_accession:,}.")
-    lines.append("- Proteins whose every label is unknown: " + ", ".join(
+    lines.append("- Left out because every label is unknown: " + ", ".join(
         f"{origin} {count:,}" for origin, count in sorted(log.no_known_label.items()))
-        + ". The protGPS ones are kept (as in earlier versions of this file; their sequences "
-        "serve prediction checks such as the marker panel, and training skips them); the "
-        "hou.fasta ones are left out.")
+        + "; kept although every label is unknown, for the marker panel and the quick start: "
+        + ", ".join(log.kept_unlabelled) + ".")
     lines.append(f"- Dropped rows ({len(log.dropped)}):")
     lines += ["", "| source | entry | reason |", "|---|---|---|"]
     lines += [f"| {src} | {entry} | {why} |" for src, entry, why in log.dropped]
