@@ -18,7 +18,7 @@ from synnav_cli.resources import bundled_model_path
 
 PROTEINS = {
     # Short, medium and long, so a batch holds several patch alignments and lots of padding.
-    "short": "MKWVTFISLL",
+    "short": "MKWVTFISLLFLFSSAYSRG",  # 20 residues: the shortest that is scored
     "odd": "MLSRAVCGTSRQLAPVLGYLGSRQKHSLPD",
     "medium": "MAAALRSAGVLLRRGLTPGARAAGVQLAALPSRALSTTEVRESRIFAEVKDLLGRHAPQTSAEELRQWAEEQSQKEEAVA" * 2,
     "long": "MSDEEARQSGGSSQAGVVTVSDVQELMRRKEEIEAQIKANYDVLESQKGIGMNEPLVDCEGYPRSDVDLYQVRTARHNIICL" * 4,

@@ -238,7 +238,7 @@ def test_second_frozen_run_never_calls_the_encoder(runner, small_dataset, tmp_pa
     assert meta["encoder_frozen"] and meta["config"]["loss"] == "unweighted" and len(meta["history"]) == 2
 
     # The saved head works with the real encoder: predict builds it and gets probabilities.
-    predicted = runner.invoke(cli, ["predict", "-m", str(tmp_path / "b"), "-"], input=">a\nMKVLA\n")
+    predicted = runner.invoke(cli, ["predict", "-m", str(tmp_path / "b"), "-"], input=">a\nMKVLAAGIVGLLLAAQPAMA\n")
     assert predicted.exit_code == 0 and calls == [1]
 
 

@@ -87,7 +87,7 @@ def _fasta(path: Path, count: int, *, bad_at: int | None = None, seed: int = 0) 
     rng = random.Random(seed)
     lines = []
     for i in range(count):
-        sequence = "".join(rng.choices(RESIDUES, k=rng.randint(5, 40)))
+        sequence = "".join(rng.choices(RESIDUES, k=rng.randint(20, 60)))
         lines += [f">p{i}", "12345" if i == bad_at else sequence]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -96,6 +96,19 @@ def _fasta(path: Path, count: int, *, bad_at: int | None = None, seed: int = 0) 
 @pytest.fixture
 def small_chunks(monkeypatch):
     monkeypatch.setattr(predict, "CHUNK_RECORDS", 10)
+
+
+def interrupt_at(monkeypatch, call: int) -> None:
+    """The ``call``-th batch scored raises KeyboardInterrupt, as Ctrl-C or a kill would land."""
+    original, calls = predict.score_sequences, []
+
+    def scoring(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "score_sequences", scoring)
 
 
 @pytest.fixture
@@ -119,9 +132,11 @@ def test_interrupted_predict_out_resumes_without_redoing_records(runner, tmp_pat
     counted.clear()
 
     out = tmp_path / "out.tsv"
-    broken = _fasta(tmp_path / "input.fasta", 45, bad_at=33)
-    first = runner.invoke(cli, ["predict", str(broken), "-m", "bundled", "--out", str(out)])
-    assert first.exit_code == 1 and "Error: record 'p33'" in first.output
+    broken = _fasta(tmp_path / "input.fasta", 45)
+    with pytest.MonkeyPatch.context() as patch:
+        interrupt_at(patch, 4)  # chunks of 10: the fourth chunk, records 30-39
+        first = runner.invoke(cli, ["predict", str(broken), "-m", "bundled", "--out", str(out)])
+    assert first.exit_code == 130 and "Interrupted" in first.output
     assert not out.exists()  # never a half-written result under the final name
     partial = out.with_name("out.tsv.partial")
     state = json.loads(out.with_name("out.tsv.partial.json").read_text())
@@ -132,7 +147,6 @@ def test_interrupted_predict_out_resumes_without_redoing_records(runner, tmp_pat
     with partial.open("a") as handle:
         handle.write("p30\t12\t0.5")
     counted.clear()
-    broken.write_text(good.read_text())  # the user fixes the record and runs the same command
     second = runner.invoke(cli, ["predict", str(broken), "-m", "bundled", "--out", str(out)])
     assert second.exit_code == 0, second.output
     assert "30 records already done" in second.output
@@ -144,8 +158,10 @@ def test_interrupted_predict_out_resumes_without_redoing_records(runner, tmp_pat
 @pytest.mark.parametrize("change", ["input", "threshold", "format"])
 def test_partial_output_of_another_run_is_refused(runner, tmp_path, small_chunks, change):
     out = tmp_path / "out.tsv"
-    broken = _fasta(tmp_path / "input.fasta", 25, bad_at=21)
-    assert runner.invoke(cli, ["predict", str(broken), "-m", "bundled", "--out", str(out)]).exit_code == 1
+    broken = _fasta(tmp_path / "input.fasta", 25)
+    with pytest.MonkeyPatch.context() as patch:
+        interrupt_at(patch, 3)
+        assert runner.invoke(cli, ["predict", str(broken), "-m", "bundled", "--out", str(out)]).exit_code == 130
     before = out.with_name("out.tsv.partial").read_bytes()
     args = ["predict", str(broken), "-m", "bundled", "--out", str(out), "-q"]
     if change == "input":
@@ -164,8 +180,10 @@ def test_partial_output_of_another_run_is_refused(runner, tmp_path, small_chunks
 def test_predict_out_replaces_an_existing_file_only_when_complete(runner, tmp_path, small_chunks):
     out = tmp_path / "out.tsv"
     out.write_text("previous results\n")
-    broken = _fasta(tmp_path / "input.fasta", 25, bad_at=21)
-    assert runner.invoke(cli, ["predict", str(broken), "-m", "bundled", "--out", str(out)]).exit_code == 1
+    broken = _fasta(tmp_path / "input.fasta", 25)
+    with pytest.MonkeyPatch.context() as patch:
+        interrupt_at(patch, 3)
+        assert runner.invoke(cli, ["predict", str(broken), "-m", "bundled", "--out", str(out)]).exit_code == 130
     assert out.read_text() == "previous results\n"
 
 

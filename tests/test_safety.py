@@ -212,29 +212,36 @@ def test_a_truncated_checkpoint_is_one_line(runner, interrupted):
 # 3. One writer per output -----------------------------------------------------------------------
 
 
+SLOW_PREDICT = """
+import sys, time
+from synnav_cli.predict import run
+original = run.score_sequences
+def slow(*args, **kwargs):
+    time.sleep(0.3)
+    return original(*args, **kwargs)
+run.score_sequences = slow
+run.CHUNK_RECORDS = 20
+from synnav_cli.cli.main import cli
+cli(sys.argv[1:], prog_name="synnav")
+"""
+
+
 def test_a_second_predict_on_the_same_out_is_refused_while_the_first_finishes(runner, tmp_path):
     env = launch.environment(tmp_path)
     model = launch.tiny_model_dir(tmp_path / "m")
-    fasta = launch.write_fasta(tmp_path / "in.fasta", 300)
+    fasta = launch.write_fasta(tmp_path / "in.fasta", 300, lengths=(20, 60))
     out = tmp_path / "out.tsv"
-    lines = fasta.read_text().splitlines(keepends=True)
-    first = subprocess.Popen([sys.executable, "-m", "synnav_cli", "predict", "-", "--model", str(model),
-                              "--out", str(out), "--device", "cpu", "-q"], env=env, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = ["predict", str(fasta), "--model", str(model), "--out", str(out), "--device", "cpu", "-q"]
+    first = subprocess.Popen([sys.executable, "-c", SLOW_PREDICT, *args], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
     try:
-        first.stdin.write("".join(lines[:100]))
-        first.stdin.flush()
         lock = out.with_name("out.tsv.lock")
         deadline = time.monotonic() + 120
         while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.02)
         assert lock.exists(), first.stderr.read() if first.poll() is not None else "no lock"
-        second = runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "--out", str(out),
-                                     "--device", "cpu"])
-        one_error_line(second, "another synnav run is writing", str(out))
-        first.stdin.write("".join(lines[100:]))
-        first.stdin.close()
-        assert first.wait(timeout=120) == 0, first.stderr.read()
+        one_error_line(runner.invoke(cli, args), "another synnav run is writing", str(out))
+        assert first.wait(timeout=240) == 0, first.stderr.read()
     finally:
         if first.poll() is None:
             first.kill()

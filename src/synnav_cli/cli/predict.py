@@ -63,6 +63,13 @@ from synnav_cli.errors import UserError
     "task; join the parts with `synnav merge`.  [default: every record]",
 )
 @click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="Score the valid records and give each invalid one a row whose status says why.  "
+    "[default: off: every record is checked first, and one invalid record stops the run "
+    "before anything is scored]",
+)
+@click.option(
     "--explain",
     "explain_dir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -97,6 +104,7 @@ def predict(
     long_policy: str,
     max_tokens: int | None,
     shard: str | None,
+    skip_invalid: bool,
     explain_dir: Path | None,
     explain_steps: int,
     compare: bool,
@@ -106,7 +114,8 @@ def predict(
     """Predict localizations for the proteins in FASTA (a file, or - for stdin).
 
     Writes one row per record, in input order: id, length, one probability per label, the
-    predicted labels and a status (ok, truncated, windowed:N or skipped). With --compare the
+    predicted labels and a status (ok, truncated, windowed:N, skipped, short for peptides under 20
+    residues, nucleotide for DNA/RNA, or invalid: why). With --compare the
     output (stdout or --out, in --format) is the mutant comparison table instead; --explain adds
     files and leaves the output as it is.
     """
@@ -124,6 +133,7 @@ def predict(
             device=device,
             offline=offline,
             shard=shard,
+            skip_invalid=skip_invalid,
         )
         return
     if shard is not None:
@@ -159,6 +169,7 @@ def predict(
                 max_tokens=max_tokens,
                 device=device,
                 offline=offline,
+                skip_invalid=skip_invalid,
             )
         if explain_dir is not None:
             from synnav_cli.predict.explain import write_explanations

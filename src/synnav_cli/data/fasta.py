@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -27,6 +27,21 @@ class FastaRecord:
     id: str
     description: str
     sequence: str
+    # Why the record cannot be scored; set only when invalid records are kept (``keep_invalid``).
+    problem: str | None = None
+
+
+# A record this long or longer made of these letters is DNA or RNA, not protein (A, C, G, T, U
+# and N are also amino-acid codes, so a real protein with 90% of them is vanishingly rare).
+NUCLEOTIDES = frozenset("ACGTUN")
+NUCLEOTIDE_FRACTION = 0.9
+NUCLEOTIDE_MIN_LENGTH = 12
+
+
+def looks_like_nucleotides(sequence: str) -> bool:
+    if len(sequence) < NUCLEOTIDE_MIN_LENGTH:
+        return False
+    return sum(c in NUCLEOTIDES for c in sequence) >= NUCLEOTIDE_FRACTION * len(sequence)
 
 
 def normalise_sequence(raw: str, name: str) -> str:
@@ -64,15 +79,20 @@ def _open_text(source: str | Path) -> IO[str]:
     return Path(source).open(encoding="utf-8-sig", errors="strict", newline="")
 
 
-def read_fasta(source: str | Path | IO[str]) -> Iterator[FastaRecord]:
+def read_fasta(
+    source: str | Path | IO[str], *, keep_invalid: bool = False
+) -> Iterator[FastaRecord]:
     """Yield validated records one at a time, so memory stays flat for any file size.
 
-    ``source`` is a path, ``"-"`` for standard input, or an open text handle.
+    ``source`` is a path, ``"-"`` for standard input, or an open text handle. An invalid record
+    (bad characters, empty sequence or header, a repeated identifier) raises, or with
+    ``keep_invalid`` is yielded with an empty sequence and its ``problem`` set. A file that is not
+    FASTA at all raises either way.
     """
     handle = source if hasattr(source, "read") else _open_text(source)  # type: ignore[arg-type]
     label = "standard input" if str(source) == "-" or handle is sys.stdin else str(source)
     try:
-        yield from _parse_fasta(handle, label)
+        yield from _parse_fasta(handle, label, keep_invalid=keep_invalid)
     except UnicodeDecodeError as error:
         raise UserError(f"{label} is not a text file ({error.reason})") from None
     finally:
@@ -80,7 +100,7 @@ def read_fasta(source: str | Path | IO[str]) -> Iterator[FastaRecord]:
             handle.close()
 
 
-def _parse_fasta(handle: IO[str], label: str) -> Iterator[FastaRecord]:
+def _parse_fasta(handle: IO[str], label: str, *, keep_invalid: bool) -> Iterator[FastaRecord]:
     lines = iter(handle)
     first = next((line for line in lines if line.strip()), None)
     if first is not None:
@@ -90,16 +110,68 @@ def _parse_fasta(handle: IO[str], label: str) -> Iterator[FastaRecord]:
     if not first.startswith(">"):
         raise UserError(f"{label} is not FASTA: the first line does not start with '>'")
     seen: set[str] = set()
-    for title, raw in SimpleFastaParser(itertools.chain([first], lines)):
+    for number, (title, raw) in enumerate(SimpleFastaParser(itertools.chain([first], lines)), 1):
         record_id, _, description = title.strip().partition(" ")
-        if not record_id:
-            raise UserError(f"{label} has a record with an empty header")
-        if any(ord(c) < 32 or ord(c) == 127 for c in record_id):
-            # A NUL, tab or escape sequence would end up in the output table (and a terminal).
-            raise UserError(
-                f"the identifier {quoted(record_id)} in {label} contains control characters"
+        try:
+            sequence = _check_record(record_id, raw, seen)
+        except UserError as error:
+            if not keep_invalid:
+                raise UserError(f"record {number:,} of {label}: {error}") from None
+            yield FastaRecord(
+                record_id if _printable(record_id) else "", description.strip(), "", str(error)
             )
-        if record_id in seen:
-            raise UserError(f"duplicate identifier {quoted(record_id)} in {label}")
+            continue
         seen.add(record_id)
-        yield FastaRecord(record_id, description.strip(), normalise_sequence(raw, record_id))
+        yield FastaRecord(record_id, description.strip(), sequence)
+
+
+def _printable(record_id: str) -> bool:
+    return not any(ord(c) < 32 or ord(c) == 127 for c in record_id)
+
+
+def _check_record(record_id: str, raw: str, seen: set[str]) -> str:
+    if not record_id:
+        raise UserError("empty header")
+    if not _printable(record_id):
+        # A NUL, tab or escape sequence would end up in the output table (and a terminal).
+        raise UserError(f"the identifier {quoted(record_id)} contains control characters")
+    if record_id in seen:
+        raise UserError(f"duplicate identifier {quoted(record_id)}")
+    return normalise_sequence(raw, record_id)
+
+
+@dataclass
+class Validation:
+    """What a pass over a whole FASTA found, before anything is scored."""
+
+    records: int = 0
+    invalid: int = 0
+    nucleotide: int = 0
+    examples: list[str] = field(default_factory=list)  # the first problems, with record numbers
+
+    def problem_report(self, label: str) -> str:
+        """One line: how many records are invalid, the first of them, and how many more."""
+        more = self.invalid - len(self.examples)
+        tail = f"; ... and {more:,} more" if more > 0 else ""
+        return (
+            f"{self.invalid:,} of {self.records:,} records in {label} are invalid, so nothing was "
+            f"scored (--skip-invalid scores the rest): {'; '.join(self.examples)}{tail}"
+        )
+
+
+def validate_fasta(source: str | Path, *, examples: int = 5) -> Validation:
+    """Check every record of ``source`` in one streaming pass (memory: the identifiers seen).
+
+    Problems are counted, and the first ``examples`` are kept with their record numbers; a file
+    that is not FASTA at all raises at once.
+    """
+    found = Validation()
+    for number, record in enumerate(read_fasta(source, keep_invalid=True), 1):
+        found.records = number
+        if record.problem is not None:
+            found.invalid += 1
+            if len(found.examples) < examples:
+                found.examples.append(f"record {number:,}: {record.problem}")
+        elif looks_like_nucleotides(record.sequence):
+            found.nucleotide += 1
+    return found

@@ -19,9 +19,15 @@ import numpy as np
 
 from synnav_cli import console
 from synnav_cli.backbones.base import Backbone
-from synnav_cli.data.fasta import FastaRecord, check_input, read_fasta
+from synnav_cli.data.fasta import (
+    FastaRecord,
+    check_input,
+    looks_like_nucleotides,
+    read_fasta,
+    validate_fasta,
+)
 from synnav_cli.errors import UserError
-from synnav_cli.files import check_output_file, exclusive_lock
+from synnav_cli.files import check_output_file, exclusive_lock, readable_twice
 from synnav_cli.model import LocalizationModel
 from synnav_cli.modeldir import METADATA_FILE, WEIGHTS_FILE, ModelInfo
 from synnav_cli.predict.resumable import ResumableOutput
@@ -31,6 +37,9 @@ from synnav_cli.scoring.load import load_for_scoring
 from synnav_cli.scoring.score import Runtime, score_sequences
 
 LONG_POLICIES = ("truncate", "window", "skip")
+# Shorter records are peptides, not proteins: a compartment call means nothing for them (a random
+# 6-mer once scored 0.99 for mitochondrion), so they are reported with status "short", not scored.
+MIN_LENGTH = 20
 # Records scored together. Large enough for well-filled length-sorted batches, small enough
 # that memory does not grow with the input.
 CHUNK_RECORDS = 2048
@@ -46,7 +55,14 @@ def _windows(sequence: str, size: int) -> list[str]:
 
 
 def _plan(record: FastaRecord, limit: int, policy: str) -> tuple[list[str], str]:
+    """The pieces of ``record`` to score, and its status; no pieces for a record not scored."""
     sequence = record.sequence
+    if record.problem is not None:
+        return [], f"invalid: {record.problem}"
+    if looks_like_nucleotides(sequence):
+        return [], "nucleotide"
+    if len(sequence) < MIN_LENGTH:
+        return [], "short"
     if len(sequence) <= limit:
         return [sequence], "ok"
     if policy == "skip":
@@ -124,6 +140,7 @@ def run_prediction(
     device: str = "auto",
     offline: bool = False,
     shard: str | None = None,
+    skip_invalid: bool = False,
 ) -> int:
     """Predict every record of ``fasta`` (path or ``-``) to ``out`` or stdout; returns the count.
 
@@ -142,6 +159,8 @@ def run_prediction(
         device: auto, cpu, cuda, cuda:N or mps.
         offline: never download weights.
         shard: ``I/N`` scores records I-1, I-1+N, ... only (for array jobs; see ``synnav merge``).
+        skip_invalid: score the valid records and give the invalid ones a row whose status says
+            why; without it an invalid record anywhere stops the run before anything is scored.
     """
     shard_index, shard_count = distributed.parse_shard(shard) if shard else (0, 1)
     distributed.init()
@@ -152,22 +171,25 @@ def run_prediction(
         raise UserError(
             f"unknown long-protein policy {long_policy!r}; choose {', '.join(LONG_POLICIES)}"
         )
-    loaded = load_for_scoring(
-        model_name,
-        threshold_values=threshold_values,
-        device=device,
-        max_tokens=max_tokens,
-        offline=offline,
-    )
-    info, backbone, model, runtime = loaded.info, loaded.backbone, loaded.model, loaded.runtime
-    thresholds, limit = loaded.thresholds, loaded.max_length
-
-    writes = distributed.is_main()
     with ExitStack() as stack:
+        # Standard input is spooled so that it can be validated whole before anything is scored.
+        source = stack.enter_context(readable_twice(fasta)) if distributed.is_main() else fasta
+        total = _validate(source, "standard input" if fasta == "-" else fasta, skip_invalid)
+        loaded = load_for_scoring(
+            model_name,
+            threshold_values=threshold_values,
+            device=device,
+            max_tokens=max_tokens,
+            offline=offline,
+        )
+        info, backbone, model, runtime = loaded.info, loaded.backbone, loaded.model, loaded.runtime
+        thresholds, limit = loaded.thresholds, loaded.max_length
+
+        writes = distributed.is_main()
         records = None
         resumable = None
         if writes:
-            records = read_fasta(fasta)
+            records = read_fasta(source, keep_invalid=skip_invalid)
             if shard_count > 1:
                 records = distributed.take_shard(records, shard_index, shard_count)
             if out is not None:
@@ -186,10 +208,9 @@ def run_prediction(
             max_length=limit,
             long_policy=long_policy,
             chunk_records=CHUNK_RECORDS,
-            progress=console.Progress(0, "predict"),
+            progress=console.Progress(total, "predict"),
         )
-        # Read the first chunk before writing anything, so that an empty or non-FASTA input fails
-        # with nothing on stdout. Later records are validated as they stream by.
+        # The whole input was validated above, so nothing fails after rows are written.
         first = next(chunks, None)
         if not writes:  # the other ranks score; rank 0 writes and reports
             return sum(len(chunk) for chunk in itertools.chain([first or []], chunks))
@@ -206,6 +227,38 @@ def run_prediction(
             info.label_names,
             thresholds,
         )
+
+
+def _validate(source: str, label: str, skip_invalid: bool) -> int:
+    """Check every record before any is scored (rank 0 reads; every rank gets the verdict).
+
+    Returns the number of records, for progress totals.
+    """
+    verdict: tuple[int, str | None] = (0, None)
+    if distributed.is_main():
+        try:
+            found = validate_fasta(source)
+        except UserError as error:
+            verdict = (0, str(error))
+        else:
+            problem = None
+            if found.invalid and not skip_invalid:
+                problem = found.problem_report(label)
+            elif found.nucleotide and found.nucleotide == found.records - found.invalid:
+                problem = (
+                    f"{label} holds nucleotide sequences (DNA or RNA), not proteins; "
+                    "translate them first"
+                )
+            elif found.invalid:
+                console.warn(
+                    f"{found.invalid:,} of {found.records:,} records are invalid; their "
+                    "rows say why in the status column"
+                )
+            verdict = (found.records, problem)
+    records, problem = distributed.broadcast(verdict)
+    if problem is not None:
+        raise UserError(problem)
+    return records
 
 
 def _write_predictions(

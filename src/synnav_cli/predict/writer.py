@@ -22,8 +22,9 @@ FORMATS = ("tsv", "csv", "jsonl")
 class Prediction:
     id: str
     length: int
-    probabilities: np.ndarray | None  # None when skipped
-    status: str  # ok | truncated | windowed:N | skipped
+    probabilities: np.ndarray | None  # None when not scored
+    # ok | truncated | windowed:N | skipped | short | nucleotide | invalid: <why>
+    status: str
 
 
 class PredictionWriter:

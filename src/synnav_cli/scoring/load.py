@@ -7,6 +7,7 @@ that backbone's memory model, and a model's length limit and thresholds are read
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -96,7 +97,19 @@ def open_model(
         f"device {torch_device}, precision {precision}, {runtime.max_tokens} tokens a batch"
     )
     model = load_model(info, backbone, torch_device, offline=offline)
+    for j in untrained_labels(model):
+        # A label the model never saw a value of is never predicted, whatever --threshold says.
+        thresholds[j] = math.inf
     return LoadedModel(info, backbone, model, runtime, limit, thresholds)
+
+
+def untrained_labels(model: LocalizationModel | None) -> list[int]:
+    """Labels whose head row is all zeros: training had no known value of them (see
+    ``train.finish.blank_labels``), so the model gives every protein 0.5 for them."""
+    if model is None:
+        return []
+    weight, bias = model.head.linear.weight, model.head.linear.bias
+    return [j for j in range(weight.shape[0]) if not weight[j].any() and not bias[j].any()]
 
 
 def parse_thresholds(
