@@ -55,7 +55,7 @@ from torch import nn
 
 # The package surface this script depends on (keep it small: src/ is being restructured):
 #   hardware: resolve_precision, autocast, grad_scaler, memory_model (MemoryModel), plan_budget,
-#             default_token_budget, set_gradient_checkpointing
+#             plan_budget; Backbone.set_gradient_checkpointing, Backbone.tokens
 #   get_backbone(name) -> Backbone: build_encoder(pretrained=False), tokenize, embedding_dim,
 #             max_length; ESM C encoders also: attention_backend, resolved_attention_backend
 #   predict_records, Runtime, FastaRecord: synnav's prediction path (with its out-of-memory backoff)
@@ -240,12 +240,11 @@ def run_predict(built: Built, sequences: list[str], runtime: Runtime) -> np.ndar
 
 
 def predict_runtime(built: Built, device: torch.device, precision: str) -> Runtime:
-    """The runtime `synnav predict` builds: its own default budget for the device."""
-    limit = built.backbone.max_length
-    budget = hardware.default_token_budget(
-        device, embedding_dim=built.backbone.embedding_dim, training=False
-    )
-    return Runtime(device, precision, max(budget, limit + 2))
+    """The runtime `synnav predict` builds: the backbone's memory model on this device."""
+    backbone = built.backbone
+    budget = hardware.plan_budget(device, hardware.memory_model(backbone), training=False,
+                                  precision=precision, min_tokens=backbone.tokens(backbone.max_length))
+    return Runtime(device, precision, budget.max_tokens)
 
 
 def flop_rates(flop: float, seconds: float, peaks: dict) -> dict:
@@ -627,7 +626,7 @@ class Check:
             tokens = max(lengths[i] for i in index) * len(index)
             recompute = budget.recompute(tokens)
             recomputed += recompute
-            hardware.set_gradient_checkpointing(model.encoder, recompute)
+            built.backbone.set_gradient_checkpointing(model.encoder, recompute)
             batch = built.backbone.tokenize([sequences[i] for i in index]).to(self.device)
             with hardware.autocast(self.device, precision):
                 logits = model(batch)
@@ -663,7 +662,7 @@ class Check:
             seconds = time.perf_counter() - start
         finally:
             model.eval()
-            hardware.set_gradient_checkpointing(model.encoder, False)
+            built.backbone.set_gradient_checkpointing(model.encoder, False)
             optimizer.zero_grad(set_to_none=True)
             optimizer.state.clear()  # the AdamW moments: 8 B a parameter
             if self.cuda:
@@ -718,7 +717,7 @@ class Check:
                         self.device
                     )
                     targets = torch.zeros(count, NUM_LABELS, device=self.device)
-                    hardware.set_gradient_checkpointing(model.encoder, checkpointing)
+                    built.backbone.set_gradient_checkpointing(model.encoder, checkpointing)
                     if self.cuda:
                         torch.cuda.empty_cache()
                         torch.cuda.reset_peak_memory_stats(self.device)
@@ -753,7 +752,7 @@ class Check:
                     out["points"].append(point)
         finally:
             model.eval()
-            hardware.set_gradient_checkpointing(model.encoder, False)
+            built.backbone.set_gradient_checkpointing(model.encoder, False)
             optimizer.zero_grad(set_to_none=True)
             del optimizer
             if self.cuda:

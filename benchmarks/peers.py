@@ -42,12 +42,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# The package surface this script depends on (src/ is being restructured: keep it small).
-from synnav_cli import hardware  # default_token_budget
-from synnav_cli.embedding_cache import pooled_embeddings
-from synnav_cli.inference import Runtime
 from synnav_cli.model import LocalizationModel
 from synnav_cli.plugins import get_backbone  # Backbone: build_encoder, embedding_dim, max_length
+
+# The package surface this script depends on (src/ is being restructured: keep it small).
+from synnav_cli.runtime import hardware  # plan_budget, memory_model
+from synnav_cli.scoring.score import Runtime
+from synnav_cli.train.embedding_cache import pooled_embeddings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check import matmul_params, random_proteins, shape_of
@@ -163,11 +164,12 @@ class Synnav:
 
     def run(self, sequences: list[str], mode: str, threads: int) -> tuple[float, np.ndarray]:
         device = torch.device("cpu")
-        budget = self.max_tokens or hardware.default_token_budget(
-            device, embedding_dim=self.backbone.embedding_dim, training=False
-        )
-        limit = self.backbone.max_length + 2
-        runtime = Runtime(device, self.precision, max(budget, limit), self.max_batch_size)
+        # What `synnav predict` uses: the backbone's memory model (fixed budgets on CPU).
+        limit = self.backbone.tokens(self.backbone.max_length)
+        budget = hardware.plan_budget(device, hardware.memory_model(self.backbone), training=False,
+                                      precision=self.precision, min_tokens=limit,
+                                      requested=self.max_tokens)
+        runtime = Runtime(device, self.precision, budget.max_tokens, self.max_batch_size)
         start = time.perf_counter()
         pooled = pooled_embeddings(self.model, self.backbone, sequences, runtime)
         return time.perf_counter() - start, pooled

@@ -53,7 +53,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -448,7 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         bench = build(name, device, "auto")
         esmc = name.startswith("esmc")
         sequences = [s[: bench.max_residues] for s in all_sequences]
-        memory = hardware.memory_model(SimpleNamespace(embedding_dim=bench.width), bench.encoder)
+        # A shape known by its width only (12 layers, 4x FFN), parameters counted from the encoder.
+        memory = hardware.MemoryModel(params=sum(p.numel() for p in bench.encoder.parameters()),
+                                      layers=12, width=bench.width, ffn_hidden=4 * bench.width)
         budget = hardware.plan_budget(device, memory, training=False, precision=precision,
                                       min_tokens=bench.max_residues + 2, requested=args.max_tokens)
         if esmc:
