@@ -142,7 +142,7 @@ def test_predict_with_the_bundled_model(runner, tmp_path, fmt):
     for row in rows:
         assert row["status"] == "ok"
         for label in info.label_names:
-            assert 0.0 <= float(row[label]) <= 1.0
+            assert 0.0 <= float(row[label.replace(" ", "_")]) <= 1.0
 
 
 def _predict_rows(runner, fasta, *extra):
@@ -183,8 +183,8 @@ def test_a_label_without_training_data_is_never_predicted(runner, small_dataset,
     _, rows = _predict_rows(runner, fasta, "--model", str(out))
     assert len(rows) == len(PROTEINS)
     for row in rows:
-        assert float(row["inhibitory synapse"]) == 0.5
-        assert "inhibitory synapse" not in row["predicted"]
+        assert float(row["inhibitory_synapse"]) == 0.5
+        assert "inhibitory_synapse" not in row["predicted"]
 
 
 def test_bundled_model_on_the_example_fasta(runner):
@@ -202,8 +202,8 @@ def test_bundled_model_on_the_example_fasta(runner):
     assert max(by_id, key=lambda i: by_id[i]["ER"]) == "P07237"
     assert max(by_id, key=lambda i: by_id[i]["mitochondrion"]) == "Q15388"
     for row in rows:
-        assert float(row["inhibitory synapse"]) == 0.5  # no data to learn it from
-        assert "inhibitory synapse" not in row["predicted"]
+        assert float(row["inhibitory_synapse"]) == 0.5  # no data to learn it from
+        assert "inhibitory_synapse" not in row["predicted"]
 
 
 def test_docs_table_matches_the_shipped_model():

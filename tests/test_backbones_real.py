@@ -382,7 +382,7 @@ def test_train_evaluate_predict_from_the_cache(tiny_hub, tmp_path, small_dataset
     assert [row["status"] for row in rows] == [
         "ok" if len(s) <= 100 else "truncated" for s in data.sequences[:6]
     ]
-    assert all(0 <= float(row[label]) <= 1 for row in rows for label in meta["labels"])
+    assert all(0 <= float(row[label.replace(" ", "_")]) <= 1 for row in rows for label in meta["labels"])
 
 
 @pytest.mark.parametrize("setting", ["--offline", "SYNNAV_OFFLINE", "HF_HUB_OFFLINE"])

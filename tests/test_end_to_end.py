@@ -92,7 +92,7 @@ def test_predict_rows_in_input_order(runner, trained, small_dataset, tmp_path):
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout), delimiter="\t"))
     assert [r["id"] for r in rows] == ids
-    labels = json.loads((trained / "synnav-model.json").read_text())["labels"]
+    labels = [n.replace(" ", "_") for n in json.loads((trained / "synnav-model.json").read_text())["labels"]]
     for row in rows:
         for label in labels:
             assert 0.0 <= float(row[label]) <= 1.0
@@ -115,16 +115,45 @@ def test_predict_from_stdin_as_jsonl_and_thresholds(runner, trained, small_datas
     assert all(r["predicted"] == "nucleus" for r in rows)
 
 
-def test_predict_uses_newest_model_by_default(runner, trained, small_dataset, tmp_path, monkeypatch):
+def test_a_new_model_is_not_the_default_until_chosen(runner, trained, small_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("SYNNAV_DATA_DIR", str(tmp_path / "home"))
     result = runner.invoke(cli, ["train", "-b", "tiny", "-d", str(small_dataset), "--epochs", "1"])
     assert result.exit_code == 0, result.output
-    model_dir = result.stdout.strip()
-    assert model_dir.startswith(str(tmp_path / "home" / "models"))
+    model_dir = Path(result.stdout.strip())
+    assert str(model_dir).startswith(str(tmp_path / "home" / "models"))
     _ids, text = fasta_of(small_dataset, 2)
     predicted = runner.invoke(cli, ["predict", "-"], input=text)
-    assert predicted.exit_code == 0
-    assert f"Using the newest trained model {model_dir}" in predicted.stderr
+    assert predicted.exit_code == 0 and "Using the bundled model" in predicted.stderr
+
+    chosen = runner.invoke(cli, ["models", "default", model_dir.name])
+    assert chosen.exit_code == 0 and model_dir.name in chosen.stderr
+    predicted = runner.invoke(cli, ["predict", "-"], input=text)
+    assert predicted.exit_code == 0, predicted.output
+    assert f"Using the default model {model_dir.name}" in predicted.stderr
+    listed = json.loads(runner.invoke(cli, ["models", "list", "--json"]).stdout)
+    assert [(m["name"], m["default"]) for m in listed] == [(model_dir.name, True), ("bundled", False)]
+    assert runner.invoke(cli, ["models", "default"]).stdout.startswith(model_dir.name + "\t")
+
+    assert runner.invoke(cli, ["models", "default", "--clear"]).exit_code == 0
+    assert "Using the bundled model" in runner.invoke(cli, ["predict", "-"], input=text).stderr
+    runner.invoke(cli, ["models", "default", model_dir.name])
+    import shutil
+
+    shutil.rmtree(model_dir)
+    gone = runner.invoke(cli, ["predict", "-"], input=text)
+    assert gone.exit_code == 1 and "no longer exists" in gone.stderr
+
+
+def test_a_model_whose_backbone_is_not_installed_names_the_plugin_it_needs(runner, tmp_path):
+    import launch
+
+    model_dir = launch.tiny_model_dir(tmp_path / "m")
+    meta = json.loads((model_dir / "synnav-model.json").read_text())
+    meta["backbone"] = "example"
+    (model_dir / "synnav-model.json").write_text(json.dumps(meta))
+    result = runner.invoke(cli, ["predict", "-", "--model", str(model_dir)], input=">a\nMKVLAAGIVGLLLAAQPAMA\n")
+    assert result.exit_code == 1
+    assert "needs backbone 'example'" in result.stderr and "plugin" in result.stderr
 
 
 def test_long_proteins_follow_the_policy(runner, trained, tmp_path):

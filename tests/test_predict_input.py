@@ -102,3 +102,31 @@ def test_a_label_with_no_training_data_is_never_called_whatever_the_threshold(ru
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert all("nucleus" not in r["predicted"] for r in rows)
     assert all("cytosol" in r["predicted"] for r in rows)  # threshold 0 calls every trained label
+
+
+def test_output_columns_have_no_spaces_and_thresholds_take_both_spellings(runner, tmp_path):
+    model = launch.tiny_model_dir(tmp_path / "m", labels=["ER", "excitatory synapse"])
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(_proteins(3))
+    header = runner.invoke(cli, ["predict", str(fasta), "--model", str(model)]).stdout.splitlines()[0]
+    assert header.split("\t") == ["id", "length", "ER", "excitatory_synapse", "predicted", "status"]
+    for spelling in ("excitatory_synapse=0", "excitatory synapse=0", "Excitatory_Synapse=0"):
+        result = runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "--threshold", spelling,
+                                     "--format", "jsonl"])
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(line) for line in result.stdout.splitlines()]
+        assert all("excitatory_synapse" in r["predicted"] for r in rows)
+        assert set(rows[0]["probabilities"]) == {"ER", "excitatory_synapse"}
+
+
+def test_evaluate_takes_a_dataset_whose_labels_use_underscores(runner, tmp_path):
+    model = launch.tiny_model_dir(tmp_path / "m", labels=["ER", "excitatory synapse"])
+    records = json.loads((launch.TESTS / "data" / "small.json").read_text())
+    for record in records:
+        labels = record["labels"]
+        record["labels"] = {"ER": labels["ER"], "excitatory_synapse": labels["excitatory synapse"]}
+    data = tmp_path / "underscores.json"
+    data.write_text(json.dumps(records))
+    result = runner.invoke(cli, ["evaluate", "--model", str(model), "--data", str(data), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)["labels"]) == {"ER", "excitatory synapse"}

@@ -60,7 +60,8 @@ def _fasta(path: Path, records: dict[str, str]) -> Path:
 def test_models_list_json_and_table(runner, installed, dataset_path):
     result = runner.invoke(cli, ["models", "list", "--json"])
     assert result.exit_code == 0, result.output
-    (entry,) = json.loads(result.output)
+    entry, bundled = json.loads(result.output)
+    assert bundled["name"] == "bundled" and bundled["default"] and not entry["default"]
     meta = json.loads((installed / "synnav-model.json").read_text())
     assert entry["name"] == installed.name
     assert entry["backbone"] == "tiny"
@@ -72,15 +73,16 @@ def test_models_list_json_and_table(runner, installed, dataset_path):
 
     table = runner.invoke(cli, ["models", "list"])
     assert table.exit_code == 0
-    header, row = table.output.splitlines()
+    header, row, bundled_row, footer = table.output.splitlines()
+    assert bundled_row.startswith("bundled *") and "default" in footer
     assert header.split()[:2] == ["name", "backbone"]
     assert row.startswith(installed.name) and entry["data_sha256"][:12] in row
 
 
 def test_models_list_when_empty(runner):
     result = runner.invoke(cli, ["models", "list"])
-    assert result.exit_code == 0 and "No trained models" in result.output
-    assert json.loads(runner.invoke(cli, ["models", "list", "--json"]).output) == []
+    assert result.exit_code == 0 and result.output.splitlines()[1].startswith("bundled *")
+    assert [m["name"] for m in json.loads(runner.invoke(cli, ["models", "list", "--json"]).output)] == ["bundled"]
 
 
 def test_models_show_text_and_json(runner, installed):
@@ -210,12 +212,13 @@ def test_predict_compare_table(runner, model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout), delimiter="\t"))
     labels = json.loads((model_dir / "synnav-model.json").read_text())["labels"]
-    assert list(rows[0]) == ["mutant", "wild_type", *(f"delta {n}" for n in labels), "predicted", "gained", "lost"]
+    labels = [n.replace(" ", "_") for n in labels]  # output columns have no spaces
+    assert list(rows[0]) == ["mutant", "wild_type", *(f"delta_{n}" for n in labels), "predicted", "gained", "lost"]
     assert [(r["mutant"], r["wild_type"]) for r in rows] == [("P1_mut_I6W", "P1"), ("P1_mut_same", "P1")]
     for label in labels:
         expected = float(probabilities["P1_mut_I6W"][label]) - float(probabilities["P1"][label])
-        assert float(rows[0][f"delta {label}"]) == pytest.approx(expected, abs=2e-4)
-        assert float(rows[1][f"delta {label}"]) == 0.0
+        assert float(rows[0][f"delta_{label}"]) == pytest.approx(expected, abs=2e-4)
+        assert float(rows[1][f"delta_{label}"]) == 0.0
     assert rows[0]["predicted"] == probabilities["P1_mut_I6W"]["predicted"]
 
     jsonl = runner.invoke(cli, ["predict", str(fasta), "--model", str(model_dir), "--compare", "--format", "jsonl",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from synnav_cli.data.dataset import assign_splits, read_dataset
+from synnav_cli.data.dataset import assign_splits, read_dataset, same_label
 from synnav_cli.errors import UserError
 from synnav_cli.metrics import Scores, evaluate_predictions
 from synnav_cli.modeldir import ModelInfo
@@ -57,7 +57,12 @@ def evaluate_with_scores(
     """
     distributed.init()
     dataset = read_dataset(data_path)
-    missing = [name for name in info.label_names if name not in dataset.label_names]
+    # A dataset may spell a label as the output columns do (excitatory_synapse) or with a space.
+    found = {
+        name: next((j for j, d in enumerate(dataset.label_names) if same_label(name, d)), None)
+        for name in info.label_names
+    }
+    missing = [name for name, j in found.items() if j is None]
     if missing:
         raise UserError(f"{data_path} lacks the model's labels: {', '.join(missing)}")
     if split != "all":
@@ -65,7 +70,7 @@ def evaluate_with_scores(
         dataset = assign_splits(dataset, seed=int(config.get("seed", 0))).subset(split)
         if len(dataset) == 0:
             raise UserError(f"the {split} split of {data_path} is empty")
-    columns = [dataset.label_names.index(name) for name in info.label_names]
+    columns = [found[name] for name in info.label_names]
     loaded = open_model(info, device=device, max_tokens=max_tokens, offline=offline)
     sequences = [s[: loaded.max_length] for s in dataset.sequences]
     probs = distributed.score_sharded(

@@ -178,11 +178,51 @@ def list_models() -> list[ModelInfo]:
     return found
 
 
+DEFAULT_FILE = "default-model.json"  # in the user data directory; set by `synnav models default`
+
+
+def default_model_path() -> Path:
+    return paths.data_dir() / DEFAULT_FILE
+
+
+def read_default_model() -> str | None:
+    """The model set with `synnav models default`, as given there (a name or a directory)."""
+    path = default_model_path()
+    if not path.is_file():
+        return None
+    try:
+        name = json.loads(path.read_text(encoding="utf-8")).get("model")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        name = None
+    if not isinstance(name, str) or not name:
+        console.warn(
+            f"{path} is damaged; using the bundled model (set one with `synnav models default`)"
+        )
+        return None
+    return name
+
+
+def set_default_model(name: str | None) -> ModelInfo | None:
+    """Make ``name`` the model `predict` and `evaluate` use without --model; None: the bundled one.
+
+    A trained model is recorded by its absolute directory, so the choice survives a change of
+    working directory.
+    """
+    if name is None:
+        default_model_path().unlink(missing_ok=True)
+        return None
+    info, _how = resolve_model(name)
+    chosen = BUNDLED_NAME if info.name == BUNDLED_NAME else str(info.path.resolve())
+    write_json_atomic(default_model_path(), {"model": chosen})
+    return info
+
+
 def resolve_model(name: str | None) -> tuple[ModelInfo, str]:
     """Find a model by directory, by name under the models directory, or the default.
 
-    Returns the model and how it was chosen ("given", "latest" or "bundled"), so the caller can
-    tell the user.
+    Without a name: the model set with `synnav models default`, else the bundled one; a newly
+    trained model never becomes the default by itself. Returns the model and how it was chosen
+    ("given", "default" or "bundled"), so the caller can tell the user.
     """
     if name:
         candidate = Path(name).expanduser()
@@ -199,13 +239,23 @@ def resolve_model(name: str | None) -> tuple[ModelInfo, str]:
             f"no model {name!r}: not a model directory, nor a name in "
             f"{paths.models_dir()} (trained models: {known})"
         )
-    models = list_models()
-    if models:
-        return models[0], "latest"
+    chosen = read_default_model()
+    if chosen is not None:
+        try:
+            info, _how = resolve_model(chosen)
+        except UserError:
+            raise UserError(
+                f"the default model {chosen!r} no longer exists; choose another with "
+                "`synnav models default NAME` (or `--clear` for the bundled one)"
+            ) from None
+        return info, "bundled" if info.name == BUNDLED_NAME else "default"
     bundled = bundled_model_path()
     if bundled is not None:
         return read_model_info(bundled), "bundled"
-    raise UserError("no trained model found; train one with `synnav train` or pass --model")
+    raise UserError(
+        "no model to use: train one with `synnav train` and pass --model, or set one "
+        "with `synnav models default NAME`"
+    )
 
 
 def load_model(

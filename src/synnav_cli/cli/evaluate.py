@@ -16,7 +16,8 @@ from synnav_cli.cli.options import common_options, default_dataset
     "-m",
     "models",
     multiple=True,
-    help="Model directory or name; repeat to compare models.  [default: the newest model]",
+    help="Model directory or name; repeat to compare models.  "
+    "[default: the one set with `synnav models default`, else the bundled one]",
 )
 @click.option(
     "--data",

@@ -73,7 +73,8 @@ def backbones(as_json: bool) -> None:
 
 @cli.group()
 def models() -> None:
-    """Trained models in the models directory (SYNNAV_DATA_DIR/models): list them, show one."""
+    """Trained models in the models directory (SYNNAV_DATA_DIR/models): list them, show one,
+    choose the default."""
 
 
 @models.command("list")
@@ -84,11 +85,38 @@ def models() -> None:
     help="Print a JSON list instead of a table.  [default: table]",
 )
 def models_list(as_json: bool) -> None:
-    """Trained models, newest first: backbone, data and split hashes, test mean F1 and ROC-AUC."""
+    """Trained models, newest first, then the bundled one; the default is marked: backbone, data
+    and split hashes, test mean F1 and ROC-AUC."""
     from synnav_cli.cli.views import format_model_list
-    from synnav_cli.modeldir import list_models
+    from synnav_cli.modeldir import list_models, read_model_info, resolve_model
+    from synnav_cli.resources import bundled_model_path
 
-    click.echo(format_model_list(list_models(), as_json=as_json), nl=False)
+    infos = list_models()
+    bundled = bundled_model_path()
+    if bundled is not None:
+        infos.append(read_model_info(bundled))
+    try:
+        default = resolve_model(None)[0].path.resolve()
+    except UserError:
+        default = None
+    click.echo(format_model_list(infos, default=default, as_json=as_json), nl=False)
+
+
+@models.command("default")
+@click.argument("name", required=False)
+@click.option("--clear", is_flag=True, help="Go back to the bundled model.  [default: off]")
+def models_default(name: str | None, clear: bool) -> None:
+    """Set the model `predict` and `evaluate` use without --model: NAME from `synnav models list`,
+    a model directory, or `bundled`. Without NAME, print the current default."""
+    from synnav_cli.modeldir import resolve_model, set_default_model
+
+    if clear or name:
+        info = set_default_model(None if clear else name)
+        chosen = info.name if info is not None else "bundled"
+        click.echo(f"Default model: {chosen}.", err=True)
+        return
+    info, _how = resolve_model(None)
+    click.echo(f"{info.name}\t{info.path}")
 
 
 @models.command("show")

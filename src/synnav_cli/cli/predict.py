@@ -16,7 +16,8 @@ from synnav_cli.errors import UserError
     "--model",
     "-m",
     default=None,
-    help="Model directory or name.  [default: the newest trained model, else the bundled one]",
+    help="Model directory or name.  "
+    "[default: the one set with `synnav models default`, else the bundled one]",
 )
 @click.option(
     "--format",

@@ -65,15 +65,17 @@ def _mean_test(info: ModelInfo, metric: str) -> float | None:
     return info.meta.get("metrics", {}).get("test", {}).get("mean", {}).get(metric)
 
 
-def model_summary(info: ModelInfo) -> dict:
+def model_summary(info: ModelInfo, default: Path | None = None) -> dict:
     """One model's identity and headline test metrics, as `synnav models list --json` prints it.
 
     Arguments:
         info: the model directory's metadata.
+        default: the directory of the default model, to mark it.
     """
     data = info.meta.get("data", {})
     return {
         "name": info.name,
+        "default": default is not None and info.path.resolve() == default,
         "path": str(info.path),
         "backbone": info.meta.get("backbone"),
         "data": data.get("path"),
@@ -134,9 +136,11 @@ def _table(headers: list[str], rows: list[list[str]], indent: str = "") -> list[
     ]
 
 
-def format_model_list(infos: list[ModelInfo], *, as_json: bool = False) -> str:
-    """The models as a table (or a JSON list), newest first as given."""
-    summaries = [model_summary(info) for info in infos]
+def format_model_list(
+    infos: list[ModelInfo], *, default: Path | None = None, as_json: bool = False
+) -> str:
+    """The models as a table (or a JSON list) in the order given; the default marked with *."""
+    summaries = [model_summary(info, default) for info in infos]
     if as_json:
         return json.dumps(summaries, indent=2) + "\n"
     if not summaries:
@@ -153,7 +157,7 @@ def format_model_list(infos: list[ModelInfo], *, as_json: bool = False) -> str:
     ]
     rows = [
         [
-            s["name"],
+            s["name"] + (" *" if s["default"] else ""),
             s["backbone"] or "?",
             s["data"] or "?",
             _short(s["data_sha256"]),
@@ -164,7 +168,8 @@ def format_model_list(infos: list[ModelInfo], *, as_json: bool = False) -> str:
         ]
         for s in summaries
     ]
-    return "\n".join(_table(headers, rows)) + "\n"
+    footer = "* the default (`synnav models default` changes it)"
+    return "\n".join([*_table(headers, rows), footer]) + "\n"
 
 
 def format_model_details(info: ModelInfo, *, as_json: bool = False) -> str:

@@ -20,6 +20,18 @@ from synnav_cli.data import homology
 from synnav_cli.data.fasta import normalise_sequence
 from synnav_cli.errors import UserError, quoted
 
+
+def column_name(label: str) -> str:
+    """A label as an output column: no spaces (``excitatory synapse`` -> ``excitatory_synapse``),
+    so that R, pandas and ``--threshold NAME=X`` take it as it is."""
+    return "_".join(label.split())
+
+
+def same_label(a: str, b: str) -> bool:
+    """Whether two spellings name one label (case, spaces and underscores aside)."""
+    return column_name(a).lower() == column_name(b).lower()
+
+
 SPLITS = homology.SPLIT_NAMES  # one definition, shared with the split rule
 
 

@@ -17,6 +17,7 @@ from typing import IO
 import numpy as np
 
 from synnav_cli import console
+from synnav_cli.data.dataset import column_name
 from synnav_cli.data.fasta import FastaRecord
 from synnav_cli.errors import UserError
 from synnav_cli.scoring.load import LoadedModel
@@ -97,7 +98,8 @@ def compare_records(
             long_policy=long_policy,
         )
     }
-    names, thresholds = loaded.info.label_names, np.asarray(loaded.thresholds)
+    names = [column_name(n) for n in loaded.info.label_names]
+    thresholds = np.asarray(loaded.thresholds)
     comparisons = []
     for mutant, wild in pairs:
         m, w = scored[mutant], scored[wild]
@@ -120,7 +122,7 @@ def compare_records(
 def write_comparisons(
     comparisons: list[Comparison], handle: IO[str], fmt: str, label_names: list[str]
 ) -> None:
-    """``mutant, wild_type, delta <label>..., predicted, gained, lost`` as tsv, csv or jsonl.
+    """``mutant, wild_type, delta_<label>..., predicted, gained, lost`` as tsv, csv or jsonl.
 
     Deltas are empty (null in jsonl) when the mutant or its wild type was skipped as too long.
     """
@@ -131,7 +133,7 @@ def write_comparisons(
             deltas = (
                 None
                 if c.delta is None
-                else {n: round(float(d), 4) for n, d in zip(label_names, c.delta)}
+                else {column_name(n): round(float(d), 4) for n, d in zip(label_names, c.delta)}
             )
             handle.write(
                 json.dumps(
@@ -149,7 +151,14 @@ def write_comparisons(
         return
     writer = csv.writer(handle, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
     writer.writerow(
-        ["mutant", "wild_type", *(f"delta {n}" for n in label_names), "predicted", "gained", "lost"]
+        [
+            "mutant",
+            "wild_type",
+            *(f"delta_{column_name(n)}" for n in label_names),
+            "predicted",
+            "gained",
+            "lost",
+        ]
     )
     for c in comparisons:
         cells = [""] * len(label_names) if c.delta is None else [f"{d:+.4f}" for d in c.delta]

@@ -25,6 +25,7 @@ import torch
 
 from synnav_cli import console
 from synnav_cli.backbones.base import TokenBatch
+from synnav_cli.data.dataset import column_name
 from synnav_cli.data.fasta import FastaRecord, read_fasta
 from synnav_cli.errors import UserError
 from synnav_cli.files import replace_atomically
@@ -137,7 +138,7 @@ def explain_records(
         yield Explanation(
             record.id,
             sequence,
-            [names[j] for j in chosen],
+            [column_name(names[j]) for j in chosen],
             [float(probs[j]) for j in chosen],
             predicted,
             values,

@@ -148,8 +148,7 @@ def run_prediction(
 
     Arguments:
         fasta: FASTA path, or ``-`` for standard input.
-        model_name: model directory or name; None picks the newest trained model, else the
-            bundled one.
+        model_name: model directory or name; None: the default model, else the bundled one.
         fmt: tsv, csv or jsonl.
         out: file to write; built in ``out.partial`` and renamed when complete. Running the same
             command again after an interruption continues the partial file.

@@ -13,6 +13,7 @@ from typing import IO
 
 import numpy as np
 
+from synnav_cli.data.dataset import column_name
 from synnav_cli.errors import UserError
 
 FORMATS = ("tsv", "csv", "jsonl")
@@ -37,8 +38,10 @@ class PredictionWriter:
         if fmt not in FORMATS:
             raise UserError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
         self.handle, self.fmt = handle, fmt
-        self.label_names, self.thresholds = label_names, np.asarray(thresholds)
-        self.columns = ["id", "length", *label_names, "predicted", "status"]
+        # Output names have no spaces: ``excitatory synapse`` is written ``excitatory_synapse``.
+        self.label_names = [column_name(name) for name in label_names]
+        self.thresholds = np.asarray(thresholds)
+        self.columns = ["id", "length", *self.label_names, "predicted", "status"]
         self.header = ""
         self._csv = None
         if fmt != "jsonl":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from synnav_cli import console
 from synnav_cli.backbones.base import Backbone
+from synnav_cli.data.dataset import column_name
 from synnav_cli.errors import UserError
 from synnav_cli.model import LocalizationModel
 from synnav_cli.modeldir import ModelInfo, load_model, resolve_model
@@ -39,16 +40,16 @@ def load_for_scoring(
     max_tokens: int | None = None,
     offline: bool = False,
 ) -> LoadedModel:
-    """Find a model by name or directory (None: the newest trained, else the bundled one), say
-    which on stderr, and load it with :func:`open_model`."""
+    """Find a model by name or directory (None: the default set with `synnav models default`,
+    else the bundled one), say which on stderr, and load it with :func:`open_model`."""
     info, how = resolve_model(model_name)
     if how == "bundled":
         console.info(
             f"Using the bundled model ({info.meta.get('description', info.meta['backbone'])}); "
             "train an ESM C model with `synnav train` for better accuracy."
         )
-    elif how == "latest":
-        console.info(f"Using the newest trained model {info.path}.")
+    elif how == "default":
+        console.info(f"Using the default model {info.name} (set with `synnav models default`).")
     return open_model(
         info,
         threshold_values=threshold_values,
@@ -75,7 +76,7 @@ def open_model(
         max_tokens: padded tokens per batch; None derives it from the backbone and the device.
         offline: never download weights.
     """
-    backbone = get_backbone(info.meta["backbone"])
+    backbone = _backbone_of(info)
     thresholds = parse_thresholds(threshold_values, info.label_names, info.thresholds)
     torch_device = distributed.pick_device(device)
     precision = hardware.resolve_precision(torch_device, "auto")
@@ -103,6 +104,17 @@ def open_model(
     return LoadedModel(info, backbone, model, runtime, limit, thresholds)
 
 
+def _backbone_of(info: ModelInfo) -> Backbone:
+    try:
+        return get_backbone(info.meta["backbone"])
+    except UserError:
+        raise UserError(
+            f"model {info.name} needs backbone {info.meta['backbone']!r}, which no installed "
+            "plugin provides: install the plugin distribution that provides it "
+            "(`synnav backbones` lists what is installed)"
+        ) from None
+
+
 def untrained_labels(model: LocalizationModel | None) -> list[int]:
     """Labels whose head row is all zeros: training had no known value of them (see
     ``train.finish.blank_labels``), so the model gives every protein 0.5 for them."""
@@ -115,9 +127,10 @@ def untrained_labels(model: LocalizationModel | None) -> list[int]:
 def parse_thresholds(
     values: Iterable[str], label_names: list[str], defaults: list[float]
 ) -> list[float]:
-    """``0.4`` sets every label; ``ER=0.3`` sets one. Later values win."""
+    """``0.4`` sets every label; ``ER=0.3`` sets one. Later values win. A label may be spelled as
+    in the output columns (``excitatory_synapse``) or with its space."""
     thresholds = list(defaults)
-    lowered = {name.lower(): j for j, name in enumerate(label_names)}
+    lowered = {column_name(name).lower(): j for j, name in enumerate(label_names)}
     for value in values:
         name, sep, number = value.rpartition("=")
         try:
@@ -129,9 +142,11 @@ def parse_thresholds(
         if not sep:
             thresholds = [threshold] * len(label_names)
             continue
-        if name.lower() not in lowered:
+        key = column_name(name).lower()
+        if key not in lowered:
             raise UserError(
-                f"--threshold {value!r}: unknown label; labels: {', '.join(label_names)}"
+                f"--threshold {value!r}: unknown label; labels: "
+                f"{', '.join(column_name(n) for n in label_names)}"
             )
-        thresholds[lowered[name.lower()]] = threshold
+        thresholds[lowered[key]] = threshold
     return thresholds
