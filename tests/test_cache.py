@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
+from checks import one_error_line
 from click.testing import CliRunner
 from hub_fixture import (  # noqa: F401 - fixtures
     blob_of,
@@ -468,16 +469,6 @@ def run_synnav(*args):
     from synnav_cli.cli.main import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("Error: ")
-    assert not any(line.lstrip().startswith('File "') for line in lines)
-    return lines[-1]
 
 
 @pytest.mark.parametrize(

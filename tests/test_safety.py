@@ -19,6 +19,7 @@ from pathlib import Path
 import launch
 import pytest
 import torch
+from checks import one_error_line
 from hub_fixture import cache_repo
 from launch import normal_verbosity  # noqa: F401  (an autouse fixture)
 from safetensors.torch import load_file, save_file
@@ -32,17 +33,6 @@ from synnav_cli.train import loop as training
 TRAIN = ["train", "--backbone", "tiny", "--epochs", "3", "--batch-size", "8", "--lr", "3e-3",
          "--seed", "1", "--device", "cpu", "--max-tokens", "2000", "-q"]
 SRC = Path(training.__file__).parents[1]
-
-
-def one_error_line(result, *needles: str) -> str:
-    """The result failed with exit code 1 and one ``Error:`` line holding every needle."""
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("Error: ")]
-    assert len(errors) == 1 and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 def train_args(data: Path, out: Path) -> list[str]:
