@@ -343,7 +343,7 @@ def test_cached_repos_lists_sizes_files_and_backbones(hub):
     from hub_fixture import cache_tiny_weights
 
     cache_tiny_weights("esmc300m")
-    repos = {repo.repo_id: repo for repo in listing.cached_repos(cache_cli._backbones_by_repo())}
+    repos = {repo.repo_id: repo for repo in listing.cached_repos(cache_cli.backbones_by_repo())}
     assert set(repos) == {REPO, "EvolutionaryScale/esmc-300m-2024-12"}
     mine = repos[REPO]
     assert mine.size_on_disk == len(WEIGHTS) + len(CONFIG)

@@ -51,7 +51,7 @@ def _resolve_backbone(name: str):
     return get_backbone(name)
 
 
-def _backbones_by_repo() -> dict[str, tuple[str, ...]]:
+def backbones_by_repo() -> dict[str, tuple[str, ...]]:
     """Registered backbone ids by the (lower-cased) repository their weights come from."""
     from synnav_cli.plugins import backbone_registry
 
@@ -92,7 +92,7 @@ def path_command() -> None:
 )
 def list_command(as_json: bool) -> None:
     """List cached weight repositories: size on disk, files, and the backbones that use them."""
-    repos = listing.cached_repos(_backbones_by_repo())
+    repos = listing.cached_repos(backbones_by_repo())
     if as_json:
         click.echo(json.dumps([repo.to_json() for repo in repos], indent=2))
         return
@@ -130,7 +130,7 @@ def clear_command(names: tuple[str, ...], yes: bool) -> None:
     They are downloaded again the next time a backbone needs them.
     """
     targets = [_repo_for(name) for name in names]
-    cached = {repo.repo_id.lower(): repo for repo in listing.cached_repos(_backbones_by_repo())}
+    cached = {repo.repo_id.lower(): repo for repo in listing.cached_repos(backbones_by_repo())}
     if names:
         found = [cached[t.lower()] for t in dict.fromkeys(targets) if t.lower() in cached]
     else:
