@@ -144,6 +144,7 @@ for command in (
     predict.predict,
     train.split,
     predict.merge,
+    predict.embed,
     cache_group,
 ):
     cli.add_command(command)

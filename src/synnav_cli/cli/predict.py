@@ -222,3 +222,73 @@ def merge(parts: tuple[Path, ...], out: Path | None, fasta: str | None) -> None:
         expected = (record.id for record in read_fasta(fasta))
     with output_handle(out, inputs=[*parts, *([fasta] if fasta else [])]) as handle:
         merge_parts(list(parts), handle, expected)
+
+
+@click.command()
+@click.argument("fasta", default="-", metavar="FASTA")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The .npz file to write.  [default: none; required]",
+)
+@click.option(
+    "--backbone",
+    "-b",
+    "backbone_name",
+    default=None,
+    help="Embed with this backbone's pretrained encoder (see `synnav backbones`).  "
+    "[default: none; give --backbone or --model]",
+)
+@click.option(
+    "--model",
+    "-m",
+    "model_name",
+    default=None,
+    help="Embed with the encoder of this trained model (name or directory).  "
+    "[default: none; give --backbone or --model]",
+)
+@click.option(
+    "--per-residue",
+    is_flag=True,
+    help="Also write every residue's vector (residue_embeddings, with offsets).  [default: off]",
+)
+@click.option("--float16", is_flag=True, help="Store the vectors as float16.  [default: float32]")
+@click.option(
+    "--max-tokens",
+    type=int,
+    default=None,
+    help="Padded tokens per batch.  [default: from the device's free memory]",
+)
+@common_options
+def embed(
+    fasta: str,
+    out: Path,
+    backbone_name: str | None,
+    model_name: str | None,
+    per_residue: bool,
+    float16: bool,
+    max_tokens: int | None,
+    device: str,
+    offline: bool,
+) -> None:
+    """Write per-protein embeddings of FASTA (a file, or - for stdin) to an .npz file.
+
+    The file holds ids, lengths, embeddings [proteins, dim] (the mean over each protein's
+    residues, what the localization head reads) and, with --per-residue, residue_embeddings with
+    offsets. Records are checked first, as for predict; order is the input's.
+    """
+    from synnav_cli.predict.embed import run_embedding
+
+    run_embedding(
+        fasta,
+        out,
+        backbone_name=backbone_name,
+        model_name=model_name,
+        per_residue=per_residue,
+        float16=float16,
+        max_tokens=max_tokens,
+        device=device,
+        offline=offline,
+    )

@@ -173,7 +173,7 @@ def run_prediction(
     with ExitStack() as stack:
         # Standard input is spooled so that it can be validated whole before anything is scored.
         source = stack.enter_context(readable_twice(fasta)) if distributed.is_main() else fasta
-        total = _validate(source, "standard input" if fasta == "-" else fasta, skip_invalid)
+        total = validate_input(source, "standard input" if fasta == "-" else fasta, skip_invalid)
         loaded = load_for_scoring(
             model_name,
             threshold_values=threshold_values,
@@ -228,7 +228,7 @@ def run_prediction(
         )
 
 
-def _validate(source: str, label: str, skip_invalid: bool) -> int:
+def validate_input(source: str, label: str, skip_invalid: bool) -> int:
     """Check every record before any is scored (rank 0 reads; every rank gets the verdict).
 
     Returns the number of records, for progress totals.

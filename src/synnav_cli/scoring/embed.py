@@ -1,0 +1,63 @@
+"""Per-protein embeddings out: the masked mean of the encoder's residue vectors (what the head of
+every synnav model reads), optionally the residue vectors themselves.
+
+Batches, token budgets and the out-of-memory backoff are scoring's (see :mod:`.score`); the
+result is in input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from synnav_cli.backbones.base import Backbone
+from synnav_cli.runtime import hardware
+from synnav_cli.scoring.score import Runtime, run_batches
+
+
+@dataclass
+class Embeddings:
+    pooled: np.ndarray  # [proteins, dim] float32
+    residues: list[np.ndarray] | None  # per protein [residues, dim], when asked for
+
+
+def embed_sequences(
+    encoder: torch.nn.Module,
+    backbone: Backbone,
+    sequences: Sequence[str],
+    runtime: Runtime,
+    *,
+    per_residue: bool = False,
+) -> Embeddings:
+    """Pooled (and with ``per_residue``, per-residue) embeddings of ``sequences``, in order.
+
+    ``encoder`` is a backbone's encoder: pretrained, or the fine-tuned one of a trained model.
+    """
+    encoder.eval()
+    pooled = np.zeros((len(sequences), backbone.embedding_dim), dtype=np.float32)
+    residues: list[np.ndarray | None] = [None] * len(sequences)
+    lengths = [backbone.tokens(len(s)) for s in sequences]
+
+    @torch.inference_mode()
+    def embed(index: list[int]) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        batch = backbone.tokenize([sequences[i] for i in index]).to(runtime.device)
+        with hardware.autocast(runtime.device, runtime.precision):
+            hidden = encoder(batch.input_ids, batch.attention_mask)
+        hidden = hidden.float()
+        mask = batch.residue_mask
+        weights = mask.to(hidden.dtype).unsqueeze(-1)
+        means = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+        rows = (
+            [hidden[k][mask[k]].cpu().numpy() for k in range(len(index))] if per_residue else None
+        )
+        return means.cpu().numpy(), rows
+
+    for index, (means, rows) in run_batches(lengths, runtime, embed):
+        pooled[index] = means
+        if rows is not None:
+            for position, row in zip(index, rows):
+                residues[position] = row
+    return Embeddings(pooled, residues if per_residue else None)  # type: ignore[arg-type]
