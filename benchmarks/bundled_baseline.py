@@ -136,7 +136,9 @@ def main() -> int:
     info = read_model_info(Path(model_path))
     seed = int(info.meta.get("config", {}).get("seed", 0))
     dataset = assign_splits(read_dataset(args.data), seed=seed)
-    recorded = info.meta.get("data", {}).get("split_sha256")
+    # A model trained on the dataset plus decoys (scripts/train_bundled.py) records the split of
+    # the dataset itself as source_split_sha256.
+    recorded = info.meta.get("data", {}).get("source_split_sha256") or info.meta.get("data", {}).get("split_sha256")
     if recorded and recorded != dataset.split_hash():
         print(f"warning: the split of {args.data} differs from the one {model_path} was trained on",
               file=sys.stderr)

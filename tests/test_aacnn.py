@@ -201,9 +201,8 @@ def test_bundled_model_on_the_example_fasta(runner):
     # highest of the file in their own compartment.
     assert max(by_id, key=lambda i: by_id[i]["ER"]) == "P07237"
     assert max(by_id, key=lambda i: by_id[i]["mitochondrion"]) == "Q15388"
-    for row in rows:
-        assert float(row["inhibitory_synapse"]) == 0.5  # no data to learn it from
-        assert "inhibitory_synapse" not in row["predicted"]
+    for label in next(iter(by_id.values())):  # all six labels are trained: no constant column
+        assert len({round(probs[label], 4) for probs in by_id.values()}) > 1, label
 
 
 def test_docs_table_matches_the_shipped_model():
