@@ -178,6 +178,8 @@ def run_prediction(
                 )
                 resumable = ResumableOutput(out, fingerprint)
                 records = resumable.skip_done(records)
+        progress = console.Progress(None, "predict")  # a stream: the total is not known
+        stack.callback(progress.close)
         chunks = predict_chunks(
             model,
             backbone,
@@ -186,7 +188,7 @@ def run_prediction(
             max_length=limit,
             long_policy=long_policy,
             chunk_records=CHUNK_RECORDS,
-            progress=console.Progress(0, "predict"),
+            progress=progress,
         )
         # Read the first chunk before writing anything, so that an empty or non-FASTA input fails
         # with nothing on stdout. Later records are validated as they stream by.
