@@ -77,8 +77,9 @@ def test_unknown_total_says_done_and_rate_only(stderr, monkeypatch):
     assert text and "/0" not in text
 
 
-def test_short_run_of_unknown_size_is_silent(stderr, monkeypatch):
+def test_quick_runs_leave_the_log_alone(stderr, monkeypatch):
     run(None, 3, 10, 0.1, monkeypatch)
+    run(100, 10, 10, 0.4, monkeypatch)  # all ten steps within the first 5 s
     assert stderr.getvalue() == ""
 
 

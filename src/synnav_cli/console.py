@@ -41,12 +41,14 @@ class Progress:
     """Progress of one loop on stderr, silent with --quiet and on every torchrun rank but 0.
 
     On a terminal a live tqdm bar. Off a terminal (a SLURM log, ``nohup``) one plain line at
-    most every :attr:`INTERVAL` seconds and at each 10% step, with done/total, rate and ETA.
+    most every :attr:`INTERVAL` seconds and at each 10% step, with done/total, rate and ETA;
+    nothing in the first :attr:`QUIET_START` seconds, so a quick loop leaves the log alone.
     ``total`` None (or 0) means unknown, e.g. a stream: then done and rate only. A caller that
     learns the total later sets :attr:`total`.
     """
 
     INTERVAL = 30.0
+    QUIET_START = 5.0
 
     def __init__(self, total: int | None, label: str, unit: str = "proteins") -> None:
         self.total, self.label, self.unit = total or None, label, unit
@@ -81,6 +83,8 @@ class Progress:
         elif self.mode == "log":
             now = _clock()
             step = min(10, self.done * 10 // self.total) if self.total else 0
+            if now - self.start < self.QUIET_START:
+                return
             if step > self._step or now - self._last >= self.INTERVAL:
                 self._step, self._last = step, now
                 self._log(now, suffix)
