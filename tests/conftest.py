@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 from tiny_backbone import TinyPlugin
 
+from synnav_cli import console
 from synnav_cli.plugins import load_plugins, pm
 
 DATA = Path(__file__).parent / "data"
@@ -23,6 +24,8 @@ def isolated_user_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("SYNNAV_DATA_DIR", str(tmp_path / "userdata"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("SYNNAV_OFFLINE", raising=False)
+    # --quiet/--verbose set a module-level level; one invocation must not silence the next.
+    console.set_verbosity()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -59,7 +59,7 @@ def test_evaluate_json_shape_and_ranges(runner, trained, small_dataset):
     result = runner.invoke(cli, ["evaluate", "--model", str(trained), "--data", str(small_dataset),
                                  "--format", "json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)  # progress, if any, is on stderr
     dataset = read_dataset(small_dataset)
     assert list(report["labels"]) == dataset.label_names
     for metrics in report["labels"].values():
@@ -76,7 +76,7 @@ def test_evaluate_table_and_tsv(runner, trained, small_dataset):
     table = runner.invoke(cli, ["evaluate", "-m", str(trained), "-d", str(small_dataset)])
     assert table.exit_code == 0 and "roc_auc" in table.output and "mean" in table.output
     tsv = runner.invoke(cli, ["evaluate", "-m", str(trained), "-d", str(small_dataset), "--format", "tsv"])
-    rows = list(csv.reader(io.StringIO(tsv.output), delimiter="\t"))
+    rows = list(csv.reader(io.StringIO(tsv.stdout), delimiter="\t"))
     assert rows[0][0] == "label" and rows[-1][0] == "mean"
 
 

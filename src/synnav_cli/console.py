@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -27,28 +28,93 @@ def warn(message: str) -> None:
     print(f"Warning: {message}", file=sys.stderr, flush=True)
 
 
-class Progress:
-    """A one-line progress counter on stderr, shown only on a terminal and when not quiet."""
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
 
-    def __init__(self, total: int, label: str, unit: str = "proteins") -> None:
-        self.total, self.label, self.unit = total, label, unit
+
+class Progress:
+    """Progress of one loop on stderr, silent with --quiet and on every torchrun rank but 0.
+
+    On a terminal a live tqdm bar. Off a terminal (a SLURM log, ``nohup``) one plain line at
+    most every :attr:`INTERVAL` seconds and at each 10% step, with done/total, rate and ETA;
+    nothing in the first :attr:`QUIET_START` seconds, so a quick loop leaves the log alone.
+    ``total`` None (or 0) means unknown, e.g. a stream: then done and rate only. A caller that
+    learns the total later sets :attr:`total`.
+    """
+
+    INTERVAL = 30.0
+    QUIET_START = 5.0
+
+    def __init__(self, total: int | None, label: str, unit: str = "proteins") -> None:
+        self.total, self.label, self.unit = total or None, label, unit
         self.done = 0
-        self.start = time.monotonic()
-        self.enabled = _level >= 1 and sys.stderr.isatty()
-        self._last = 0.0
+        self.start = _clock()
+        self._last = self.start
+        self._step = 0  # tenths of the total already reported
+        self._logged = -1  # ``done`` at the last plain line
+        shown = _level >= 1 and os.environ.get("RANK", "0") == "0"
+        self.mode = "off" if not shown else "bar" if _isatty(sys.stderr) else "log"
+        self._bar = None
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=self.total,
+                desc=label,
+                unit=unit.removesuffix("s"),
+                file=sys.stderr,
+                dynamic_ncols=True,
+                mininterval=0.2,
+            )
 
     def advance(self, count: int, suffix: str = "") -> None:
         self.done += count
-        now = time.monotonic()
-        if not self.enabled or (now - self._last < 0.2 and self.done < self.total):
-            return
-        self._last = now
+        if self._bar is not None:
+            if self._bar.total != self.total:
+                self._bar.total = self.total
+            if suffix:
+                self._bar.set_postfix_str(suffix, refresh=False)
+            self._bar.update(count)
+        elif self.mode == "log":
+            now = _clock()
+            step = min(10, self.done * 10 // self.total) if self.total else 0
+            if now - self.start < self.QUIET_START:
+                return
+            if step > self._step or now - self._last >= self.INTERVAL:
+                self._step, self._last = step, now
+                self._log(now, suffix)
+
+    def _log(self, now: float, suffix: str = "") -> None:
         elapsed = now - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        line = f"{self.label}: {self.done}/{self.total} {self.unit}, {rate:.1f}/s, ETA {eta:.0f}s"
-        print(f"\r{line} {suffix}".ljust(79), end="", file=sys.stderr, flush=True)
+        if self.total:
+            share = min(100, self.done * 100 // self.total)
+            line = f"{self.label}: {self.done}/{self.total} {self.unit} ({share}%), {rate:.1f}/s"
+            if self.done < self.total and rate > 0:
+                line += f", ETA {_duration((self.total - self.done) / rate)}"
+        else:
+            line = f"{self.label}: {self.done} {self.unit}, {rate:.1f}/s"
+        line += f", {_duration(elapsed)} elapsed"
+        print(f"{line}, {suffix}" if suffix else line, file=sys.stderr, flush=True)
+        self._logged = self.done
 
     def close(self) -> None:
-        if self.enabled and self.done:
-            print(file=sys.stderr, flush=True)
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        elif self.mode == "log" and 0 <= self._logged < self.done:
+            self._log(_clock())  # a long run's last word: how many in the end, and how fast
+        self.mode = "off"
+
+
+def _clock() -> float:
+    return time.monotonic()
+
+
+def _isatty(stream) -> bool:
+    return hasattr(stream, "isatty") and stream.isatty()

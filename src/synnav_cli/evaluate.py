@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from synnav_cli import console
 from synnav_cli.data.dataset import assign_splits, read_dataset, same_label
 from synnav_cli.errors import UserError
 from synnav_cli.metrics import Scores, evaluate_predictions
@@ -73,9 +76,14 @@ def evaluate_with_scores(
     columns = [found[name] for name in info.label_names]
     loaded = open_model(info, device=device, max_tokens=max_tokens, offline=offline)
     sequences = [s[: loaded.max_length] for s in dataset.sequences]
-    probs = distributed.score_sharded(
-        lambda part: score_sequences(loaded.model, loaded.backbone, part, loaded.runtime), sequences
-    )
+    # Under torchrun rank 0 reports its own share.
+    progress = console.Progress(-(-len(sequences) // distributed.world_size()), "evaluate")
+
+    def score(part: list[str]) -> np.ndarray:
+        return score_sequences(loaded.model, loaded.backbone, part, loaded.runtime, progress)
+
+    probs = distributed.score_sharded(score, sequences)
+    progress.close()
     labels = dataset.labels[:, columns]
     result = evaluate_predictions(labels, probs, info.label_names, info.thresholds)
     result["model"] = str(info.path)

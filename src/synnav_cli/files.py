@@ -213,8 +213,9 @@ def readable_twice(fasta: str) -> Iterator[str]:
         return
     fd, tmp = tempfile.mkstemp(prefix="synnav-stdin-", suffix=".fasta")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            shutil.copyfileobj(sys.stdin, handle)
+        # Bytes as they come: the reader decodes them, and decompresses gzip, bzip2 or xz.
+        with os.fdopen(fd, "wb") as handle:
+            shutil.copyfileobj(sys.stdin.buffer, handle)
         yield tmp
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""Options shared by the commands that run models: --device, --offline, --quiet, --verbose."""
+"""Options shared by the commands that run models: --device, --threads, --offline, --quiet,
+--verbose."""
 
 from __future__ import annotations
 
@@ -16,8 +17,18 @@ def _verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     return value
 
 
+def _threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if ctx.resilient_parsing:
+        return value
+    from synnav_cli.runtime import threads
+
+    threads.configure(value)  # once, before any model is built
+    return value
+
+
 def common_options(function):
-    """--device, --offline, --quiet and --verbose, shared by the commands that run models."""
+    """--device, --threads, --offline, --quiet and --verbose, shared by the commands that run
+    models."""
     function = click.option(
         "--verbose",
         "-v",
@@ -39,6 +50,15 @@ def common_options(function):
         is_flag=True,
         envvar="SYNNAV_OFFLINE",
         help="Never download weights; use the cache only.  [default: off; env: SYNNAV_OFFLINE]",
+    )(function)
+    function = click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        envvar="SYNNAV_THREADS",
+        expose_value=False,
+        callback=_threads,
+        help="CPU threads for torch.  [default: the CPUs this process may use (affinity and "
+        "cgroup quota), or OMP_NUM_THREADS; env: SYNNAV_THREADS]",
     )(function)
     function = click.option(
         "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from synnav_cli.data import homology
+from synnav_cli.data.compressed import content_suffix, open_text
 from synnav_cli.data.fasta import normalise_sequence
 from synnav_cli.errors import UserError, quoted
 
@@ -127,7 +128,8 @@ def _first_key(record: dict, *names: str) -> object:
 
 def _records_from_json(path: Path) -> Iterator[tuple[str, str, dict, object]]:
     try:
-        payload = json.loads(path.read_text(encoding="utf-8-sig"))
+        with open_text(path) as handle:
+            payload = json.loads(handle.read())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path} is not valid JSON: {error}") from None
     except RecursionError:
@@ -164,7 +166,7 @@ def _records_from_table(path: Path, delimiter: str) -> Iterator[tuple[str, str, 
 
 
 def _table_rows(path: Path, delimiter: str) -> Iterator[tuple[str, str, dict, object]]:
-    with path.open(encoding="utf-8-sig", newline="") as handle:
+    with open_text(path) as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         columns = reader.fieldnames or []
         entry_col = next((c for c in ENTRY_COLUMNS if c in columns), None)
@@ -195,12 +197,14 @@ def _table_rows(path: Path, delimiter: str) -> Iterator[tuple[str, str, dict, ob
 def read_dataset(path: str | Path) -> Dataset:
     """Read a labelled dataset: the origin's ``dataset.json`` or a CSV/TSV table.
 
+    Any of them may be gzip, bzip2 or xz (``data.json.gz``): the format is the suffix before
+    the compression suffix, the compression is read from the file's first bytes.
     The label set is the union of label names in the file, in order of first appearance.
     """
     path = Path(path)
     if not path.exists():
         raise UserError(f"dataset not found: {path}")
-    suffix = path.suffix.lower()
+    suffix = content_suffix(path)
     if suffix == ".json":
         records = _records_from_json(path)
     elif suffix in {".csv", ".tsv", ".txt"}:

@@ -7,7 +7,6 @@ control characters, and sequences hold amino-acid codes only.
 from __future__ import annotations
 
 import itertools
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import IO
 
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
+from synnav_cli.data.compressed import open_text
 from synnav_cli.errors import UserError, quoted
 
 # The 20 standard residues plus the IUPAC ambiguity and rare codes protein language models know:
@@ -73,10 +73,9 @@ def check_input(source: str | Path) -> None:
 
 def _open_text(source: str | Path) -> IO[str]:
     check_input(source)
-    if str(source) == "-":
-        return sys.stdin
-    # utf-8-sig: files saved by Windows editors start with a byte-order mark; it is not content.
-    return Path(source).open(encoding="utf-8-sig", errors="strict", newline="")
+    # Plain, gzip, bzip2 or xz (by magic bytes); utf-8-sig: files saved by Windows editors start
+    # with a byte-order mark, and it is not content.
+    return open_text(source)
 
 
 def read_fasta(
@@ -84,20 +83,20 @@ def read_fasta(
 ) -> Iterator[FastaRecord]:
     """Yield validated records one at a time, so memory stays flat for any file size.
 
-    ``source`` is a path, ``"-"`` for standard input, or an open text handle. An invalid record
-    (bad characters, empty sequence or header, a repeated identifier) raises, or with
-    ``keep_invalid`` is yielded with an empty sequence and its ``problem`` set. A file that is not
-    FASTA at all raises either way.
+    ``source`` is a path, ``"-"`` for standard input (either may be gzip, bzip2 or xz), or an
+    open text handle. An invalid record (bad characters, empty sequence or header, a repeated
+    identifier) raises, or with ``keep_invalid`` is yielded with an empty sequence and its
+    ``problem`` set. A file that is not FASTA at all raises either way.
     """
     handle = source if hasattr(source, "read") else _open_text(source)  # type: ignore[arg-type]
-    label = "standard input" if str(source) == "-" or handle is sys.stdin else str(source)
+    label = "standard input" if str(source) == "-" else str(source)
     try:
         yield from _parse_fasta(handle, label, keep_invalid=keep_invalid)
     except UnicodeDecodeError as error:
         raise UserError(f"{label} is not a text file ({error.reason})") from None
     finally:
-        if handle is not source and handle is not sys.stdin:
-            handle.close()
+        if handle is not source:
+            handle.close()  # never standard input itself: see compressed.open_text
 
 
 def _parse_fasta(handle: IO[str], label: str, *, keep_invalid: bool) -> Iterator[FastaRecord]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synnav_cli.data import homology
+from synnav_cli.data.compressed import content_suffix, open_text
 from synnav_cli.data.dataset import SEQUENCE_COLUMNS, SPLIT_COLUMNS, read_dataset
 from synnav_cli.errors import UserError
 from synnav_cli.files import write_text_atomic
@@ -74,10 +75,11 @@ def split_dataset(
     data, out = Path(data), Path(out)
     if out.exists() and out.resolve() == data.resolve():
         raise UserError(f"--out {out} is the input dataset; write the split copy to another file")
-    if out.suffix.lower() != data.suffix.lower():
+    fmt = content_suffix(data)  # data.json.gz is JSON; the copy is written uncompressed
+    if out.suffix.lower() != fmt:
         raise UserError(
-            f"--out must have the same format as the input ({data.suffix or 'no extension'}), "
-            f"got {out.name}"
+            f"--out must have the same format as the input ({fmt or 'no extension'}, "
+            f"uncompressed), got {out.name}"
         )
     if out.exists() and not force:
         raise UserError(f"{out} already exists; choose another --out or pass --force")
@@ -91,10 +93,10 @@ def split_dataset(
     dataset = read_dataset(data)  # the same validation and sequence clean-up as training
     groups = homology.cluster_sequences(dataset.sequences, min_seq_id, coverage, threads)
     splits = homology.split_groups(groups, fractions, seed)
-    if data.suffix.lower() == ".json":
+    if fmt == ".json":
         text = _json_with_splits(data, splits)
     else:
-        text = _table_with_splits(data, splits, "," if data.suffix.lower() == ".csv" else "\t")
+        text = _table_with_splits(data, splits, "," if fmt == ".csv" else "\t")
     write_text_atomic(out, text)
     counts = Counter(splits)
     return SplitResult(
@@ -108,7 +110,8 @@ def split_dataset(
 
 
 def _json_with_splits(path: Path, splits: list[str]) -> str:
-    records = json.loads(path.read_text(encoding="utf-8"))  # already validated by read_dataset
+    with open_text(path) as handle:
+        records = json.loads(handle.read())  # already validated by read_dataset
     for record, split in zip(records, splits, strict=True):
         record["split"] = split
     # One record per line, as data/dataset.json: valid JSON whose diffs stay line-sized.
@@ -116,7 +119,7 @@ def _json_with_splits(path: Path, splits: list[str]) -> str:
 
 
 def _table_with_splits(path: Path, splits: list[str], delimiter: str) -> str:
-    with path.open(encoding="utf-8", newline="") as handle:
+    with open_text(path) as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         columns = list(reader.fieldnames or [])
         rows = list(reader)

@@ -218,7 +218,7 @@ def write_explanations(
     out_dir.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
     written = []
-    progress = console.Progress(0, "explain")
+    progress = console.Progress(None, "explain")
     for explanation in explain_records(loaded, read_fasta(fasta), steps=steps):
         stem = file_stem(explanation.id, taken)
         write_tsv(explanation, out_dir / f"{stem}.tsv")

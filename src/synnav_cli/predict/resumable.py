@@ -81,6 +81,11 @@ class ResumableOutput:
     def resuming(self) -> bool:
         return self._state is not None
 
+    @property
+    def rows_done(self) -> int:
+        """Records an interrupted run already wrote (0 for a new file)."""
+        return self._state["rows"] if self._state else 0
+
     def skip_done(self, records: Iterable[FastaRecord]) -> Iterator[FastaRecord]:
         """``records`` past those already written, each record hashed as it goes by.
 

@@ -199,6 +199,13 @@ def run_prediction(
                 )
                 resumable = ResumableOutput(out, fingerprint)
                 records = resumable.skip_done(records)
+        # The validation pass counted the records: this run scores its shard's, less any a
+        # resumed --out file already holds.
+        todo = len(range(shard_index, total, shard_count)) - (
+            resumable.rows_done if resumable else 0
+        )
+        progress = console.Progress(todo if writes else None, "predict")
+        stack.callback(progress.close)
         chunks = predict_chunks(
             model,
             backbone,
@@ -207,7 +214,7 @@ def run_prediction(
             max_length=limit,
             long_policy=long_policy,
             chunk_records=CHUNK_RECORDS,
-            progress=console.Progress(total, "predict"),
+            progress=progress,
         )
         # The whole input was validated above, so nothing fails after rows are written.
         first = next(chunks, None)
