@@ -118,7 +118,10 @@ def test_predict_in_a_log_writes_progress_lines(runner, monkeypatch):
     result = runner.invoke(cli, ["predict", str(EXAMPLE), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stderr.splitlines() if line.startswith("predict: ")]
-    assert lines and lines[0].startswith("predict: 8 proteins, "), result.stderr
+    # The validation pass counted the records, so the total is known even for a stream.
+    assert lines and lines[0].startswith("predict: 8/8 proteins (100%)"), result.stderr
+    piped = runner.invoke(cli, ["predict", "-", "--device", "cpu"], input=EXAMPLE.read_text())
+    assert "predict: 8/8 proteins (100%)" in piped.stderr, piped.stderr
     assert "/0" not in result.stderr
     quiet = runner.invoke(cli, ["predict", str(EXAMPLE), "--device", "cpu", "-q"])
     assert "predict: " not in quiet.stderr
