@@ -125,7 +125,7 @@ def test_a_bad_record_stops_every_rank_with_one_error(setup):
     result = launch.torchrun(2, ["predict", str(bad), "--model", str(setup["one"]), "--device", "cpu"],
                              setup["env"], timeout=120)
     assert result.returncode != 0
-    assert "Error: record 'b' contains characters" in result.stderr
+    assert "Error: 1 of 2 records" in result.stderr and "record 'b' contains characters" in result.stderr
     assert "Traceback" not in result.stderr.split("Error:")[0]
 
 

@@ -80,7 +80,7 @@ def test_train_then_predict(env, dataset, tmp_path):
     meta = json.loads((model_dir / "synnav-model.json").read_text())
     assert meta["backbone"] == "example" and meta["labels"] == list(LABELS)
 
-    fasta = ">nuclear\nMPKKKRKVAAGLLSTW\n>other\nMSTAGLLWQEDA*\n"
+    fasta = ">nuclear\nMPKKKRKVAAGLLSTWGSRLEH\n>other\nMSTAGLLWQEDAPRTSELLKGQ*\n"  # 20+ residues: scored
     output = synnav_here("predict", "-", "--model", str(model_dir), "--device", "cpu", stdin=fasta)
     rows = list(csv.DictReader(io.StringIO(output), delimiter="\t"))
     assert [r["id"] for r in rows] == ["nuclear", "other"]
