@@ -20,10 +20,9 @@ from synnav_cli.errors import UserError
 from synnav_cli.files import check_output_file, readable_twice, replace_atomically
 from synnav_cli.plugins import get_backbone
 from synnav_cli.predict.run import validate_input
-from synnav_cli.runtime import distributed, hardware
+from synnav_cli.runtime import distributed
 from synnav_cli.scoring.embed import embed_sequences
-from synnav_cli.scoring.load import load_for_scoring
-from synnav_cli.scoring.score import Runtime
+from synnav_cli.scoring.load import load_for_scoring, scoring_runtime
 
 FORMATS = (".npz",)
 
@@ -78,19 +77,9 @@ def run_embedding(
             )
         else:
             backbone = get_backbone(backbone_name)
-            torch_device = hardware.pick_device(device)
-            precision = hardware.resolve_precision(torch_device, "auto")
             limit = backbone.max_length
-            budget = hardware.plan_budget(
-                torch_device,
-                hardware.memory_model(backbone),
-                training=False,
-                precision=precision,
-                min_tokens=backbone.tokens(limit),
-                requested=max_tokens,
-            )
-            runtime = Runtime(torch_device, precision, budget.max_tokens)
-            encoder = backbone.build_encoder(pretrained=True, offline=offline).to(torch_device)
+            runtime = scoring_runtime(backbone, device, limit, max_tokens)
+            encoder = backbone.build_encoder(pretrained=True, offline=offline).to(runtime.device)
         records = list(read_fasta(source))
     cut = sum(len(r.sequence) > limit for r in records)
     if cut:

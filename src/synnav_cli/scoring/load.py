@@ -78,11 +78,23 @@ def open_model(
     """
     backbone = _backbone_of(info)
     thresholds = parse_thresholds(threshold_values, info.label_names, info.thresholds)
-    torch_device = distributed.pick_device(device)
-    precision = hardware.resolve_precision(torch_device, "auto")
     limit = min(
         int(info.meta.get("config", {}).get("max_length", backbone.max_length)), backbone.max_length
     )
+    runtime = scoring_runtime(backbone, device, limit, max_tokens)
+    torch_device = runtime.device
+    model = load_model(info, backbone, torch_device, offline=offline)
+    for j in untrained_labels(model):
+        # A label the model never saw a value of is never predicted, whatever --threshold says.
+        thresholds[j] = math.inf
+    return LoadedModel(info, backbone, model, runtime, limit, thresholds)
+
+
+def scoring_runtime(backbone: Backbone, device: str, limit: int, max_tokens: int | None) -> Runtime:
+    """Device, precision and the batch budget the backbone's memory model allows there (at least
+    one protein of ``limit`` residues); ``max_tokens`` overrides the budget."""
+    torch_device = distributed.pick_device(device)
+    precision = hardware.resolve_precision(torch_device, "auto")
     budget = hardware.plan_budget(
         torch_device,
         hardware.memory_model(backbone),
@@ -93,15 +105,10 @@ def open_model(
     )
     if max_tokens is None:
         hardware.report_budget("Scoring", budget)
-    runtime = Runtime(torch_device, precision, budget.max_tokens)
     console.detail(
-        f"device {torch_device}, precision {precision}, {runtime.max_tokens} tokens a batch"
+        f"device {torch_device}, precision {precision}, {budget.max_tokens} tokens a batch"
     )
-    model = load_model(info, backbone, torch_device, offline=offline)
-    for j in untrained_labels(model):
-        # A label the model never saw a value of is never predicted, whatever --threshold says.
-        thresholds[j] = math.inf
-    return LoadedModel(info, backbone, model, runtime, limit, thresholds)
+    return Runtime(torch_device, precision, budget.max_tokens)
 
 
 def _backbone_of(info: ModelInfo) -> Backbone:
