@@ -51,17 +51,16 @@ def temporary_file(parent: Path, prefix: str, suffix: str = ".tmp") -> tuple[int
     return fd, Path(name)
 
 
-def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary sibling of ``path``, make it durable, rename it over.
-
-    On any failure (a full disk included) the temporary file is removed and ``path`` is as it was.
-    """
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write; made durable and renamed over ``path`` when the
+    block ends, removed (``path`` as it was) when it fails, a full disk included."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temporary_file(path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
-        write(tmp)
+        yield tmp
         # Writers that replace the file themselves (safetensors does) leave it 0600 again.
         os.chmod(tmp, _open_mode(directory=False))
         with tmp.open("rb") as handle:
@@ -70,6 +69,13 @@ def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it over (see
+    :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -121,15 +127,7 @@ def open_for_writing(path: Path, *, append: bool) -> int:
 
     ``append`` keeps the content (to continue a partial file); otherwise the file is emptied.
     """
-    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags, 0o666)
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise UserError(
-                f"{path} is a symbolic link; synnav does not write through links"
-            ) from None
-        raise
+    fd = _open_no_follow(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NONBLOCK", 0), "write")
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise UserError(f"{path} is not a regular file; remove it or choose another --out")
@@ -150,7 +148,7 @@ def exclusive_lock(path: Path, holder: str) -> Iterator[None]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = _open_lock_file(path)
+        fd = _open_no_follow(path, os.O_RDWR | os.O_CREAT, "lock")
         if not _try_lock(fd):
             os.close(fd)
             raise UserError(
@@ -173,14 +171,14 @@ def exclusive_lock(path: Path, holder: str) -> Iterator[None]:
             os.close(fd)
 
 
-def _open_lock_file(path: Path) -> int:
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+def _open_no_follow(path: Path, flags: int, what: str) -> int:
+    """``os.open`` that refuses a symbolic link at ``path`` in one line, never following it."""
     try:
-        return os.open(path, flags, 0o666)
+        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise UserError(
-                f"{path} is a symbolic link; synnav does not lock through links"
+                f"{path} is a symbolic link; synnav does not {what} through links"
             ) from None
         raise
 
@@ -233,12 +231,5 @@ def output_handle(out: Path | None, *, inputs: Iterable[str | Path] = ()) -> Ite
         return
     out = Path(out)
     check_output_file(out, inputs=inputs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temporary_file(out.parent, prefix=f".{out.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            yield handle
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8", newline="") as handle:
+        yield handle

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from synnav_cli.backbones.base import Backbone
+from synnav_cli.model import masked_mean
 from synnav_cli.runtime import hardware
 from synnav_cli.scoring.score import Runtime, run_batches
 
@@ -46,10 +47,9 @@ def embed_sequences(
         batch = backbone.tokenize([sequences[i] for i in index]).to(runtime.device)
         with hardware.autocast(runtime.device, runtime.precision):
             hidden = encoder(batch.input_ids, batch.attention_mask)
-        hidden = hidden.float()
-        mask = batch.residue_mask
-        weights = mask.to(hidden.dtype).unsqueeze(-1)
-        means = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+        # Pooled in fp32, as LocalizationModel.embed does for the head.
+        hidden, mask = hidden.float(), batch.residue_mask
+        means = masked_mean(hidden, mask)
         rows = (
             [hidden[k][mask[k]].cpu().numpy() for k in range(len(index))] if per_residue else None
         )
