@@ -19,6 +19,7 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -27,22 +28,24 @@ import torch
 
 from synnav_cli.data.dataset import read_dataset
 from synnav_cli.evaluate import evaluate_with_scores
-from synnav_cli.scoring.score import Runtime, score_sequences
 from synnav_cli.modeldir import load_model, read_model_info
 from synnav_cli.plugins import get_backbone
 from synnav_cli.resources import bundled_model_path
+from synnav_cli.scoring.score import Runtime, score_sequences
 
-# accession -> (gene, the label it is the textbook example of)
-MARKERS = {
-    "Q15388": ("TOMM20", "mitochondrion"),
-    "P27797": ("CALR", "ER"),
-    "P02545": ("LMNA", "nucleus"),
-    "P04406": ("GAPDH", "cytosol"),
-    "P78352": ("DLG4", "excitatory synapse"),
-    "Q9NQX3": ("GPHN", "inhibitory synapse"),
-    "P14867": ("GABRA1", "inhibitory synapse"),
-    "P42261": ("GRIA1", "excitatory synapse"),
-}
+
+def _marker_panel() -> dict[str, tuple[str, str]]:
+    """accession -> (gene, the label it is the textbook example of): the panel
+    scripts/build_dataset.py holds out in the test split, read from there so the two agree."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / "build_dataset.py"
+    spec = importlib.util.spec_from_file_location("build_dataset", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return dict(module.MARKERS)
+
+
+MARKERS = _marker_panel()
 SHUFFLE_SEED = 0
 
 
