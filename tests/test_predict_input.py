@@ -132,3 +132,13 @@ def test_evaluate_takes_a_dataset_whose_labels_use_underscores(runner, tmp_path)
     result = runner.invoke(cli, ["evaluate", "--model", str(model), "--data", str(data), "--format", "json"])
     assert result.exit_code == 0, result.output
     assert set(json.loads(result.stdout)["labels"]) == {"ER", "excitatory synapse"}
+
+
+def test_messages_about_standard_input_call_it_so(runner, model):
+    """Standard input is spooled to a file to be read twice; messages still name standard input,
+    for plain predictions and for --compare alike."""
+    for extra in ([], ["--compare"]):
+        for text in ("not fasta\n", ">a\nMKVLAAGIVGLLLAAQPAMA\n>b\nMK1\n"):
+            result = runner.invoke(cli, ["predict", "-", "--model", str(model), *extra], input=text)
+            line = one_error_line(result, "standard input")
+            assert "synnav-stdin" not in line

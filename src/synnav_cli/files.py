@@ -203,6 +203,15 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
+# Files readable_twice spooled standard input to: messages call them "standard input".
+_SPOOLED_STDIN: set[str] = set()
+
+
+def input_name(source: str | Path) -> str:
+    """What messages call an input: its path, or "standard input" (also for a spooled copy)."""
+    return "standard input" if str(source) == "-" or str(source) in _SPOOLED_STDIN else str(source)
+
+
 @contextmanager
 def readable_twice(fasta: str) -> Iterator[str]:
     """A path to ``fasta`` that can be read more than once: standard input is spooled to a file."""
@@ -210,12 +219,14 @@ def readable_twice(fasta: str) -> Iterator[str]:
         yield fasta
         return
     fd, tmp = tempfile.mkstemp(prefix="synnav-stdin-", suffix=".fasta")
+    _SPOOLED_STDIN.add(tmp)
     try:
         # Bytes as they come: the reader decodes them, and decompresses gzip, bzip2 or xz.
         with os.fdopen(fd, "wb") as handle:
             shutil.copyfileobj(sys.stdin.buffer, handle)
         yield tmp
     finally:
+        _SPOOLED_STDIN.discard(tmp)
         Path(tmp).unlink(missing_ok=True)
 
 

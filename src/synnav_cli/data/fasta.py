@@ -16,6 +16,7 @@ from Bio.SeqIO.FastaIO import SimpleFastaParser
 
 from synnav_cli.data.compressed import open_text
 from synnav_cli.errors import UserError, quoted
+from synnav_cli.files import input_name
 
 # The 20 standard residues plus the IUPAC ambiguity and rare codes protein language models know:
 # X (any), B (D/N), Z (E/Q), J (I/L), U (selenocysteine), O (pyrrolysine).
@@ -71,11 +72,11 @@ def check_input(source: str | Path) -> None:
         raise UserError(f"expected a file, got a directory: {path}")
 
 
-def _open_text(source: str | Path) -> IO[str]:
+def _open_text(source: str | Path, label: str) -> IO[str]:
     check_input(source)
     # Plain, gzip, bzip2 or xz (by magic bytes); utf-8-sig: files saved by Windows editors start
     # with a byte-order mark, and it is not content.
-    return open_text(source)
+    return open_text(source, label)
 
 
 def read_fasta(
@@ -88,8 +89,8 @@ def read_fasta(
     identifier) raises, or with ``keep_invalid`` is yielded with an empty sequence and its
     ``problem`` set. A file that is not FASTA at all raises either way.
     """
-    handle = source if hasattr(source, "read") else _open_text(source)  # type: ignore[arg-type]
-    label = "standard input" if str(source) == "-" else str(source)
+    label = input_name(source)
+    handle = source if hasattr(source, "read") else _open_text(source, label)  # type: ignore[arg-type]
     try:
         yield from _parse_fasta(handle, label, keep_invalid=keep_invalid)
     except UnicodeDecodeError as error:

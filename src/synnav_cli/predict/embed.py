@@ -17,7 +17,7 @@ import numpy as np
 from synnav_cli import console
 from synnav_cli.data.fasta import check_input, read_fasta
 from synnav_cli.errors import UserError
-from synnav_cli.files import check_output_file, readable_twice, replace_atomically
+from synnav_cli.files import check_output_file, input_name, readable_twice, replace_atomically
 from synnav_cli.plugins import get_backbone
 from synnav_cli.predict.run import validate_input
 from synnav_cli.runtime import distributed
@@ -64,7 +64,7 @@ def run_embedding(
     if distributed.active():
         raise UserError("synnav embed runs in one process; start it without torchrun")
     with readable_twice(fasta) as source:
-        validate_input(source, "standard input" if fasta == "-" else fasta, skip_invalid=False)
+        validate_input(source, input_name(source), skip_invalid=False)
         if model_name is not None:
             loaded = load_for_scoring(
                 model_name, device=device, max_tokens=max_tokens, offline=offline

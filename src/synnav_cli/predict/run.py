@@ -27,7 +27,7 @@ from synnav_cli.data.fasta import (
     validate_fasta,
 )
 from synnav_cli.errors import UserError
-from synnav_cli.files import check_output_file, exclusive_lock, readable_twice
+from synnav_cli.files import check_output_file, exclusive_lock, input_name, readable_twice
 from synnav_cli.model import LocalizationModel
 from synnav_cli.modeldir import METADATA_FILE, WEIGHTS_FILE, ModelInfo
 from synnav_cli.predict.resumable import ResumableOutput
@@ -173,7 +173,7 @@ def run_prediction(
     with ExitStack() as stack:
         # Standard input is spooled so that it can be validated whole before anything is scored.
         source = stack.enter_context(readable_twice(fasta)) if distributed.is_main() else fasta
-        total = validate_input(source, "standard input" if fasta == "-" else fasta, skip_invalid)
+        total = validate_input(source, input_name(source), skip_invalid)
         loaded = load_for_scoring(
             model_name,
             threshold_values=threshold_values,
