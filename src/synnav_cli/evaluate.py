@@ -28,6 +28,7 @@ def evaluate(
     device: str = "auto",
     max_tokens: int | None = None,
     offline: bool = False,
+    precision: str = "auto",
 ) -> dict:
     """Per-label F1 (at the model's thresholds), ROC-AUC, PR-AUC, MCC and support, plus means.
 
@@ -38,9 +39,16 @@ def evaluate(
         device: auto, cpu, cuda, cuda:N or mps.
         max_tokens: padded tokens per batch; None derives it from the device.
         offline: never download weights.
+        precision: auto, fp32, bf16 or fp16 (see ``hardware.scoring_precision``).
     """
     result, _scores = evaluate_with_scores(
-        info, data_path, split=split, device=device, max_tokens=max_tokens, offline=offline
+        info,
+        data_path,
+        split=split,
+        device=device,
+        max_tokens=max_tokens,
+        offline=offline,
+        precision=precision,
     )
     return result
 
@@ -53,6 +61,7 @@ def evaluate_with_scores(
     device: str = "auto",
     max_tokens: int | None = None,
     offline: bool = False,
+    precision: str = "auto",
 ) -> tuple[dict, Scores]:
     """:func:`evaluate`, plus the per-protein probabilities and labels the metrics came from.
 
@@ -74,7 +83,9 @@ def evaluate_with_scores(
         if len(dataset) == 0:
             raise UserError(f"the {split} split of {data_path} is empty")
     columns = [found[name] for name in info.label_names]
-    loaded = open_model(info, device=device, max_tokens=max_tokens, offline=offline)
+    loaded = open_model(
+        info, device=device, max_tokens=max_tokens, offline=offline, precision=precision
+    )
     sequences = [s[: loaded.max_length] for s in dataset.sequences]
     # Under torchrun rank 0 reports its own share.
     progress = console.Progress(-(-len(sequences) // distributed.world_size()), "evaluate")
@@ -90,4 +101,5 @@ def evaluate_with_scores(
     result["name"] = info.name
     result["split"] = split
     result["proteins"] = len(dataset)
+    result["precision"] = loaded.runtime.precision
     return result, Scores(info.label_names, list(dataset.entries), labels, probs, info.thresholds)

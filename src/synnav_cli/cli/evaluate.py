@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from synnav_cli import console
-from synnav_cli.cli.options import common_options, default_dataset
+from synnav_cli.cli.options import common_options, default_dataset, precision_option
 
 
 @click.command()
@@ -55,6 +55,7 @@ from synnav_cli.cli.options import common_options, default_dataset
     help="Also write ROC and precision-recall curves per label and a metrics bar chart "
     "(PNG) to this directory; needs `pip install 'synnav[plots]'`.  [default: no figures]",
 )
+@precision_option
 @common_options
 def evaluate(
     models: tuple[str, ...],
@@ -63,6 +64,7 @@ def evaluate(
     fmt: str,
     max_tokens: int | None,
     plots_dir: Path | None,
+    precision: str,
     device: str,
     offline: bool,
 ) -> None:
@@ -80,7 +82,13 @@ def evaluate(
     for name in models or (None,):
         info, _how = resolve_model(name)
         result, scores = evaluate_with_scores(
-            info, data, split=split, device=device, max_tokens=max_tokens, offline=offline
+            info,
+            data,
+            split=split,
+            device=device,
+            max_tokens=max_tokens,
+            offline=offline,
+            precision=precision,
         )
         results.append(result)
         scored.append((info.name, result, scores))

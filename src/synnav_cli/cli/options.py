@@ -1,5 +1,5 @@
 """Options shared by the commands that run models: --device, --threads, --offline, --quiet,
---verbose."""
+--verbose; --precision for those that score."""
 
 from __future__ import annotations
 
@@ -64,6 +64,28 @@ def common_options(function):
         "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."
     )(function)
     return function
+
+
+def _precision(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if ctx.resilient_parsing:
+        return value
+    from synnav_cli.runtime import hardware
+
+    return hardware.normalise_precision(value)  # an unknown name is a one-line error
+
+
+def precision_option(function):
+    """--precision for the commands that score (predict, evaluate, embed)."""
+    return click.option(
+        "--precision",
+        default="auto",
+        metavar="[auto|fp32|bf16|fp16]",
+        callback=_precision,
+        help="Numeric precision. auto: fp32 on CPU (the official models' numbers), bf16 on GPUs "
+        "that have it (else fp16). bf16 on a CPU with AVX512-BF16 or AMX: the ESM backbones run "
+        "about 2-3x faster and probabilities move slightly (docs/benchmarks.md); other CPUs "
+        "run fp32 and say so.  [default: auto]",
+    )(function)
 
 
 def default_dataset() -> Path:

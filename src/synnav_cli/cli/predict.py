@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from synnav_cli.cli.options import common_options
+from synnav_cli.cli.options import common_options, precision_option
 from synnav_cli.errors import UserError
 
 
@@ -95,6 +95,7 @@ from synnav_cli.errors import UserError
     "probability (mutant - wild type) and the mutant's predicted, gained and lost labels.  "
     "[default: off]",
 )
+@precision_option
 @common_options
 def predict(
     fasta: str,
@@ -109,6 +110,7 @@ def predict(
     explain_dir: Path | None,
     explain_steps: int,
     compare: bool,
+    precision: str,
     device: str,
     offline: bool,
 ) -> None:
@@ -135,6 +137,7 @@ def predict(
             offline=offline,
             shard=shard,
             skip_invalid=skip_invalid,
+            precision=precision,
         )
         return
     if shard is not None:
@@ -157,6 +160,7 @@ def predict(
                 device=device,
                 max_tokens=max_tokens,
                 offline=offline,
+                precision=precision,
             )
             run_comparison(loaded, source, fmt=fmt, out=out, long_policy=long_policy)
         else:
@@ -171,6 +175,7 @@ def predict(
                 device=device,
                 offline=offline,
                 skip_invalid=skip_invalid,
+                precision=precision,
             )
         if explain_dir is not None:
             from synnav_cli.predict.explain import write_explanations
@@ -181,6 +186,7 @@ def predict(
                 device=device,
                 max_tokens=max_tokens,
                 offline=offline,
+                precision=precision,
             )
             write_explanations(loaded, source, explain_dir, steps=explain_steps)
 
@@ -261,6 +267,7 @@ def merge(parts: tuple[Path, ...], out: Path | None, fasta: str | None) -> None:
     default=None,
     help="Padded tokens per batch.  [default: from the device's free memory]",
 )
+@precision_option
 @common_options
 def embed(
     fasta: str,
@@ -270,6 +277,7 @@ def embed(
     per_residue: bool,
     float16: bool,
     max_tokens: int | None,
+    precision: str,
     device: str,
     offline: bool,
 ) -> None:
@@ -291,4 +299,5 @@ def embed(
         max_tokens=max_tokens,
         device=device,
         offline=offline,
+        precision=precision,
     )

@@ -22,7 +22,7 @@ from synnav_cli.plugins import get_backbone
 from synnav_cli.predict.run import validate_input
 from synnav_cli.runtime import distributed
 from synnav_cli.scoring.embed import embed_sequences
-from synnav_cli.scoring.load import load_for_scoring, scoring_runtime
+from synnav_cli.scoring.load import cast_encoder, load_for_scoring, scoring_runtime
 
 FORMATS = (".npz",)
 
@@ -38,6 +38,7 @@ def run_embedding(
     max_tokens: int | None = None,
     device: str = "auto",
     offline: bool = False,
+    precision: str = "auto",
 ) -> int:
     """Embed every record of ``fasta`` (path or ``-``) into ``out``; returns the count.
 
@@ -51,6 +52,8 @@ def run_embedding(
         max_tokens: padded tokens per batch; None derives it from the backbone and the device.
         device: auto, cpu, cuda, cuda:N or mps.
         offline: never download weights.
+        precision: auto, fp32, bf16 or fp16 (see ``hardware.scoring_precision``); the one used
+            is stored in the file as ``precision``.
     """
     out = Path(out)
     check_input(fasta)
@@ -67,7 +70,11 @@ def run_embedding(
         validate_input(source, input_name(source), skip_invalid=False)
         if model_name is not None:
             loaded = load_for_scoring(
-                model_name, device=device, max_tokens=max_tokens, offline=offline
+                model_name,
+                device=device,
+                max_tokens=max_tokens,
+                offline=offline,
+                precision=precision,
             )
             backbone, encoder, runtime, limit = (
                 loaded.backbone,
@@ -78,8 +85,9 @@ def run_embedding(
         else:
             backbone = get_backbone(backbone_name)
             limit = backbone.max_length
-            runtime = scoring_runtime(backbone, device, limit, max_tokens)
+            runtime = scoring_runtime(backbone, device, limit, max_tokens, precision)
             encoder = backbone.build_encoder(pretrained=True, offline=offline).to(runtime.device)
+            cast_encoder(encoder, runtime)
         records = list(read_fasta(source))
     cut = sum(len(r.sequence) > limit for r in records)
     if cut:
@@ -94,6 +102,7 @@ def run_embedding(
         "ids": np.array([r.id for r in records], dtype=str),
         "lengths": np.array([len(r.sequence) for r in records], dtype=np.int64),
         "embeddings": found.pooled.astype(dtype),
+        "precision": np.array(runtime.precision),
     }
     if found.residues is not None:
         sizes = [len(r) for r in found.residues]

@@ -29,7 +29,6 @@ from synnav_cli.data.dataset import column_name
 from synnav_cli.data.fasta import FastaRecord, read_fasta
 from synnav_cli.errors import UserError
 from synnav_cli.files import replace_atomically
-from synnav_cli.runtime import hardware
 from synnav_cli.scoring.load import LoadedModel
 
 DEFAULT_STEPS = 32
@@ -103,7 +102,7 @@ def attribute(
                 batch.attention_mask.repeat(len(chunk), 1),
                 batch.residue_mask.repeat(len(chunk), 1),
             )
-            with torch.enable_grad(), hardware.autocast(device, runtime.precision):
+            with torch.enable_grad(), runtime.autocast():
                 probabilities = torch.sigmoid(model(repeated).float())
             for k, j in enumerate(label_indices):
                 (grad,) = torch.autograd.grad(

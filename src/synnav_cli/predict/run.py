@@ -141,6 +141,7 @@ def run_prediction(
     offline: bool = False,
     shard: str | None = None,
     skip_invalid: bool = False,
+    precision: str = "auto",
 ) -> int:
     """Predict every record of ``fasta`` (path or ``-``) to ``out`` or stdout; returns the count.
 
@@ -160,6 +161,8 @@ def run_prediction(
         shard: ``I/N`` scores records I-1, I-1+N, ... only (for array jobs; see ``synnav merge``).
         skip_invalid: score the valid records and give the invalid ones a row whose status says
             why; without it an invalid record anywhere stops the run before anything is scored.
+        precision: auto, fp32, bf16 or fp16 (see ``hardware.scoring_precision``); recorded in a
+            resumable ``--out`` file's fingerprint, so a resumed run never mixes precisions.
     """
     shard_index, shard_count = distributed.parse_shard(shard) if shard else (0, 1)
     distributed.init()
@@ -180,6 +183,7 @@ def run_prediction(
             device=device,
             max_tokens=max_tokens,
             offline=offline,
+            precision=precision,
         )
         info, backbone, model, runtime = loaded.info, loaded.backbone, loaded.model, loaded.runtime
         thresholds, limit = loaded.thresholds, loaded.max_length
@@ -197,6 +201,7 @@ def run_prediction(
                 fingerprint = _fingerprint(
                     info, fmt, thresholds, long_policy, limit, (shard_index, shard_count)
                 )
+                fingerprint["precision"] = runtime.precision
                 resumable = ResumableOutput(out, fingerprint)
                 records = resumable.skip_done(records)
         # The validation pass counted the records: this run scores its shard's, less any a

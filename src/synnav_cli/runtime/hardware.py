@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -79,6 +80,48 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     if precision in ("auto", "bf16"):
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return precision
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (x86: AVX512-BF16 or AMX).
+
+    x86 asks cpuinfo through torch (``torch.cpu._is_avx512_bf16_supported``, ``_is_amx_tile_
+    supported``). oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) is not used
+    there: it is true on any AVX-512 CPU, where bf16 is emulated and slower than fp32. On ARM that
+    check asks for the BF16 extension, so it is used as it is.
+    """
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64", "i686", "x86"):
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    if machine in ("aarch64", "arm64"):
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def scoring_precision(device: torch.device, requested: str) -> str:
+    """The precision ``predict``, ``evaluate`` and ``embed`` run at on ``device``.
+
+    ``auto``: on GPUs as :func:`resolve_precision` (bf16, or fp16 without it); fp32 elsewhere, so
+    that CPU results are the official models' numbers. ``fp32``: fp32 on any device. ``bf16`` on
+    a CPU that multiplies bf16 in hardware: bf16 (faster, at a measured cost in accuracy: see
+    docs/benchmarks.md); on any other CPU it would be emulated and slower than fp32, so it runs
+    fp32 and says so on stderr, as does ``fp16`` off CUDA (no CPU here has fp16 matrix units).
+    """
+    precision = normalise_precision(requested)
+    if device.type == "cuda":
+        return "fp32" if precision == "fp32" else resolve_precision(device, precision)
+    if precision == "bf16" and device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    if precision in ("bf16", "fp16"):
+        where = device.type
+        if precision == "bf16" and device.type == "cpu":
+            where = "this CPU (it has no AVX512-BF16 or AMX)"
+        console.warn(f"--precision {precision} is not available on {where}; running fp32")
+    return "fp32"
 
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:

@@ -15,7 +15,6 @@ import torch
 
 from synnav_cli.backbones.base import Backbone
 from synnav_cli.model import masked_mean
-from synnav_cli.runtime import hardware
 from synnav_cli.scoring.score import Runtime, run_batches
 
 
@@ -45,7 +44,7 @@ def embed_sequences(
     @torch.inference_mode()
     def embed(index: list[int]) -> tuple[np.ndarray, list[np.ndarray] | None]:
         batch = backbone.tokenize([sequences[i] for i in index]).to(runtime.device)
-        with hardware.autocast(runtime.device, runtime.precision):
+        with runtime.autocast():
             hidden = encoder(batch.input_ids, batch.attention_mask)
         # Pooled in fp32, as LocalizationModel.embed does for the head.
         hidden, mask = hidden.float(), batch.residue_mask

@@ -11,6 +11,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import torch
+
 from synnav_cli import console
 from synnav_cli.backbones.base import Backbone
 from synnav_cli.data.dataset import column_name
@@ -39,6 +41,7 @@ def load_for_scoring(
     device: str = "auto",
     max_tokens: int | None = None,
     offline: bool = False,
+    precision: str = "auto",
 ) -> LoadedModel:
     """Find a model by name or directory (None: the default set with `synnav models default`,
     else the bundled one), say which on stderr, and load it with :func:`open_model`."""
@@ -56,6 +59,7 @@ def load_for_scoring(
         device=device,
         max_tokens=max_tokens,
         offline=offline,
+        precision=precision,
     )
 
 
@@ -66,6 +70,7 @@ def open_model(
     device: str = "auto",
     max_tokens: int | None = None,
     offline: bool = False,
+    precision: str = "auto",
 ) -> LoadedModel:
     """Load the model ``info`` describes onto ``device`` with a scoring budget.
 
@@ -75,26 +80,31 @@ def open_model(
         device: auto, cpu, cuda, cuda:N or mps (under torchrun, this rank's GPU).
         max_tokens: padded tokens per batch; None derives it from the backbone and the device.
         offline: never download weights.
+        precision: auto, fp32, bf16 or fp16 (see ``hardware.scoring_precision``).
     """
     backbone = _backbone_of(info)
     thresholds = parse_thresholds(threshold_values, info.label_names, info.thresholds)
     limit = min(
         int(info.meta.get("config", {}).get("max_length", backbone.max_length)), backbone.max_length
     )
-    runtime = scoring_runtime(backbone, device, limit, max_tokens)
+    runtime = scoring_runtime(backbone, device, limit, max_tokens, precision)
     torch_device = runtime.device
     model = load_model(info, backbone, torch_device, offline=offline)
+    cast_encoder(model.encoder, runtime)
     for j in untrained_labels(model):
         # A label the model never saw a value of is never predicted, whatever --threshold says.
         thresholds[j] = math.inf
     return LoadedModel(info, backbone, model, runtime, limit, thresholds)
 
 
-def scoring_runtime(backbone: Backbone, device: str, limit: int, max_tokens: int | None) -> Runtime:
-    """Device, precision and the batch budget the backbone's memory model allows there (at least
-    one protein of ``limit`` residues); ``max_tokens`` overrides the budget."""
+def scoring_runtime(
+    backbone: Backbone, device: str, limit: int, max_tokens: int | None, precision: str = "auto"
+) -> Runtime:
+    """Device, precision (``precision`` as asked, resolved for the device) and the batch budget
+    the backbone's memory model allows there (at least one protein of ``limit`` residues);
+    ``max_tokens`` overrides the budget."""
     torch_device = distributed.pick_device(device)
-    precision = hardware.resolve_precision(torch_device, "auto")
+    precision = hardware.scoring_precision(torch_device, precision)
     budget = hardware.plan_budget(
         torch_device,
         hardware.memory_model(backbone),
@@ -108,7 +118,19 @@ def scoring_runtime(backbone: Backbone, device: str, limit: int, max_tokens: int
     console.detail(
         f"device {torch_device}, precision {precision}, {budget.max_tokens} tokens a batch"
     )
-    return Runtime(torch_device, precision, budget.max_tokens)
+    # On CPU bf16 runs on bf16 weights, not under autocast: autocast recasts every weight on
+    # every batch, measured 1.04x (ESM C 300M) to 1.28x (ESM2-8M) slower at 1,024 tokens
+    # (docs/benchmarks.md, "Reduced precision on CPU").
+    cast = torch_device.type == "cpu" and precision == "bf16"
+    return Runtime(torch_device, precision, budget.max_tokens, weights_cast=cast)
+
+
+def cast_encoder(encoder: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
+    """Put ``encoder``'s weights in the runtime's precision when it runs on cast weights (CPU
+    bf16); the pooling and the head stay fp32. Returns ``encoder``."""
+    if runtime.weights_cast:
+        encoder.to(torch.bfloat16)
+    return encoder
 
 
 def _backbone_of(info: ModelInfo) -> Backbone:

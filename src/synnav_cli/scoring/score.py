@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -34,6 +35,15 @@ class Runtime:
     precision: str  # fp32 | bf16 | fp16, already resolved for the device
     max_tokens: int
     max_batch_size: int | None = None
+    # The encoder's weights are in ``precision`` themselves (CPU bf16, see load.cast_encoder).
+    weights_cast: bool = False
+
+    def autocast(self) -> AbstractContextManager:
+        """The context a batch runs in: autocast to ``precision``, unless the weights were cast
+        (autocast would then also put the fp32 pooling and head in bf16)."""
+        if self.weights_cast:
+            return nullcontext()
+        return hardware.autocast(self.device, self.precision)
 
 
 def halve_budget(runtime: Runtime, lengths: Sequence[int], error: BaseException) -> None:
@@ -107,7 +117,7 @@ def score_sequences(
     @torch.inference_mode()
     def score(index: list[int]) -> np.ndarray:
         batch = backbone.tokenize([sequences[i] for i in index]).to(runtime.device)
-        with hardware.autocast(runtime.device, runtime.precision):
+        with runtime.autocast():
             logits = model(batch)
         return torch.sigmoid(logits.float()).cpu().numpy()
 

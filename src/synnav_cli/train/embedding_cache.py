@@ -31,7 +31,6 @@ import torch
 from synnav_cli import console, paths
 from synnav_cli.backbones.base import Backbone
 from synnav_cli.model import LocalizationModel
-from synnav_cli.runtime import hardware
 from synnav_cli.scoring.score import Runtime, run_batches
 
 DB_FILE = "embeddings.sqlite"
@@ -213,7 +212,7 @@ def pooled_embeddings(
     @torch.inference_mode()
     def embed(index: list[int]) -> np.ndarray:
         batch = backbone.tokenize([todo[i] for i in index]).to(runtime.device)
-        with hardware.autocast(runtime.device, runtime.precision):
+        with runtime.autocast():
             return model.embed(batch).float().cpu().numpy()
 
     try:
