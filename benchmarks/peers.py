@@ -11,9 +11,9 @@ Variants, each producing mean-pooled residue embeddings of every protein:
     ESM2 through transformers' ``EsmModel`` called directly, the same two ways.
 ``synnav``
     ``pooled_embeddings`` with synnav's defaults for the device (token budget, attention path).
-``synnav:N`` / ``synnav:single`` / ``synnav:bf16[:N]``
-    the same with a budget of N tokens, one protein a batch, or bf16 autocast
-    (``--synnav-variants``): levers measured without changing synnav's defaults.
+``synnav:N`` / ``synnav:single`` / ``synnav:bf16[:N]`` / ``synnav:bf16w[:N]`` / ``synnav:int8[:N]``
+    the same with a budget of N tokens, one protein a batch, bf16 autocast, the encoder's weights
+    cast to bf16, or its linear layers quantised to int8 (``--synnav-variants``).
 
 Interleaved: in every round each variant embeds all the proteins once, in an order that rotates
 from round to round, so a load that comes and goes on a shared machine falls on all variants
@@ -47,6 +47,7 @@ from synnav_cli.plugins import get_backbone  # Backbone: build_encoder, embeddin
 
 # The package surface this script depends on (src/ is being restructured: keep it small).
 from synnav_cli.runtime import hardware  # plan_budget, memory_model
+from synnav_cli.scoring.load import cast_encoder
 from synnav_cli.scoring.score import Runtime
 from synnav_cli.train.embedding_cache import pooled_embeddings
 
@@ -151,14 +152,22 @@ class EsmPeer:
 
 class Synnav:
     """``pooled_embeddings`` on CPU; ``spec`` (a ``--synnav-variants`` item) changes one lever:
-    ``""`` synnav's defaults, ``"single"`` one protein a batch, ``"N"`` a budget of N tokens,
-    ``"bf16"`` / ``"bf16:N"`` / ``"bf16:single"`` the same under bf16 autocast (synnav itself
-    runs fp32 on CPU)."""
+    ``""`` synnav's defaults, ``"single"`` one protein a batch, ``"N"`` a budget of N tokens; a
+    prefix picks the numbers: ``"bf16"`` bf16 autocast over the fp32 weights, ``"bf16w"`` the
+    encoder's weights cast to bf16, pooling and head in fp32 (what ``--precision bf16`` runs on a
+    CPU with native bf16), ``"int8"`` the encoder's linear
+    layers dynamically quantised to int8 (``torch.ao.quantization.quantize_dynamic``), each
+    optionally followed by ``:N`` or ``:single`` (e.g. ``bf16w:2048``)."""
+
+    MODES = ("bf16w", "bf16", "int8")
 
     def __init__(self, model: LocalizationModel, backbone, spec: str = "") -> None:
-        self.model, self.backbone = model, backbone
-        self.precision = "bf16" if spec.startswith("bf16") else "fp32"
-        rest = spec.removeprefix("bf16").removeprefix(":")
+        self.backbone = backbone
+        mode = next((m for m in self.MODES if spec.split(":")[0] == m), "")
+        rest = spec.removeprefix(mode).removeprefix(":")
+        self.precision = "fp32" if mode in ("", "int8") else "bf16"
+        self.weights_cast = mode == "bf16w"
+        self.model = model if mode in ("", "bf16") else _converted(model, mode)
         self.max_batch_size = 1 if rest == "single" else None
         self.max_tokens = int(rest) if rest.isdigit() else None
 
@@ -169,10 +178,28 @@ class Synnav:
         budget = hardware.plan_budget(device, hardware.memory_model(self.backbone), training=False,
                                       precision=self.precision, min_tokens=limit,
                                       requested=self.max_tokens)
-        runtime = Runtime(device, self.precision, budget.max_tokens, self.max_batch_size)
+        runtime = Runtime(device, self.precision, budget.max_tokens, self.max_batch_size,
+                          weights_cast=self.weights_cast)  # fmt: skip
         start = time.perf_counter()
         pooled = pooled_embeddings(self.model, self.backbone, sequences, runtime)
         return time.perf_counter() - start, pooled
+
+
+def _converted(model: LocalizationModel, mode: str) -> LocalizationModel:
+    """A copy of ``model`` whose encoder computes in bf16 weights or int8 linear layers."""
+    import copy
+    import warnings
+
+    copied = copy.deepcopy(model)
+    if mode == "bf16w":  # synnav's own cast, as scoring.load applies it
+        cast_encoder(copied.encoder, Runtime(torch.device("cpu"), "bf16", 0, weights_cast=True))
+        return copied
+    with warnings.catch_warnings():  # torch.ao.quantization announces its removal
+        warnings.simplefilter("ignore")
+        copied.encoder = torch.ao.quantization.quantize_dynamic(
+            copied.encoder, {torch.nn.Linear}, dtype=torch.qint8
+        )
+    return copied
 
 
 # --- measurement ------------------------------------------------------------------------
@@ -271,6 +298,7 @@ def measure_model(name: str, sequences: list[str], threads: list[int], rounds: i
                     "gflops": round(rate / 1e9, 2),
                     "share_of_mm_fp32": round(rate / 1e9 / block["roofline"]["mm_fp32_gflops"], 3),
                     "max_abs_diff_vs_peer_single": float(np.abs(pooled[v] - reference).max()),
+                    "min_cosine_vs_peer_single": _min_cosine(pooled[v], reference),
                 })  # fmt: skip
             best_peer = max(r["residues_per_s"] for r in rows if r["variant"].startswith(peer_kind))
             for row in rows:
@@ -286,6 +314,13 @@ def measure_model(name: str, sequences: list[str], threads: list[int], rounds: i
         if isinstance(peer, EsmPeer):
             peer.close()
     return result
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The least cosine similarity between a protein's two embeddings (1.0: same direction)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(cos.min())
 
 
 def _synnav_attention(encoder) -> str:
@@ -320,7 +355,9 @@ def markdown(results: dict) -> str:
             peer = next(
                 v.split(":")[0] for v in rows if v.endswith(":single") and v != "synnav:single"
             )
-            others = ", ".join(f"`{v[7:]}` {r['residues_per_s']:,.0f} ({r['vs_best_peer']:.2f}x)"
+            others = ", ".join(f"`{v[7:]}` {r['residues_per_s']:,.0f} ({r['vs_best_peer']:.2f}x"
+                               + ("" if r["same_numbers"] else
+                                  f", diff {r['max_abs_diff_vs_peer_single']:.1e}") + ")"
                                for v, r in rows.items() if v.startswith("synnav:"))  # fmt: skip
             best = max(block["rows"], key=lambda r: r["gflops"])
             worst = max(r["max_abs_diff_vs_peer_single"] for r in block["rows"])
