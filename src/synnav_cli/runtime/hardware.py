@@ -72,7 +72,8 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     ``auto``: bf16 autocast where the GPU has bf16 (Ampere and later), fp16 autocast with loss
     scaling on older GPUs, fp32 on CPU. ``fp16`` asked for (the origin's config value) stays
     fp16 on any GPU: the user chose it. ``bf16`` on a GPU without it becomes fp16.
-    On CPU every request becomes fp32: CPU autocast is slower than fp32 here.
+    On CPU every request becomes fp32 (training on CPU in bf16 was never measured); scoring
+    has its own rule, :func:`scoring_precision`.
     """
     precision = normalise_precision(precision)
     if device.type != "cuda":
@@ -109,7 +110,8 @@ def scoring_precision(device: torch.device, requested: str) -> str:
     that CPU results are the official models' numbers. ``fp32``: fp32 on any device. ``bf16`` on
     a CPU that multiplies bf16 in hardware: bf16 (faster, at a measured cost in accuracy: see
     docs/benchmarks.md); on any other CPU it would be emulated and slower than fp32, so it runs
-    fp32 and says so on stderr, as does ``fp16`` off CUDA (no CPU here has fp16 matrix units).
+    fp32 and says so on stderr, as does ``fp16`` off CUDA (only CPUs with AMX-FP16 multiply fp16
+    in hardware, and none was measured).
     """
     precision = normalise_precision(requested)
     if device.type == "cuda":

@@ -90,7 +90,8 @@ def open_model(
     runtime = scoring_runtime(backbone, device, limit, max_tokens, precision)
     torch_device = runtime.device
     model = load_model(info, backbone, torch_device, offline=offline)
-    cast_encoder(model.encoder, runtime)
+    if runtime.weights_cast:
+        cast_encoder(model.encoder, runtime)
     for j in untrained_labels(model):
         # A label the model never saw a value of is never predicted, whatever --threshold says.
         thresholds[j] = math.inf
@@ -119,8 +120,8 @@ def scoring_runtime(
         f"device {torch_device}, precision {precision}, {budget.max_tokens} tokens a batch"
     )
     # On CPU bf16 runs on bf16 weights, not under autocast: autocast recasts every weight on
-    # every batch, measured 1.04x (ESM C 300M) to 1.28x (ESM2-8M) slower at 1,024 tokens
-    # (docs/benchmarks.md, "Reduced precision on CPU").
+    # every batch; cast weights measured 1.01-1.28x faster at 1,024 tokens for ESM2-8M and ESM C
+    # 300M (docs/benchmarks.md, "Reduced precision on CPU").
     cast = torch_device.type == "cpu" and precision == "bf16"
     return Runtime(torch_device, precision, budget.max_tokens, weights_cast=cast)
 
