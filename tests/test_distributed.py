@@ -132,7 +132,7 @@ def test_a_bad_record_stops_every_rank_with_one_error(setup):
 @torchrun_step
 @pytest.mark.slow
 def test_two_processes_embed_what_one_process_embeds(tmp_path):
-    from synnav_cli.predict.embed_files import read_embeddings
+    from synnav_cli.predict.embed_read import read_embeddings
 
     env = launch.environment(tmp_path)
     env.update(SYNNAV_DATA_DIR=str(tmp_path / "userdata"), SYNNAV_CACHE_DIR=str(tmp_path / "cache"),

@@ -17,7 +17,7 @@ from launch import normal_verbosity  # noqa: F401  (an autouse fixture)
 from synnav_cli.cli.main import cli
 from synnav_cli.files import exclusive_lock
 from synnav_cli.predict import embed as embed_module
-from synnav_cli.predict.embed_files import read_embeddings
+from synnav_cli.predict.embed_read import read_embeddings
 
 REAL_EMBED = embed_module.embed_sequences
 KEYS = ("ids", "lengths", "embeddings", "offsets", "residue_embeddings")
@@ -121,7 +121,11 @@ def test_merge_refuses_parts_that_do_not_fit(runner, tmp_path, fasta):
         return runner.invoke(cli, ["merge", *map(str, args), "--out", out])
 
     one_error_line(merge(parts[0], stranger), "another input")
-    one_error_line(merge(parts[1], parts[0]), "is shard 2/2 but is given as part 1")
+    line = one_error_line(merge(parts[1], parts[0]), "is shard 2/2 but is given as part 1")
+    assert line.startswith(f"Error: {parts[1]} is shard")  # named once, not prefixed by another part
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_bytes(parts[1].read_bytes()[:300])
+    one_error_line(merge(parts[0], damaged), str(damaged), "not an embedding file synnav can read")
     one_error_line(merge(parts[0]), "is shard 1/2 but is given as part 1 of 1")
     one_error_line(merge(whole, parts[1]), "without --shard")
     one_error_line(merge(parts[0], fp16), "dtype differs")

@@ -1,6 +1,6 @@
 """``synnav embed``: per-protein embeddings of a FASTA, from a backbone's pretrained encoder or
 from the fine-tuned encoder of a trained model, written in input order to an ``.npz``, ``.h5`` or
-``.parquet`` file (layouts: :mod:`.embed_files`).
+``.parquet`` file (layouts: :mod:`.embed_files`, read back by :mod:`.embed_read`).
 
 Embedding runs as prediction does: records are read in chunks and batched by length under the
 token budget; ``--shard I/N`` embeds records I-1, I-1+N, ... (joined by ``synnav merge``); under

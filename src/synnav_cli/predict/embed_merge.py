@@ -20,15 +20,13 @@ from synnav_cli.data.fasta import read_fasta
 from synnav_cli.errors import UserError
 from synnav_cli.files import atomic_path, check_output_file
 from synnav_cli.predict.embed_files import (
-    READ_ROWS,
     EmbeddingChunk,
-    EmbeddingFile,
     EmbeddingSource,
     format_of,
-    open_embeddings,
     require,
     write_embeddings,
 )
+from synnav_cli.predict.embed_read import READ_ROWS, EmbeddingFile, open_embeddings
 from synnav_cli.predict.embed_store import input_digest
 
 # Metadata that differs from part to part, or that the writer fills in.
