@@ -129,6 +129,31 @@ def test_a_bad_record_stops_every_rank_with_one_error(setup):
     assert "Traceback" not in result.stderr.split("Error:")[0]
 
 
+@torchrun_step
+@pytest.mark.slow
+def test_two_processes_embed_what_one_process_embeds(tmp_path):
+    from synnav_cli.predict.embed_read import read_embeddings
+
+    env = launch.environment(tmp_path)
+    env.update(SYNNAV_DATA_DIR=str(tmp_path / "userdata"), SYNNAV_CACHE_DIR=str(tmp_path / "cache"),
+               HF_HUB_OFFLINE="1")
+    # 31 proteins, one over the tiny backbone's 512 residues: an odd share for each rank.
+    fasta = launch.write_fasta(tmp_path / "in.fasta", 31, lengths=(20, 600))
+    args = ["embed", str(fasta), "-b", "tiny", "--per-residue", "--device", "cpu", "--max-tokens", "3000", "-q"]
+    one = launch.synnav([*args, "--out", str(tmp_path / "one.npz")], env)
+    assert one.returncode == 0, one.stderr
+    two = launch.torchrun(2, [*args, "--out", str(tmp_path / "two.h5")], env)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout == ""
+    expected, got = read_embeddings(tmp_path / "one.npz"), read_embeddings(tmp_path / "two.h5")
+    assert got["ids"].tolist() == expected["ids"].tolist()  # input order
+    for key in ("lengths", "offsets"):
+        assert got[key].tolist() == expected[key].tolist()
+    for key in ("embeddings", "residue_embeddings"):
+        np.testing.assert_allclose(got[key], expected[key], atol=2e-4, rtol=0)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("two")) == ["two.h5"]
+
+
 @pytest.mark.parametrize("count", [1, 3, 7])
 def test_shards_partition_the_input_round_robin(count):
     items = list(range(20))
@@ -152,3 +177,4 @@ def test_one_process_helpers_answer_for_one_process():
     assert scored.tolist() == [[3.0], [1.0], [2.0]]
     assert distributed.gather("x") == ["x"] and distributed.broadcast(5) == 5
     assert distributed.sum_across(2.5) == 2.5 and distributed.any_rank(True)
+    assert distributed.map_sharded(lambda part: [x * 2 for x in part], [3, 1, 2]) == [6, 2, 4]

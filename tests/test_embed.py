@@ -50,7 +50,7 @@ def test_embed_with_a_backbone_in_float16(runner, tmp_path):
 
 def test_embed_refuses_what_it_cannot_do(runner, tmp_path):
     fasta = launch.write_fasta(tmp_path / "in.fasta", 3, lengths=(20, 40))
-    one_error_line(runner.invoke(cli, ["embed", str(fasta), "-b", "tiny", "--out", str(tmp_path / "e.h5")]),
+    one_error_line(runner.invoke(cli, ["embed", str(fasta), "-b", "tiny", "--out", str(tmp_path / "e.txt")]),
                    ".npz")
     one_error_line(runner.invoke(cli, ["embed", str(fasta), "--out", str(tmp_path / "e.npz")]),
                    "--backbone")

@@ -136,7 +136,7 @@ def test_outputs_say_how_they_were_made(runner, tmp_path, native_bf16, small_dat
     out = tmp_path / "e.npz"
     result = runner.invoke(cli, ["embed", fasta, "-b", "tiny", "-o", str(out), "--precision", "bf16"])
     assert result.exit_code == 0, result.output
-    assert str(np.load(out)["precision"]) == "bf16"
+    assert json.loads(str(np.load(out)["metadata"]))["precision"] == "bf16"
     model_dir = launch.tiny_model_dir(tmp_path / "m")
     result = runner.invoke(cli, ["evaluate", "-m", str(model_dir), "-d", str(small_dataset),
                                  "--format", "json", "--precision", "bf16", "--device", "cpu"])  # fmt: skip

@@ -208,16 +208,31 @@ def predict(
     "catches a missing or misplaced part whatever the row counts.  [default: counts only]",
 )
 def merge(parts: tuple[Path, ...], out: Path | None, fasta: str | None) -> None:
-    """Join `synnav predict --shard I/N` outputs into one file in input order.
+    """Join `synnav predict --shard I/N` or `synnav embed --shard I/N` outputs into one file in
+    input order.
 
     Give the PARTS in shard order, 1/N first (name them so that a glob sorts them, e.g. part-01
     ... part-12). tsv and csv parts keep one header. Row counts are checked, and with --fasta
     every row's id: a missing or misplaced part is an error, never a silently wrong file.
 
+    Embedding parts (.npz, .h5, .parquet) need --out, whose suffix picks the merged file's
+    format. Each part records its shard and a hash of the input, so parts of different inputs,
+    shard counts or models are refused.
+
     \b
-    Example:
+    Examples:
       synnav merge part-1.tsv part-2.tsv part-3.tsv --fasta proteome.fasta --out all.tsv
+      synnav merge emb-1.h5 emb-2.h5 --out proteome.h5
     """
+    from synnav_cli.predict.embed_files import FORMATS
+
+    if any(Path(part).suffix.lower() in FORMATS for part in parts):
+        from synnav_cli.predict.embed_merge import merge_embeddings
+
+        if out is None:
+            raise UserError("embedding parts merge into a file: give --out (.npz, .h5, .parquet)")
+        merge_embeddings(list(parts), out, fasta)
+        return
     from synnav_cli.files import output_handle
     from synnav_cli.predict.resumable import merge_parts
 
@@ -237,7 +252,9 @@ def merge(parts: tuple[Path, ...], out: Path | None, fasta: str | None) -> None:
     "-o",
     type=click.Path(path_type=Path),
     required=True,
-    help="The .npz file to write.  [default: none; required]",
+    help="The file to write; its suffix picks the format: .npz, .h5 (or .hdf5; needs "
+    "`pip install 'synnav[hdf5]'`) or .parquet (needs `pip install 'synnav[parquet]'`). Run the "
+    "same command again after an interruption to continue.  [default: none; required]",
 )
 @click.option(
     "--backbone",
@@ -268,6 +285,13 @@ def merge(parts: tuple[Path, ...], out: Path | None, fasta: str | None) -> None:
     help="Padded tokens per batch.  [default: from the device's free memory]",
 )
 @precision_option
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Embed only part I of N (records I, I+N, I+2N, ... counting from 1), e.g. an array "
+    "job's task; join the parts with `synnav merge`.  [default: every record]",
+)
 @common_options
 def embed(
     fasta: str,
@@ -278,14 +302,23 @@ def embed(
     float16: bool,
     max_tokens: int | None,
     precision: str,
+    shard: str | None,
     device: str,
     offline: bool,
 ) -> None:
-    """Write per-protein embeddings of FASTA (a file, or - for stdin) to an .npz file.
+    """Write per-protein embeddings of FASTA (a file, or - for stdin) to an .npz, .h5 or .parquet
+    file.
 
     The file holds ids, lengths, embeddings [proteins, dim] (the mean over each protein's
-    residues, what the localization head reads) and, with --per-residue, residue_embeddings with
-    offsets. Records are checked first, as for predict; order is the input's.
+    residues, what the localization head reads) and, with --per-residue, every residue's vector
+    (docs/embeddings.md shows each layout). Records are checked first, as for predict; order is
+    the input's. Runs under torchrun as predict does; finished chunks wait in FILE.partial/, so
+    an interrupted run continues where it stopped.
+
+    \b
+    Examples:
+      synnav embed proteome.fasta -b esmc600m -o proteome.h5 --float16
+      synnav embed proteome.fasta -b esmc600m --shard 3/16 -o parts/emb-03.npz
     """
     from synnav_cli.predict.embed import run_embedding
 
@@ -300,4 +333,5 @@ def embed(
         device=device,
         offline=offline,
         precision=precision,
+        shard=shard,
     )

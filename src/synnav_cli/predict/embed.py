@@ -1,30 +1,126 @@
 """``synnav embed``: per-protein embeddings of a FASTA, from a backbone's pretrained encoder or
-from the fine-tuned encoder of a trained model, written as one ``.npz`` file in input order.
+from the fine-tuned encoder of a trained model, written in input order to an ``.npz``, ``.h5`` or
+``.parquet`` file (layouts: :mod:`.embed_files`, read back by :mod:`.embed_read`).
 
-The file holds ``ids`` (the record identifiers), ``lengths`` (residues per protein, before any
-cut to the model's maximum), ``embeddings`` ``[proteins, dim]`` and, with ``per_residue``,
-``residue_embeddings`` ``[all residues, dim]`` with ``offsets`` ``[proteins + 1]``: protein ``i``
-is ``residue_embeddings[offsets[i]:offsets[i + 1]]``. Plain arrays only, so ``numpy.load`` needs
-no ``allow_pickle``.
+Embedding runs as prediction does: records are read in chunks and batched by length under the
+token budget; ``--shard I/N`` embeds records I-1, I-1+N, ... (joined by ``synnav merge``); under
+torchrun rank 0 reads, every rank embeds its share of each chunk and rank 0 writes. Finished
+chunks are kept in ``FILE.partial/`` (:mod:`.embed_store`), so an interrupted run resumes.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from synnav_cli import console
-from synnav_cli.data.fasta import check_input, read_fasta
+from synnav_cli import __version__, console
+from synnav_cli.backbones.base import Backbone
+from synnav_cli.data.fasta import FastaRecord, check_input, read_fasta
 from synnav_cli.errors import UserError
-from synnav_cli.files import check_output_file, input_name, readable_twice, replace_atomically
+from synnav_cli.files import (
+    atomic_path,
+    check_output_file,
+    exclusive_lock,
+    input_name,
+    readable_twice,
+)
 from synnav_cli.plugins import get_backbone
-from synnav_cli.predict.run import validate_input
+from synnav_cli.predict.embed_files import EmbeddingChunk, format_of, require, write_embeddings
+from synnav_cli.predict.embed_store import EmbeddingStore, input_digest
+from synnav_cli.predict.resumable import ResumableOutput
+from synnav_cli.predict.run import model_identity, validate_input
 from synnav_cli.runtime import distributed
 from synnav_cli.scoring.embed import embed_sequences
 from synnav_cli.scoring.load import cast_encoder, load_for_scoring, scoring_runtime
+from synnav_cli.scoring.score import Runtime
 
-FORMATS = (".npz",)
+# Proteins a chunk (and a resume step) holds, as in predict. Residue vectors are some hundred
+# times larger than the pooled ones, so with them a chunk holds fewer proteins.
+CHUNK_RECORDS = 2048
+CHUNK_RECORDS_PER_RESIDUE = 256
+
+
+@dataclass
+class Encoder:
+    backbone: Backbone
+    encoder: torch.nn.Module
+    runtime: Runtime
+    limit: int  # residues embedded per protein
+    identity: dict  # what made the vectors, for the file's metadata and resume checks
+
+
+def load_encoder(
+    backbone_name: str | None,
+    model_name: str | None,
+    device: str,
+    max_tokens,
+    offline: bool,
+    precision: str = "auto",
+) -> Encoder:
+    """A backbone's pretrained encoder, or a trained model's (fine-tuned, or its frozen one)."""
+    if model_name is not None:
+        loaded = load_for_scoring(
+            model_name, device=device, max_tokens=max_tokens, offline=offline, precision=precision
+        )
+        backbone = loaded.backbone
+        identity = {"model": model_name, **model_identity(loaded.info)}
+        return Encoder(
+            backbone,
+            loaded.model.encoder,
+            loaded.runtime,
+            loaded.max_length,
+            {"backbone": backbone.id, **identity},
+        )
+    backbone = get_backbone(backbone_name)
+    runtime = scoring_runtime(backbone, device, backbone.max_length, max_tokens, precision)
+    encoder = backbone.build_encoder(pretrained=True, offline=offline).to(runtime.device)
+    cast_encoder(encoder, runtime)
+    identity = {"backbone": backbone.id, "weights": backbone.fingerprint(), "model": None}
+    return Encoder(backbone, encoder, runtime, backbone.max_length, identity)
+
+
+def embed_chunks(
+    loaded: Encoder,
+    records: Iterable[FastaRecord] | None,
+    *,
+    per_residue: bool,
+    dtype,
+    chunk_records: int,
+    progress=None,
+) -> Iterator[EmbeddingChunk]:
+    """Embeddings of ``records`` a chunk at a time, in input order, as ``dtype``.
+
+    Under torchrun rank 0 reads ``records`` (other ranks pass None), every rank embeds its share
+    of each chunk and every rank gets the whole chunk.
+    """
+
+    def embed(sequences: list[str]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        found = embed_sequences(
+            loaded.encoder, loaded.backbone, sequences, loaded.runtime, per_residue=per_residue
+        )
+        # Cast before gathering: float16 halves what the ranks exchange.
+        rows = found.residues or [None] * len(sequences)
+        return [
+            (pooled.astype(dtype), None if row is None else row.astype(dtype))
+            for pooled, row in zip(found.pooled, rows)
+        ]
+
+    for chunk in distributed.broadcast_chunks(records, chunk_records):
+        found = distributed.map_sharded(embed, [r.sequence[: loaded.limit] for r in chunk])
+        if progress is not None:
+            progress.advance(len(chunk))
+        yield EmbeddingChunk(
+            [r.id for r in chunk],
+            np.array([len(r.sequence) for r in chunk], dtype=np.int64),
+            np.stack([pooled for pooled, _ in found]),
+            [row for _, row in found] if per_residue else None,
+        )
 
 
 def run_embedding(
@@ -38,13 +134,15 @@ def run_embedding(
     max_tokens: int | None = None,
     device: str = "auto",
     offline: bool = False,
+    shard: str | None = None,
     precision: str = "auto",
 ) -> int:
     """Embed every record of ``fasta`` (path or ``-``) into ``out``; returns the count.
 
     Arguments:
         fasta: FASTA path, or ``-`` for standard input.
-        out: the ``.npz`` file to write (atomically).
+        out: the file to write (atomically); its suffix picks the format: .npz, .h5/.hdf5 or
+            .parquet. Running the same command again after an interruption continues the run.
         backbone_name: use this backbone's pretrained encoder.
         model_name: use this trained model's encoder (fine-tuned, or its backbone's when frozen).
         per_residue: also write every residue's vector.
@@ -52,73 +150,111 @@ def run_embedding(
         max_tokens: padded tokens per batch; None derives it from the backbone and the device.
         device: auto, cpu, cuda, cuda:N or mps.
         offline: never download weights.
-        precision: auto, fp32, bf16 or fp16 (see ``hardware.scoring_precision``); the one used
-            is stored in the file as ``precision``.
+        precision: auto, fp32, bf16 or fp16 (see ``hardware.scoring_precision``); the one used is
+            stored in the file's metadata as ``precision``.
+        shard: ``I/N`` embeds records I-1, I-1+N, ... only (for array jobs; see ``synnav merge``).
     """
     out = Path(out)
+    shard_index, shard_count = distributed.parse_shard(shard) if shard else (0, 1)
+    distributed.init()
     check_input(fasta)
-    if out.suffix.lower() not in FORMATS:
-        raise UserError(
-            f"--out {out}: embeddings are written as .npz (HDF5 and Parquet are not supported yet)"
-        )
+    fmt = format_of(out)
+    require(fmt)  # a missing h5py or pyarrow fails before any model loads
     check_output_file(out, inputs=[fasta])
     if (backbone_name is None) == (model_name is None):
         raise UserError("give --backbone (its pretrained encoder) or --model (a trained model's)")
-    if distributed.active():
-        raise UserError("synnav embed runs in one process; start it without torchrun")
-    with readable_twice(fasta) as source:
-        validate_input(source, input_name(source), skip_invalid=False)
-        if model_name is not None:
-            loaded = load_for_scoring(
-                model_name,
-                device=device,
-                max_tokens=max_tokens,
-                offline=offline,
-                precision=precision,
+    dtype = np.float16 if float16 else np.float32
+    main = distributed.is_main()
+    with ExitStack() as stack:
+        # Standard input is spooled so that it can be validated whole before anything is embedded.
+        source = stack.enter_context(readable_twice(fasta)) if main else fasta
+        total = validate_input(source, input_name(source), skip_invalid=False)
+        loaded = load_encoder(backbone_name, model_name, device, max_tokens, offline, precision)
+        chunk_records = CHUNK_RECORDS_PER_RESIDUE if per_residue else CHUNK_RECORDS
+        meta = {
+            "format": "synnav-embeddings",
+            "synnav": __version__,
+            **loaded.identity,
+            "max_length": loaded.limit,
+            "per_residue": per_residue,
+            "dtype": np.dtype(dtype).name,
+            "precision": loaded.runtime.precision,
+            "shard": f"{shard_index + 1}/{shard_count}" if shard else None,
+        }
+        store, records, refusal = None, None, None
+        if main:
+            try:
+                # One writer per output: a second run on the same --out is refused at once.
+                lock = ResumableOutput.lock_path(out)
+                stack.enter_context(exclusive_lock(lock, str(out)))
+                sha, _ = input_digest(source)
+                meta.update(input_sha256=sha, input_records=total)
+                store = EmbeddingStore(out, {**meta, "chunk_records": chunk_records})
+            except UserError as error:
+                refusal = str(error)
+        # Every rank stops on a refusal, none waits for chunks that will never come.
+        refusal = distributed.broadcast(refusal)
+        if refusal is not None:
+            raise UserError(refusal)
+        done = store.proteins_done if store else 0
+        if main:
+            records = distributed.take_shard(read_fasta(source), shard_index, shard_count)
+            records = itertools.islice(records, done, None)
+        todo = len(range(shard_index, total, shard_count)) - done
+        progress = console.Progress(todo if main else None, "embed")
+        stack.callback(progress.close)
+        chunks = embed_chunks(
+            loaded,
+            records,
+            per_residue=per_residue,
+            dtype=dtype,
+            chunk_records=chunk_records,
+            progress=progress,
+        )
+        if not main:  # the other ranks embed; rank 0 keeps, writes and reports
+            return sum(len(chunk.ids) for chunk in chunks)
+        _keep(chunks, store, loaded.limit)
+        return _finish(store, out, fmt, loaded, dtype, meta, shard is not None)
+
+
+def _keep(chunks: Iterable[EmbeddingChunk], store: EmbeddingStore, limit: int) -> None:
+    cut = 0
+    try:
+        for chunk in chunks:
+            store.add(chunk)
+            cut += int((chunk.lengths > limit).sum())
+    except BaseException as error:
+        if store.proteins_done:
+            console.info(
+                f"{store.proteins_done} finished proteins are kept in {store.folder}; "
+                "run the same command again to continue."
             )
-            backbone, encoder, runtime, limit = (
-                loaded.backbone,
-                loaded.model.encoder,
-                loaded.runtime,
-                loaded.max_length,
-            )
-        else:
-            backbone = get_backbone(backbone_name)
-            limit = backbone.max_length
-            runtime = scoring_runtime(backbone, device, limit, max_tokens, precision)
-            encoder = backbone.build_encoder(pretrained=True, offline=offline).to(runtime.device)
-            cast_encoder(encoder, runtime)
-        records = list(read_fasta(source))
-    cut = sum(len(r.sequence) > limit for r in records)
+        if isinstance(error, OSError):  # a full disk, a lost mount, no permission
+            raise UserError(f"writing {store.folder} failed: {error.strerror or error}") from None
+        raise
     if cut:
         console.info(
             f"{cut} proteins longer than {limit} residues are embedded over their first {limit}."
         )
-    found = embed_sequences(
-        encoder, backbone, [r.sequence[:limit] for r in records], runtime, per_residue=per_residue
-    )
-    dtype = np.float16 if float16 else np.float32
-    arrays = {
-        "ids": np.array([r.id for r in records], dtype=str),
-        "lengths": np.array([len(r.sequence) for r in records], dtype=np.int64),
-        "embeddings": found.pooled.astype(dtype),
-        "precision": np.array(runtime.precision),
-    }
-    if found.residues is not None:
-        sizes = [len(r) for r in found.residues]
-        arrays["offsets"] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        arrays["residue_embeddings"] = (
-            np.concatenate(found.residues)
-            if found.residues
-            else np.zeros((0, backbone.embedding_dim))
-        ).astype(dtype)
 
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as handle:
-            np.savez(handle, **arrays)
 
-    replace_atomically(out, write)
+def _finish(
+    store: EmbeddingStore, out: Path, fmt: str, loaded: Encoder, dtype, meta: dict, sharded: bool
+) -> int:
+    count = store.proteins_done
+    if count == 0 and not sharded:
+        raise UserError("no records to embed")
+    if count == 0:
+        console.warn(f"shard {meta['shard']} holds no records")
+    check_output_file(out)  # it may have become something else while the model ran
+    try:
+        with atomic_path(out) as tmp:
+            write_embeddings(tmp, store.source(loaded.backbone.embedding_dim, dtype, meta), fmt)
+    except OSError as error:
+        raise UserError(f"writing {out} failed: {error.strerror or error}") from None
+    # Only now that the whole file is in place do the chunks go.
+    store.remove()
     console.info(
-        f"Wrote {len(records)} embeddings ({backbone.embedding_dim} values each) to {out}."
+        f"Wrote {count} embeddings ({loaded.backbone.embedding_dim} values each) to {out}."
     )
-    return len(records)
+    return count

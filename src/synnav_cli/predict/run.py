@@ -318,6 +318,20 @@ def _fingerprint(
     shard: tuple[int, int],
 ) -> dict:
     """What must match for an interrupted ``--out`` file to be continued rather than redone."""
+    return {
+        **model_identity(info),
+        "format": fmt,
+        "thresholds": [round(t, 6) for t in thresholds],
+        "labels": info.label_names,
+        "long_policy": long_policy,
+        "max_length": limit,
+        "shard": list(shard),
+    }
+
+
+def model_identity(info: ModelInfo) -> dict:
+    """The model directory, a hash of its metadata and its weights' size: a changed model is not
+    mistaken for the one an interrupted run used (hashing gigabytes of weights would cost more)."""
     weights = info.path / WEIGHTS_FILE
     return {
         "model": str(info.path.resolve()),
@@ -325,10 +339,4 @@ def _fingerprint(
             (info.path / METADATA_FILE).read_bytes()
         ).hexdigest(),
         "weights_bytes": weights.stat().st_size if weights.exists() else None,
-        "format": fmt,
-        "thresholds": [round(t, 6) for t in thresholds],
-        "labels": info.label_names,
-        "long_policy": long_policy,
-        "max_length": limit,
-        "shard": list(shard),
     }

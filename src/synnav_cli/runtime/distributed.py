@@ -148,6 +148,18 @@ def score_sharded(score: Callable[[list], np.ndarray], items: Sequence) -> np.nd
     return result
 
 
+def map_sharded(function: Callable[[list], list], items: Sequence) -> list:
+    """``function(items)`` (one result per item) with each rank mapping its share; the results,
+    in input order, on every rank. For results of any shape, where :func:`score_sharded` needs
+    one row of numbers per item."""
+    if not active():
+        return list(function(list(items)))
+    result: list = [None] * len(items)
+    for r, part in enumerate(gather(function(shard(items)))):
+        result[r :: world_size()] = part
+    return result
+
+
 def broadcast_chunks(items: Iterable | None, size: int) -> Iterator[list]:
     """Lists of up to ``size`` items read on rank 0 (``items`` is ignored elsewhere), on every rank.
 

@@ -1,0 +1,181 @@
+"""``synnav embed --out FILE`` that resumes: finished chunks wait in ``FILE.partial/``.
+
+After every chunk of proteins the run writes ``FILE.partial/chunk-NNNNNN.npz`` (plain arrays,
+read back with ``allow_pickle=False``) and then ``manifest.json``: how many proteins each chunk
+holds, a sha256 of the whole input and what else decides the numbers (model, options, shard).
+Both are written atomically, so a kill at any moment leaves whole chunks and a manifest that
+lists only whole chunks.
+
+The same command run again reads the manifest, checks the input and options are the ones it was
+made with (refusing otherwise, never mixing two runs in one file), skips the proteins already
+done and embeds the rest. The final file is assembled from the chunks, renamed into place, and
+only then is the partial folder removed: file names are derived from chunk numbers, never read
+from the manifest, and nothing but those names is deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from synnav_cli import console
+from synnav_cli.data.fasta import read_fasta
+from synnav_cli.errors import UserError
+from synnav_cli.files import replace_atomically, write_json_atomic
+from synnav_cli.predict.embed_files import EmbeddingChunk, EmbeddingSource
+
+MANIFEST = "manifest.json"
+VERSION = 1
+
+
+def input_digest(source: str) -> tuple[str, int]:
+    """sha256 of every record's identifier and sequence, and the record count.
+
+    The records, not the file's bytes: the same proteins gzipped or re-wrapped are the same input.
+    """
+    digest, count = hashlib.sha256(), 0
+    for record in read_fasta(source):
+        digest.update(f"{record.id}\t{record.sequence}\n".encode())
+        count += 1
+    return digest.hexdigest(), count
+
+
+class EmbeddingStore:
+    """The chunks an ``embed --out`` run has finished, in ``out.partial/``.
+
+    ``fingerprint`` (JSON-able) must match the one an interrupted run recorded for its chunks to
+    be used; its ``input_sha256`` key names the input, so a changed input gets its own message.
+    """
+
+    def __init__(self, out: Path, fingerprint: dict) -> None:
+        self.out = Path(out)
+        self.folder = self.out.with_name(self.out.name + ".partial")
+        self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from disk
+        self.sizes: list[tuple[int, int | None]] = []  # (proteins, residues) per chunk
+        self._load()
+
+    def _chunk_path(self, number: int) -> Path:
+        return self.folder / f"chunk-{number:06d}.npz"
+
+    def _check_folder(self) -> bool:
+        """True when the folder exists; refuses a link or a file in its place."""
+        if self.folder.is_symlink():
+            raise UserError(
+                f"{self.folder} is a symbolic link; synnav does not write through links"
+            )
+        if self.folder.exists() and not self.folder.is_dir():
+            raise UserError(f"{self.folder} is not a folder; remove it or choose another --out")
+        return self.folder.is_dir()
+
+    def _load(self) -> None:
+        manifest = self.folder / MANIFEST
+        if not self._check_folder() or not manifest.is_file():
+            return
+        try:
+            state = json.loads(manifest.read_text(encoding="utf-8"))
+            sizes = [(int(p), None if r is None else int(r)) for p, r in state["chunks"]]
+            recorded = state["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError):
+            console.warn(f"{manifest} is unreadable; starting {self.out} from scratch")
+            return
+        if not isinstance(recorded, dict) or recorded != self.fingerprint:
+            what = (
+                "another input"
+                if isinstance(recorded, dict)
+                and recorded.get("input_sha256") != self.fingerprint.get("input_sha256")
+                else "another model or other options"
+            )
+            raise UserError(
+                f"{self.folder} holds an interrupted run of {what}; "
+                f"run the same command as before, or delete {self.folder} to start over"
+            )
+        for number, size in enumerate(sizes):
+            if not self._chunk_path(number).is_file():
+                console.warn(f"{self._chunk_path(number)} is missing; redoing from there")
+                break
+            self.sizes.append(size)
+        if self.sizes:
+            console.info(f"Resuming {self.out}: {self.proteins_done} proteins already done.")
+
+    @property
+    def proteins_done(self) -> int:
+        return sum(proteins for proteins, _ in self.sizes)
+
+    @property
+    def resuming(self) -> bool:
+        return bool(self.sizes)
+
+    def add(self, chunk: EmbeddingChunk) -> None:
+        """Keep ``chunk`` on disk, then record it: a kill between the two loses only it."""
+        if not self._check_folder():
+            self.folder.mkdir(parents=True)
+        arrays = {
+            "ids": np.array(chunk.ids, dtype=str),
+            "lengths": np.asarray(chunk.lengths, dtype=np.int64),
+            "embeddings": chunk.pooled,
+        }
+        residues = None
+        if chunk.residues is not None:
+            residues = sum(len(r) for r in chunk.residues)
+            arrays["offsets"] = np.concatenate([[0], np.cumsum([len(r) for r in chunk.residues])])
+            arrays["residue_embeddings"] = (
+                np.concatenate(chunk.residues) if residues else chunk.pooled[:0]
+            )
+
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as handle:
+                np.savez(handle, **arrays)
+
+        replace_atomically(self._chunk_path(len(self.sizes)), write)
+        self.sizes.append((len(chunk.ids), residues))
+        write_json_atomic(
+            self.folder / MANIFEST,
+            {"version": VERSION, "fingerprint": self.fingerprint, "chunks": self.sizes},
+        )
+
+    def _read(self, number: int) -> EmbeddingChunk:
+        path = self._chunk_path(number)
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                pooled = saved["embeddings"]
+                residues = None
+                if "offsets" in saved.files:
+                    offsets, flat = saved["offsets"], saved["residue_embeddings"]
+                    residues = [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+                chunk = EmbeddingChunk(
+                    [str(i) for i in saved["ids"]], saved["lengths"], pooled, residues
+                )
+        except (OSError, ValueError, KeyError) as error:
+            raise UserError(
+                f"{path} is damaged ({error}); delete {self.folder} to start over"
+            ) from None
+        if len(chunk.ids) != self.sizes[number][0]:
+            raise UserError(f"{path} does not hold what {MANIFEST} says; delete {self.folder}")
+        return chunk
+
+    def source(self, dim: int, dtype, meta: dict) -> EmbeddingSource:
+        """Every stored chunk, in order, for a writer."""
+        per_residue = bool(self.fingerprint.get("per_residue"))
+
+        def chunks() -> Iterator[EmbeddingChunk]:
+            for number in range(len(self.sizes)):
+                yield self._read(number)
+
+        total = sum(r or 0 for _, r in self.sizes) if per_residue else None
+        return EmbeddingSource(self.proteins_done, dim, np.dtype(dtype), total, meta, chunks)
+
+    def remove(self) -> None:
+        """Delete the chunks and the manifest (the final file is in place), then the folder."""
+        if not self._check_folder():
+            return
+        for number in range(len(self.sizes) + 1):  # +1: a chunk a kill wrote but never recorded
+            self._chunk_path(number).unlink(missing_ok=True)
+        (self.folder / MANIFEST).unlink(missing_ok=True)
+        try:
+            self.folder.rmdir()
+        except OSError:
+            console.warn(f"{self.folder} holds files synnav did not write; left in place")
