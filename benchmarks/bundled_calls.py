@@ -13,7 +13,10 @@ held out there), at the model's own thresholds:
   length, seeded) against the real ones: calls per protein, and the share called anything.
 
 Usage (from the repository root):
-    python benchmarks/bundled_calls.py [--data data/dataset.json] [--model PATH]
+    python benchmarks/bundled_calls.py [--data data/dataset.json] [--model PATH] [--split dev]
+
+``--split dev`` measures cardinality and shuffled sequences on dev, for choosing between
+candidate models without looking at the test split (the marker panel is always test proteins).
 """
 
 from __future__ import annotations
@@ -80,38 +83,7 @@ def cardinality(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray) -
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("data/dataset.json"))
-    parser.add_argument("--model", type=Path, default=None, help="model directory [default: the bundled model]")
-    args = parser.parse_args()
-    model_path = args.model or bundled_model_path()
-    if model_path is None:
-        print("no bundled model in this installation; pass --model", file=sys.stderr)
-        return 2
-    info = read_model_info(Path(model_path))
-    names = info.label_names
-    thresholds = np.array(info.thresholds)
-
-    _, test = evaluate_with_scores(info, args.data, split="test", device="cpu", offline=True)
-    card = cardinality(test.labels, test.probabilities, thresholds)
-    print(f"Model {model_path}; test split of {args.data}: {len(test.entries)} proteins.\n")
-    print("Thresholds: " + ", ".join(f"{n} {t:.3f}" for n, t in zip(names, thresholds)) + "\n")
-    print("Label cardinality (labels per protein):\n")
-    print("| measure | true | predicted |")
-    print("|---|---:|---:|")
-    print(f"| test proteins with all six labels known ({card['complete']}) | "
-          f"{card['complete_true']:.2f} | {card['complete_called']:.2f} |")
-    print(f"| sum over labels of the positive rate where the label is known | "
-          f"{card['rate_true']:.2f} | {card['rate_called']:.2f} |")
-    print(f"| every test protein ({len(test.entries)}), known or not | n/a | {card['all_called']:.2f} |")
-    print("\n| label | true positive rate (known) | predicted positive rate (same proteins) |")
-    print("|---|---:|---:|")
-    for name, (true, called) in zip(names, card["per_label"]):
-        print(f"| {name} | {true:.3f} | {called:.3f} |")
-
-    dataset = read_dataset(args.data)
-    index = {entry: i for i, entry in enumerate(dataset.entries)}
+def _print_marker_panel(info, dataset, index: dict, names: list[str], thresholds: np.ndarray) -> None:
     present = [acc for acc in MARKERS if acc in index]
     probs = score(info, [dataset.sequences[index[acc]] for acc in present])
     print("\nMarker panel (all in the test split; probability of the expected label, its threshold, "
@@ -129,13 +101,50 @@ def main() -> int:
               f"{thresholds[j]:.3f} | {', '.join(called) or 'none'} | {'yes' if hit else 'no'} |")
     print(f"\nMarkers called in their compartment: {hits} of {len(present)}.")
 
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("data/dataset.json"))
+    parser.add_argument("--model", type=Path, default=None, help="model directory [default: the bundled model]")
+    parser.add_argument("--split", choices=("dev", "test"), default="test")
+    args = parser.parse_args()
+    model_path = args.model or bundled_model_path()
+    if model_path is None:
+        print("no bundled model in this installation; pass --model", file=sys.stderr)
+        return 2
+    info = read_model_info(Path(model_path))
+    names = info.label_names
+    thresholds = np.array(info.thresholds)
+
+    _, test = evaluate_with_scores(info, args.data, split=args.split, device="cpu", offline=True)
+    card = cardinality(test.labels, test.probabilities, thresholds)
+    print(f"Model {model_path}; {args.split} split of {args.data}: {len(test.entries)} proteins.\n")
+    print("Thresholds: " + ", ".join(f"{n} {t:.3f}" for n, t in zip(names, thresholds)) + "\n")
+    print("Label cardinality (labels per protein):\n")
+    print("| measure | true | predicted |")
+    print("|---|---:|---:|")
+    print(f"| {args.split} proteins with all six labels known ({card['complete']}) | "
+          f"{card['complete_true']:.2f} | {card['complete_called']:.2f} |")
+    print(f"| sum over labels of the positive rate where the label is known | "
+          f"{card['rate_true']:.2f} | {card['rate_called']:.2f} |")
+    print(f"| every {args.split} protein ({len(test.entries)}), known or not | n/a | {card['all_called']:.2f} |")
+    print("\n| label | true positive rate (known) | predicted positive rate (same proteins) |")
+    print("|---|---:|---:|")
+    for name, (true, called) in zip(names, card["per_label"]):
+        print(f"| {name} | {true:.3f} | {called:.3f} |")
+
+    dataset = read_dataset(args.data)
+    index = {entry: i for i, entry in enumerate(dataset.entries)}
+    if args.split == "test":  # the markers are test proteins: not shown while choosing on dev
+        _print_marker_panel(info, dataset, index, names, thresholds)
+
     real = test.probabilities
     fake = score(info, shuffled([dataset.sequences[index[e]] for e in test.entries]))
     real_calls, fake_calls = (real >= thresholds).sum(axis=1), (fake >= thresholds).sum(axis=1)
-    print("\nShuffled sequences (each test protein's residues permuted, seed 0):\n")
+    print(f"\nShuffled sequences (each {args.split} protein's residues permuted, seed 0):\n")
     print("| input | proteins | calls per protein | share with any call | mean top probability |")
     print("|---|---:|---:|---:|---:|")
-    for label, calls, p in (("real test proteins", real_calls, real), ("shuffled", fake_calls, fake)):
+    for label, calls, p in ((f"real {args.split} proteins", real_calls, real), ("shuffled", fake_calls, fake)):
         print(f"| {label} | {len(calls)} | {calls.mean():.2f} | {(calls > 0).mean():.1%} | "
               f"{p.max(axis=1).mean():.3f} |")
     print(f"\nShuffled sequences get {fake_calls.sum() / max(1, real_calls.sum()):.0%} as many calls "

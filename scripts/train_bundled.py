@@ -123,11 +123,19 @@ def install(model_dir: Path, data: Path, command: str) -> Path:
         "source_split_sha256": dataset.split_hash(),
     })
     meta["command"] = command
-    meta["description"] = (
-        f"aacnn, a {params / 1e6:.1f}M-parameter CNN trained from scratch on data/dataset.json "
-        f"({counts['train']:,} training proteins and as many shuffled decoys); far less accurate "
-        "than a fine-tuned ESM C model"
-    )
+    if meta["backbone"] == "aacnn-ensemble":
+        meta["description"] = (
+            f"aacnn-ensemble: three small CNNs ({params / 1e6:.1f}M parameters in all) trained "
+            f"from scratch on data/dataset.json ({counts['train']:,} training proteins and as "
+            "many shuffled decoys) and a logistic regression on length, composition and "
+            "hydrophobic segments; far less accurate than a fine-tuned ESM C model"
+        )
+    else:
+        meta["description"] = (
+            f"aacnn, a {params / 1e6:.1f}M-parameter CNN trained from scratch on data/dataset.json "
+            f"({counts['train']:,} training proteins and as many shuffled decoys); far less accurate "
+            "than a fine-tuned ESM C model"
+        )
     if BUNDLED.exists():
         shutil.rmtree(BUNDLED)
     BUNDLED.mkdir(parents=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from synnav_cli.backbones.aacnn import C_TERMINAL, N_TERMINAL, AACNNBackbone
+from synnav_cli.backbones.aacnn import C_TERMINAL, N_TERMINAL, AACNNBackbone, AACNNEncoder
 from synnav_cli.cli.main import cli
 from synnav_cli.modeldir import load_model, resolve_model
 from synnav_cli.plugins import backbone_registry, get_backbone
@@ -112,7 +112,7 @@ def test_bundled_model_is_the_default_when_no_user_model_exists():
     assert bundled_model_path() is not None, "the bundled model directory is missing"
     info, how = resolve_model(None)
     assert how == "bundled"
-    assert info.meta["backbone"] == "aacnn"
+    assert info.meta["backbone"] == "aacnn-ensemble"
     assert info.meta.get("description")
     assert len(info.label_names) == len(info.thresholds) >= 4
     # Trained on the shipped dataset, not on a smoke-test subset.
@@ -121,7 +121,8 @@ def test_bundled_model_is_the_default_when_no_user_model_exists():
     # The backbone's defaults are the shipped architecture: load_model rebuilds it from them and
     # loads the weights strictly, so any drift in shapes fails here.
     model = load_model(info, get_backbone(info.meta["backbone"]), torch.device("cpu"), offline=True)
-    assert AACNNBackbone.embedding_dim == 4 * model.encoder.dim
+    assert len(model.encoder.members) == 3
+    assert all(member.dim == AACNNEncoder().dim for member in model.encoder.members)
     assert sum(p.numel() for p in model.parameters()) > 10_000
     assert (info.path / "model.safetensors").stat().st_size < 4_000_000  # a few MB at most
 
@@ -220,3 +221,62 @@ def test_docs_table_matches_the_shipped_model():
         for key, column in (("roc_auc", "bundled ROC-AUC"), ("f1", "bundled F1")):
             expected = "n/a" if metrics[key] is None else f"{metrics[key]:.3f}"
             assert cells[column] == expected, (cells["label"], column)
+
+
+def _global_features(sequences: list[str]) -> torch.Tensor:
+    from synnav_cli.backbones.aacnn import GlobalFeatures
+
+    batch = get_backbone("aacnn").tokenize(sequences)
+    features = GlobalFeatures()(batch.input_ids, batch.attention_mask)
+    assert features.shape == (len(sequences), GlobalFeatures.size)
+    return features
+
+
+def test_global_features_describe_the_protein():
+    soluble = "MSDEKRQNGTPESKDDQRGNEKST" * 4  # no hydrophobic window at all
+    signal = "MKLLLLLVLLAIFLLLAGASA" + soluble  # a hydrophobic N-terminal stretch
+    two_helices = soluble + "LLLLIVLLFAVLLLIALLV" + soluble + "VLLIALLFVLLAIVLLLAL" + soluble
+    tiny = "MKDE"  # shorter than one window: still finite
+    features = _global_features([soluble, signal, two_helices, tiny])
+    assert torch.isfinite(features).all()
+    whole = features[:, :20] / 10.0
+    assert torch.allclose(whole.sum(dim=1), torch.ones(4), atol=1e-5)
+    amino_acids = "ACDEFGHIKLMNPQRSTVWY"
+    for row, sequence in enumerate([soluble, signal, two_helices]):
+        first, last = sequence[:N_TERMINAL], sequence[-C_TERMINAL:]
+        expected = [10 * first.count(a) / N_TERMINAL for a in amino_acids]
+        expected += [10 * last.count(a) / C_TERMINAL for a in amino_acids]
+        assert features[row, 20:60].tolist() == pytest.approx(expected, abs=1e-5)
+    log_length, peak, share, has_signal, segments = features[:, 60:].T
+    assert log_length[2] > log_length[0] > log_length[3]
+    assert peak[1] > peak[0] and peak[2] > peak[0]
+    assert has_signal.tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert (segments * 4).round().tolist() == [0.0, 1.0, 2.0, 0.0]
+    assert share[0] == 0 and share[2] > 0
+
+
+def test_length_is_seen():
+    """Averaging per-residue features forgets length; the global descriptors keep it."""
+    backbone = get_backbone("aacnn")
+    torch.manual_seed(0)
+    encoder = backbone.build_encoder(pretrained=False).eval()
+    unit = "MSDEEARQSGGSSQAGVVTVSDVQELMRRKEEIEAQIKANYDVLESQKGIGMNEPLVDCEGYPRSDVDLYQ"
+    batch = backbone.tokenize([unit * 2, unit * 6])
+    with torch.no_grad():
+        hidden = encoder(batch.input_ids, batch.attention_mask)
+    mask = batch.residue_mask
+    pooled = [hidden[i][mask[i]].mean(dim=0) for i in range(2)]
+    assert not torch.allclose(pooled[0], pooled[1], atol=1e-3)
+
+
+def test_implausibility_score_is_one_feature_the_head_reads():
+    backbone = get_backbone("aacnn")
+    encoder = backbone.build_encoder(pretrained=False).eval()
+    batch = backbone.tokenize([PROTEINS["medium"], PROTEINS["long"]])
+    with torch.no_grad():
+        start = encoder(batch.input_ids, batch.attention_mask)[:, :, -1]
+        encoder.gate.bias.fill_(-5.0)  # "implausible"
+        high = encoder(batch.input_ids, batch.attention_mask)[:, :, -1]
+    mask = batch.residue_mask
+    assert torch.allclose(start[mask], torch.full_like(start[mask], 0.0486), atol=1e-3)
+    assert torch.allclose(high[mask], torch.full_like(high[mask], 5.0067), atol=1e-3)

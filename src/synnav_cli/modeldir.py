@@ -270,8 +270,8 @@ def load_model(
     if recorded is not None and recorded != backbone.fingerprint():
         raise UserError(
             f"{info.path} was trained on backbone variant {recorded!r}, but {backbone.id} is "
-            f"{backbone.fingerprint()!r} here (is a setting such as SYNNAV_TEST_TINY_BACKBONES "
-            "different from training?)"
+            f"{backbone.fingerprint()!r} here: use the synnav version (and settings such as "
+            "SYNNAV_TEST_TINY_BACKBONES) it was trained with, or train it again"
         )
     frozen = bool(info.meta.get("encoder_frozen"))
     encoder = backbone.build_encoder(pretrained=frozen, offline=offline)

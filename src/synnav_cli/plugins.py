@@ -31,6 +31,7 @@ DEFAULT_PLUGINS = (
     "synnav_cli.backbones.esmc",
     "synnav_cli.backbones.esm2",
     "synnav_cli.backbones.aacnn",
+    "synnav_cli.backbones.aacnn_ensemble",
 )
 
 pm = pluggy.PluginManager("synnav")
