@@ -5,12 +5,15 @@ computes for every real token (fp32: within 1e-5 of it, tests/test_esm2_packed.p
 model's own modules and weights, so checkpoints, state dicts and training are untouched. It is
 faster on CPU because:
 
+- its fp32 linear layers run on oneDNN rather than MKL, which torch's ``F.linear`` uses and
+  which ran these shapes at less than half oneDNN's rate on the AMD EPYC build machine (most
+  of the gain; see :func:`_linear`);
 - real tokens are packed into ``[N, d]`` before the first layer, so no projection, FFN or
   attention spends work on padding (``EsmModel`` computes every padded slot of a batch);
 - attention is one unmasked SDPA per protein, which runs torch's CPU flash kernel;
-- q and k are projected in one matmul (with v), and rotated in one pass with the query scale
-  folded into the rotary tables; the exact (erf) GELU is ``F.gelu``, one kernel where
-  transformers' ``gelu`` runs five.
+- q, k and v are projected in one matmul, q and k rotated in one pass with the query scale
+  folded into the rotary tables, and the exact (erf) GELU is fused into its matmul (one kernel
+  where transformers' ``gelu`` runs five).
 
 It builds no autograd-friendly structure of its own and ignores gradient checkpointing, so
 :class:`synnav_cli.backbones.esm2.ESM2Encoder` uses it only where no gradient is taken and on
