@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synnav_cli.backbones import esm2_packed  # _ONEDNN_LINEAR, switched off by synnav:mkl
+from synnav_cli.backbones import cpu_linear  # _ONEDNN_LINEAR, switched off by synnav:mkl
 from synnav_cli.model import LocalizationModel
 from synnav_cli.plugins import get_backbone  # Backbone: build_encoder, embedding_dim, max_length
 
@@ -186,15 +186,15 @@ class Synnav:
                                       requested=self.max_tokens)
         runtime = Runtime(device, self.precision, budget.max_tokens, self.max_batch_size,
                           weights_cast=self.weights_cast)  # fmt: skip
-        saved = esm2_packed._ONEDNN_LINEAR
+        saved = cpu_linear._ONEDNN_LINEAR
         if not self.onednn:
-            esm2_packed._ONEDNN_LINEAR = None
+            cpu_linear._ONEDNN_LINEAR = None
         try:
             start = time.perf_counter()
             pooled = pooled_embeddings(self.model, self.backbone, sequences, runtime)
             return time.perf_counter() - start, pooled
         finally:
-            esm2_packed._ONEDNN_LINEAR = saved
+            cpu_linear._ONEDNN_LINEAR = saved
 
 
 def _converted(model: LocalizationModel, mode: str) -> LocalizationModel:

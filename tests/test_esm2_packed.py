@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from synnav_cli.backbones import esm2_packed
+from synnav_cli.backbones import cpu_linear, esm2_packed
 from synnav_cli.backbones.esm2 import ESM2_TINY, ESM2Encoder
 from synnav_cli.backbones.esm_alphabet import ESM_VOCABULARY
 from synnav_cli.model import LocalizationModel
@@ -40,10 +40,10 @@ def _reference(encoder: ESM2Encoder, batch) -> torch.Tensor:
 
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "f.linear"])
 def test_packed_forward_matches_esm_model_fp32(onednn, monkeypatch):
-    if onednn and esm2_packed._ONEDNN_LINEAR is None:
+    if onednn and cpu_linear._ONEDNN_LINEAR is None:
         pytest.skip("this torch has no oneDNN linear")
     if not onednn:
-        monkeypatch.setattr(esm2_packed, "_ONEDNN_LINEAR", None)
+        monkeypatch.setattr(cpu_linear, "_ONEDNN_LINEAR", None)
     encoder, batch = _encoder(), _batch()
     expected = _reference(encoder, batch)
     with torch.inference_mode():

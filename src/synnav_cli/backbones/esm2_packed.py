@@ -7,7 +7,7 @@ faster on CPU because:
 
 - its fp32 linear layers run on oneDNN rather than MKL, which torch's ``F.linear`` uses and
   which ran these shapes at less than half oneDNN's rate on the AMD EPYC build machine (most
-  of the gain; see :func:`_linear`);
+  of the gain; see :mod:`synnav_cli.backbones.cpu_linear`);
 - real tokens are packed into ``[N, d]`` before the first layer, so no projection, FFN or
   attention spends work on padding (``EsmModel`` computes every padded slot of a batch);
 - attention is one unmasked SDPA per protein, which runs torch's CPU flash kernel;
@@ -28,17 +28,11 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from synnav_cli.backbones.cpu_linear import linear as _linear
+
 if TYPE_CHECKING:
     from transformers import EsmModel
     from transformers.models.esm.modeling_esm import EsmLayer
-
-# oneDNN's linear (with fused post-ops), the op torch.compile's CPU backend emits; a private op,
-# so it is looked up once and its absence falls back to F.linear.
-_ONEDNN_LINEAR = (
-    getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-    if torch.backends.mkldnn.is_available()
-    else None
-)
 
 # The masking ratio ESM was trained with (15% of tokens chosen, 80% of those masked); transformers'
 # EsmEmbeddings hard-codes the same number for its token-dropout rescaling.
@@ -146,28 +140,6 @@ def _layer(
 
 def _dense(module: torch.nn.Linear, x: torch.Tensor, *, gelu: bool = False) -> torch.Tensor:
     return _linear(x, module.weight, module.bias, gelu=gelu)
-
-
-def _linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, gelu: bool = False
-) -> torch.Tensor:
-    """``F.linear`` (then the exact GELU), through oneDNN for fp32 on CPU where torch has it.
-
-    torch sends fp32 ``F.linear`` on CPU to MKL's sgemm, which on the AMD EPYC build machine ran
-    these shapes at 66-86 GFLOP/s against oneDNN's 141-216 (one thread); oneDNN also applies
-    the GELU inside the matmul. Anything else (autocast, bf16, other devices) takes F.linear.
-    """
-    if (
-        _ONEDNN_LINEAR is not None
-        and x.dtype == weight.dtype == torch.float32
-        and x.device.type == "cpu"
-        and not torch.is_autocast_enabled("cpu")
-    ):
-        # Post-op "gelu" with algorithm "none" is the exact (erf) GELU, not the tanh one.
-        post, algorithm = ("gelu", "none") if gelu else ("none", "")
-        return _ONEDNN_LINEAR(x, weight, bias, post, [], algorithm)
-    y = F.linear(x, weight, bias)
-    return F.gelu(y) if gelu else y
 
 
 def _swap_halves(t: torch.Tensor) -> torch.Tensor:
