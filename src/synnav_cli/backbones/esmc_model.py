@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from synnav_cli.backbones import esmc_cpu
+from synnav_cli.backbones.esmc_cpu import Dense
 from synnav_cli.errors import UserError
 
 try:
@@ -195,15 +197,16 @@ class _Attention(nn.Module):
         self.k_ln = nn.LayerNorm(d, bias=False)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend, dense: Dense
     ) -> torch.Tensor:
-        q, k, v = self.layernorm_qkv(x).chunk(3, dim=-1)
+        norm, qkv = self.layernorm_qkv
+        q, k, v = dense(qkv, norm(x)).chunk(3, dim=-1)
         # Under autocast LayerNorm answers in fp32; attention wants q, k, v in one dtype.
         q = self.q_ln(q).to(v.dtype).unflatten(-1, (self.n_heads, -1))
         k = self.k_ln(k).to(v.dtype).unflatten(-1, (self.n_heads, -1))
         v = v.unflatten(-1, (self.n_heads, -1))
         context = attend(_apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin), v)
-        return self.out_proj(context.flatten(-2))
+        return dense(self.out_proj, context.flatten(-2))
 
 
 class _SwiGLU(nn.Module):
@@ -227,10 +230,11 @@ class _Block(nn.Module):
         self.residual_scale = config.residual_scale
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend, dense: Dense
     ) -> torch.Tensor:
-        x = x + self.attn(x, cos, sin, attend) / self.residual_scale
-        return x + self.ffn(x) / self.residual_scale
+        x = x + self.attn(x, cos, sin, attend, dense) / self.residual_scale
+        norm, up, swiglu, down = self.ffn
+        return x + dense(down, swiglu(dense(up, norm(x)))) / self.residual_scale
 
 
 class _TransformerStack(nn.Module):
@@ -250,6 +254,8 @@ class ESMCEncoder(nn.Module):
         gradient_checkpointing: recompute each block in the backward pass instead of keeping
             its activations (only while training with gradients enabled).
         attention_backend: one of :data:`ATTENTION_BACKENDS` (see the module docstring).
+        onednn_linear: on CPU, in fp32 and without gradients, run the linear layers on oneDNN
+            (:mod:`synnav_cli.backbones.esmc_cpu`); False keeps the modules' own calls.
     """
 
     def __init__(self, config: ESMCConfig, *, attention_backend: str = "auto") -> None:
@@ -258,6 +264,7 @@ class ESMCEncoder(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.transformer = _TransformerStack(config)
         self.gradient_checkpointing = False
+        self.onednn_linear = True
         self.attention_backend = attention_backend
 
     @property
@@ -348,11 +355,12 @@ class ESMCEncoder(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend
     ) -> torch.Tensor:
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        dense = esmc_cpu.dense_for(x) if self.onednn_linear else esmc_cpu.module_call
         for block in self.transformer.blocks:
             if recompute:
-                x = checkpoint(block, x, cos, sin, attend, use_reentrant=False)
+                x = checkpoint(block, x, cos, sin, attend, dense, use_reentrant=False)
             else:
-                x = block(x, cos, sin, attend)
+                x = block(x, cos, sin, attend, dense)
         return x
 
     def load_official_state_dict(
