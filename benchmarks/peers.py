@@ -15,9 +15,9 @@ Variants, each producing mean-pooled residue embeddings of every protein:
     the same with a budget of N tokens, one protein a batch, bf16 autocast, the encoder's weights
     cast to bf16, or its linear layers quantised to int8 (``--synnav-variants``).
 ``synnav:esmmodel[:N]`` / ``synnav:mkl[:N]``
-    ESM2 only: synnav's scoring with transformers' ``EsmModel`` forward (the default before the
-    packed forward), or the packed forward with its linear layers on ``F.linear`` (MKL) instead
-    of oneDNN.
+    synnav's scoring with transformers' ``EsmModel`` forward (ESM2 only; the default before the
+    packed forward), or with its fp32 linear layers on ``F.linear`` (MKL) instead of oneDNN
+    (ESM2's packed forward and ESM C).
 
 Interleaved: in every round each variant embeds all the proteins once, in an order that rotates
 from round to round, so a load that comes and goes on a shared machine falls on all variants
@@ -340,7 +340,9 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def _synnav_attention(encoder) -> str:
     if hasattr(encoder, "resolved_attention_backend"):
-        return "packed, " + encoder.resolved_attention_backend(torch.device("cpu"), torch.float32)
+        path = "packed, " + encoder.resolved_attention_backend(torch.device("cpu"), torch.float32)
+        onednn = getattr(encoder, "onednn_linear", False)
+        return path + (", oneDNN linear in fp32" if onednn else "")
     if getattr(encoder, "packed", False):
         return "packed (esm2_packed: one SDPA per protein, oneDNN linear in fp32)"
     return "transformers EsmModel (padded)"
