@@ -73,48 +73,68 @@ def agreement(shipped: list[dict], shared: Path) -> list[str]:
     return rows
 
 
-def fit_and_score(x: dict, train_y: np.ndarray, hou: dict, kind: str) -> list[tuple[float, float]]:
-    """(dev, test) ROC-AUC on HOU labels per compartment; the model with the best dev wins."""
-    out = []
+def fit_and_score(x: dict, train_y: np.ndarray, hou: dict, kind: str) -> tuple[list, np.ndarray]:
+    """(dev, test) ROC-AUC on HOU labels per compartment, and the test scores [proteins, 4];
+    per label the candidate with the best dev ROC-AUC wins."""
+    out, test_scores = [], np.zeros(hou["test"].shape)
     for j in range(len(LABELS)):
         known = ~np.isnan(train_y[:, j])
         best = None
         for model in candidates(kind):
             model.fit(x["train"][known], train_y[known, j])
-            aucs = []
-            for split in ("dev", "test"):
-                mask = ~np.isnan(hou[split][:, j])
-                scores = model.predict_proba(x[split][mask])[:, 1]
-                aucs.append(roc_auc_score(hou[split][mask, j], scores))
+            scores = {s: model.predict_proba(x[s])[:, 1] for s in ("dev", "test")}
+            aucs = [auc(hou[s][:, j], scores[s]) for s in ("dev", "test")]
             if best is None or aucs[0] > best[0]:
-                best = aucs
+                best, test_scores[:, j] = aucs, scores["test"]
         out.append(tuple(best))
-    return out
+    return out, test_scores
 
 
-def model_scores(model: Path, data: Path) -> list[tuple[float, float]]:
-    """A trained model's (dev, test) ROC-AUC per compartment on the shipped file's labels."""
+def auc(y: np.ndarray, p: np.ndarray) -> float:
+    known = ~np.isnan(y)
+    return roc_auc_score(y[known], p[known])
+
+
+def bootstrap_gain(y: np.ndarray, base: np.ndarray, other: np.ndarray, rounds: int = 1000) -> str:
+    """95% interval of the test mean ROC-AUC gain of ``other`` over ``base``, resampling test
+    proteins (the same resample for both): is a difference of 0.01 more than noise?"""
+    rng = np.random.default_rng(0)
+    gains = []
+    for _ in range(rounds):
+        i = rng.integers(0, len(y), len(y))
+        gains.append(np.mean([auc(y[i, j], other[i, j]) - auc(y[i, j], base[i, j])
+                              for j in range(len(LABELS))]))
+    low, high = np.percentile(gains, [2.5, 97.5])
+    return f"{low:+.3f} to {high:+.3f}"
+
+
+def model_scores(model: Path, data: Path, test_entries: list[str]) -> tuple[list, np.ndarray]:
+    """A trained model's (dev, test) ROC-AUC per compartment on the shipped file's labels, and
+    its test scores [proteins, 4] in the file's order."""
     from synnav_cli.evaluate import evaluate_with_scores
     from synnav_cli.modeldir import read_model_info
 
     info = read_model_info(model)
-    per_split = {}
+    aucs, probabilities = [], {}
     for split in ("dev", "test"):
         _, scores = evaluate_with_scores(info, data, split=split, device="cpu", offline=True)
-        per_split[split] = []
-        for name in LABELS:
-            j = scores.label_names.index(name)
-            mask = ~np.isnan(scores.labels[:, j])
-            per_split[split].append(
-                roc_auc_score(scores.labels[mask, j], scores.probabilities[mask, j])
-            )
-    return list(zip(per_split["dev"], per_split["test"]))
+        columns = [scores.label_names.index(name) for name in LABELS]
+        probabilities[split] = scores.probabilities[:, columns]
+        if split == "test" and list(scores.entries) != test_entries:
+            raise SystemExit(f"{model}: test proteins not in the order of {data}")
+        aucs.append([auc(scores.labels[:, j], scores.probabilities[:, j]) for j in columns])
+    return list(zip(*aucs)), probabilities["test"]
 
 
-def table_row(name: str, kind: str, aucs: list[tuple[float, float]]) -> str:
+def print_row(name: str, kind: str, aucs: list, scores: np.ndarray, base: np.ndarray | None,
+              y: np.ndarray) -> np.ndarray:
+    """One table row, with the test gain over ``base`` (None: this row is the reference);
+    returns the reference for the next rows."""
+    gain = "(reference)" if base is None else bootstrap_gain(y, base, scores)
     dev, test = np.mean([a[0] for a in aucs]), np.mean([a[1] for a in aucs])
-    return (f"| {name} | {kind} | {dev:.3f} | {test:.3f} | "
-            + " | ".join(f"{a[1]:.3f}" for a in aucs) + " |")
+    print(f"| {name} | {kind} | {dev:.3f} | {test:.3f} | {gain} | "
+          + " | ".join(f"{a[1]:.3f}" for a in aucs) + " |", flush=True)
+    return scores if base is None else base
 
 
 def main() -> int:
@@ -133,26 +153,31 @@ def main() -> int:
     splits = np.array([r["split"] for r in shipped])
     hou_all = label_matrix(args.data, entries)
     hou = {s: hou_all[splits == s] for s in SPLITS}
+    entries_of = {s: [e for e, split in zip(entries, splits) if split == s] for s in SPLITS}
 
     print("GO rule against HOU, HOU-labelled train + dev proteins:\n")
     print("\n".join(agreement(shipped, args.shared)))
 
-    header = ("| training labels | model | dev mean | test mean | " + " | ".join(LABELS)
-              + " (test) |\n|---|---|---:|---:|" + "---:|" * len(LABELS))
+    header = ("| training labels | model | dev mean | test mean | test gain, 95% | "
+              + " | ".join(LABELS) + " (test) |\n|---|---|---:|---:|---:|" + "---:|" * len(LABELS))
     print("\nROC-AUC on HOU labels only:\n\n" + header)
     if args.variants:
         features = descriptors([r["sequence"] for r in shipped])
         x = {s: features[splits == s] for s in SPLITS}
         for kind in ("logistic regression", "boosted trees"):
+            base = None
             for path in [args.data, *args.variants]:
                 labels = label_matrix(path, entries)
                 clash = ~np.isnan(hou_all) & (labels != hou_all)
                 if clash.any():
                     raise SystemExit(f"{path}: changes {int(clash.sum())} HOU labels")
-                aucs = fit_and_score(x, labels[splits == "train"], hou, kind)
-                print(table_row(path.name, kind, aucs), flush=True)
+                aucs, scores = fit_and_score(x, labels[splits == "train"], hou, kind)
+                base = print_row(path.name, kind, aucs, scores, base, hou["test"])
+    # Networks: the first model is the reference, as data/dataset.json is for the rows above.
+    base = None
     for model in args.models:
-        print(table_row(model.name, "aacnn network", model_scores(model, args.data)), flush=True)
+        aucs, scores = model_scores(model, args.data, entries_of["test"])
+        base = print_row(model.name, "aacnn network", aucs, scores, base, hou["test"])
     return 0
 
 
