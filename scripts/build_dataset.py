@@ -22,8 +22,8 @@ Usage (from the repository root):
     python scripts/build_dataset.py --check         # exit 1 if the files on disk differ
     python scripts/build_dataset.py --go-compartments --out OUT.json
         # a variant for measuring, never shipped: data/dataset.json plus lower-confidence
-        # GO-derived compartment labels where HOU has none (scripts/go_compartments.py), with
-        # data/dataset.json's splits; writes OUT.json only
+        # GO-derived compartment labels for training proteins HOU does not label
+        # (scripts/go_compartments.py), with data/dataset.json's splits; writes OUT.json only
 
 Synapse labels (the rule is documented in data/README.md and tested in tests/test_dataset_v2.py):
 a protein is excitatory-synapse positive on direct GO excitatory/glutamatergic terms or the
@@ -856,10 +856,11 @@ def replace_generated(readme: str, section: str) -> str:
 
 def add_go_compartments(proteins: list[Protein], sources: SynapseSources, rule: str,
                         shipped: Path) -> list[str]:
-    """Lower-confidence GO-derived compartment labels for the proteins HOU does not label, with
-    the splits of the shipped file (the test set must stay the same for measuring); returns a
-    count table. Only proteins already in the dataset: new ones would need clustering against
-    the test set, which would change the split."""
+    """Lower-confidence GO-derived compartment labels for the training proteins HOU does not
+    label, with the splits of the shipped file (the test set must stay the same for measuring);
+    returns a count table. Dev and test keep HOU's labels only, so that whatever is chosen on dev
+    (a network's best epoch, thresholds) and every test figure rest on HOU. Only proteins
+    already in the dataset: new ones would need clustering against the test set."""
     go_compartments.check_names(sources.go_names)
     split_of = {r["entry"]: r["split"] for r in json.loads(shipped.read_text())}
     if set(split_of) != {p.entry for p in proteins}:
@@ -871,17 +872,17 @@ def add_go_compartments(proteins: list[Protein], sources: SynapseSources, rule: 
             continue
         terms = {t for a in protein.accessions for t in sources.go.get(a, [])}
         labels, evidence = go_compartments.compartment_labels(terms, sources.go_names, rule)
-        protein.go_labels = labels
-        protein.evidence = dict(sorted({**protein.evidence, **evidence}.items()))
         for name, value in labels.items():
-            for split in ("all", protein.split):
-                added[name, value, split] += 1
-    splits = ("all", *homology.SPLIT_NAMES)
-    rows = ["| label | " + " | ".join(f"{s} +/-" for s in splits) + " |",
-            "|---|" + "---:|" * len(splits)]
+            added[name, value, protein.split] += 1
+        if protein.split == "train":
+            protein.go_labels = labels
+            protein.evidence = dict(sorted({**protein.evidence, **evidence}.items()))
+    rows = ["| label | train: added +/- | dev, test: would be +/- (left unknown) |",
+            "|---|---:|---:|"]
     for name in go_compartments.COMPARTMENTS:
-        rows.append(f"| {name} | " + " | ".join(
-            f"{added[name, 1, s]:,} / {added[name, 0, s]:,}" for s in splits) + " |")
+        held = [sum(added[name, v, s] for s in ("dev", "test")) for v in (1, 0)]
+        rows.append(f"| {name} | {added[name, 1, 'train']:,} / {added[name, 0, 'train']:,} | "
+                    f"{held[0]:,} / {held[1]:,} |")
     return rows
 
 
@@ -902,8 +903,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument(
         "--go-compartments", nargs="?", const="located", choices=go_compartments.RULES,
-        help="write a variant with lower-confidence GO-derived compartment labels where HOU has "
-        "none, to --out only (default rule: located; see scripts/go_compartments.py)",
+        help="write a variant with lower-confidence GO-derived compartment labels for training "
+        "proteins HOU does not label, to --out only (default rule: located; see "
+        "scripts/go_compartments.py)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, help="output file for --go-compartments")
     args = parser.parse_args(argv)
