@@ -3,9 +3,9 @@
 
 Figures for the "GO-derived compartment labels" section of data/README.md. Variants are built
 by ``scripts/build_dataset.py --go-compartments RULE --out FILE``: data/dataset.json plus
-lower-confidence cytosol/ER/mitochondrion/nucleus labels for proteins HOU does not label, with
-the same splits. Every score here is on HOU labels only: they are read from data/dataset.json,
-where all four compartment labels come from HOU, never from a variant.
+lower-confidence cytosol/ER/mitochondrion/nucleus labels for training proteins HOU does not
+label, with the same splits. Every score here is on HOU labels only: they are read from
+data/dataset.json, where all four compartment labels come from HOU, never from a variant.
 
 1. ``agreement``: the GO rule against HOU on HOU's train and dev proteins (how noisy GO's
    positives and negatives are by HOU's standard; test is left alone).

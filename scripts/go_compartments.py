@@ -1,8 +1,8 @@
 """GO-derived labels for the four HOU compartments (issue 10's optional item; opt-in).
 
-Used by ``scripts/build_dataset.py --go-compartments`` and by benchmarks/go_compartments.py,
-which measures the rule against HOU where both exist. Only for proteins HOU does not label;
-every value made here is marked in the record's ``evidence`` field as lower-confidence.
+Used by ``scripts/build_dataset.py --go-compartments`` (for training proteins HOU does not
+label) and by benchmarks/go_compartments.py, which measures the rule against HOU where both
+exist. Every value made here is marked in the record's ``evidence`` field as lower-confidence.
 
 Positive: a direct GO cellular-component term of the compartment or one of its named parts
 (tables below; each id's name is checked against cc_ic.json, as there is no ontology file to
