@@ -14,6 +14,10 @@ Variants, each producing mean-pooled residue embeddings of every protein:
 ``synnav:N`` / ``synnav:single`` / ``synnav:bf16[:N]`` / ``synnav:bf16w[:N]`` / ``synnav:int8[:N]``
     the same with a budget of N tokens, one protein a batch, bf16 autocast, the encoder's weights
     cast to bf16, or its linear layers quantised to int8 (``--synnav-variants``).
+``synnav:esmmodel[:N]`` / ``synnav:mkl[:N]``
+    ESM2 only: synnav's scoring with transformers' ``EsmModel`` forward (the default before the
+    packed forward), or the packed forward with its linear layers on ``F.linear`` (MKL) instead
+    of oneDNN.
 
 Interleaved: in every round each variant embeds all the proteins once, in an order that rotates
 from round to round, so a load that comes and goes on a shared machine falls on all variants
@@ -42,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from synnav_cli.backbones import esm2_packed  # _ONEDNN_LINEAR, switched off by synnav:mkl
 from synnav_cli.model import LocalizationModel
 from synnav_cli.plugins import get_backbone  # Backbone: build_encoder, embedding_dim, max_length
 
@@ -159,15 +164,16 @@ class Synnav:
     layers dynamically quantised to int8 (``torch.ao.quantization.quantize_dynamic``), each
     optionally followed by ``:N`` or ``:single`` (e.g. ``bf16w:2048``)."""
 
-    MODES = ("bf16w", "bf16", "int8")
+    MODES = ("bf16w", "bf16", "int8", "esmmodel", "mkl")
 
     def __init__(self, model: LocalizationModel, backbone, spec: str = "") -> None:
         self.backbone = backbone
         mode = next((m for m in self.MODES if spec.split(":")[0] == m), "")
         rest = spec.removeprefix(mode).removeprefix(":")
-        self.precision = "fp32" if mode in ("", "int8") else "bf16"
+        self.precision = "bf16" if mode.startswith("bf16") else "fp32"
         self.weights_cast = mode == "bf16w"
-        self.model = model if mode in ("", "bf16") else _converted(model, mode)
+        self.model = model if mode in ("", "bf16", "mkl") else _converted(model, mode)
+        self.onednn = mode != "mkl"
         self.max_batch_size = 1 if rest == "single" else None
         self.max_tokens = int(rest) if rest.isdigit() else None
 
@@ -180,9 +186,15 @@ class Synnav:
                                       requested=self.max_tokens)
         runtime = Runtime(device, self.precision, budget.max_tokens, self.max_batch_size,
                           weights_cast=self.weights_cast)  # fmt: skip
-        start = time.perf_counter()
-        pooled = pooled_embeddings(self.model, self.backbone, sequences, runtime)
-        return time.perf_counter() - start, pooled
+        saved = esm2_packed._ONEDNN_LINEAR
+        if not self.onednn:
+            esm2_packed._ONEDNN_LINEAR = None
+        try:
+            start = time.perf_counter()
+            pooled = pooled_embeddings(self.model, self.backbone, sequences, runtime)
+            return time.perf_counter() - start, pooled
+        finally:
+            esm2_packed._ONEDNN_LINEAR = saved
 
 
 def _converted(model: LocalizationModel, mode: str) -> LocalizationModel:
@@ -191,6 +203,9 @@ def _converted(model: LocalizationModel, mode: str) -> LocalizationModel:
     import warnings
 
     copied = copy.deepcopy(model)
+    if mode == "esmmodel":
+        copied.encoder.packed = False
+        return copied
     if mode == "bf16w":  # synnav's own cast, as scoring.load applies it
         cast_encoder(copied.encoder, Runtime(torch.device("cpu"), "bf16", 0, weights_cast=True))
         return copied
@@ -326,6 +341,8 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 def _synnav_attention(encoder) -> str:
     if hasattr(encoder, "resolved_attention_backend"):
         return "packed, " + encoder.resolved_attention_backend(torch.device("cpu"), torch.float32)
+    if getattr(encoder, "packed", False):
+        return "packed (esm2_packed: one SDPA per protein, oneDNN linear in fp32)"
     return "transformers EsmModel (padded)"
 
 

@@ -280,3 +280,15 @@ def test_implausibility_score_is_one_feature_the_head_reads():
     mask = batch.residue_mask
     assert torch.allclose(start[mask], torch.full_like(start[mask], 0.0486), atol=1e-3)
     assert torch.allclose(high[mask], torch.full_like(high[mask], 5.0067), atol=1e-3)
+
+
+def test_global_features_stay_fp32_on_bf16_weights():
+    """--precision bf16 casts the encoder; the descriptors must not lose counts or digits."""
+    from synnav_cli.backbones.aacnn import GlobalFeatures
+
+    long_protein = PROTEINS["long"] * 2  # 672 residues: bf16 counts integers exactly only to 256
+    batch = get_backbone("aacnn").tokenize([long_protein, PROTEINS["short"]])
+    exact = GlobalFeatures()(batch.input_ids, batch.attention_mask)
+    cast = GlobalFeatures().to(torch.bfloat16)(batch.input_ids, batch.attention_mask)
+    assert cast.dtype == torch.float32
+    assert torch.equal(cast, exact)

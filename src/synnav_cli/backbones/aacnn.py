@@ -132,7 +132,8 @@ class GlobalFeatures(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("properties", _property_table(), persistent=False)
+        # Not a buffer: module.to(torch.bfloat16) would round the hydropathy values.
+        self.hydropathy = _property_table()[:, 0].double()
         amino = torch.zeros(len(ESM_TOKENS), 20)
         for i, token in enumerate(ESM_TOKENS):
             if token in _AMINO_ACIDS:
@@ -146,9 +147,11 @@ class GlobalFeatures(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``[batch, GlobalFeatures.size]`` descriptors, in fp32."""
         residues, index, from_end = residue_positions(input_ids, attention_mask)
-        hydropathy = self.properties[input_ids][..., 0]
-        keep = residues.to(hydropathy.dtype)
-        one_hot = self.amino[input_ids]
+        # Always fp32, even when the model runs on bf16 weights: bf16 counts residues exactly
+        # only up to 256, and log length and compositions need more than its 3 digits.
+        hydropathy = self.hydropathy.to(input_ids.device).float()[input_ids]
+        keep = residues.float()
+        one_hot = self.amino.float()[input_ids]
         lengths = keep.sum(dim=1)
         parts = [
             self._composition(one_hot, keep),

@@ -44,7 +44,7 @@ class StandardisedDescriptors(nn.Module):
         self.register_buffer("scale", torch.ones(GlobalFeatures.size))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        values = (self.describe(input_ids, attention_mask) - self.mean) / self.scale
+        values = (self.describe(input_ids, attention_mask) - self.mean.float()) / self.scale.float()
         return values.unsqueeze(1).expand(-1, input_ids.shape[1], -1)
 
 
@@ -58,8 +58,10 @@ class AACNNEnsembleEncoder(nn.Module):
         self.descriptors = StandardisedDescriptors()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        parts = [member(input_ids, attention_mask) for member in self.members]
-        parts.append(self.descriptors(input_ids, attention_mask).to(parts[0].dtype))
+        # fp32 out, whatever the members' dtype: the regression's standardised descriptors
+        # would lose up to 0.1 in probability on bf16 (measured with --precision bf16).
+        parts = [member(input_ids, attention_mask).float() for member in self.members]
+        parts.append(self.descriptors(input_ids, attention_mask))
         return torch.cat(parts, dim=-1)
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from synnav_cli.backbones import esm2_packed
 from synnav_cli.backbones.base import Backbone, EncoderShape, TokenBatch
 from synnav_cli.backbones.esm_alphabet import ESM_VOCABULARY
 from synnav_cli.errors import UserError
@@ -86,13 +87,22 @@ class ESM2Encoder(nn.Module):
 
     The transformers model sits under ``esm`` so that parameter names read like the hub
     checkpoints' (``esm.encoder.layer.0...``).
+
+    Without gradients on CPU (prediction, embedding, evaluation) the forward is
+    :func:`synnav_cli.backbones.esm2_packed.packed_forward` over the same weights: the same
+    numbers (within 1e-5), faster (docs/benchmarks.md, "ESM2 forward on CPU"). Training,
+    attributions (which need gradients) and other devices run ``EsmModel`` itself, with its
+    gradient checkpointing. ``packed = False`` forces ``EsmModel`` everywhere.
     """
 
     def __init__(self, model: EsmModel) -> None:
         super().__init__()
         self.esm = model
+        self.packed = esm2_packed.supports(model)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.packed and input_ids.device.type == "cpu" and not torch.is_grad_enabled():
+            return esm2_packed.packed_forward(self.esm, input_ids, attention_mask)
         return self.esm(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
