@@ -20,6 +20,10 @@ Writes:
 Usage (from the repository root):
     python scripts/build_dataset.py                 # rebuild everything
     python scripts/build_dataset.py --check         # exit 1 if the files on disk differ
+    python scripts/build_dataset.py --go-compartments --out OUT.json
+        # a variant for measuring, never shipped: data/dataset.json plus lower-confidence
+        # GO-derived compartment labels for training proteins HOU does not label
+        # (scripts/go_compartments.py), with data/dataset.json's splits; writes OUT.json only
 
 Synapse labels (the rule is documented in data/README.md and tested in tests/test_dataset_v2.py):
 a protein is excitatory-synapse positive on direct GO excitatory/glutamatergic terms or the
@@ -49,6 +53,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "scripts"))  # also when loaded by path, as the tests do
+
+import go_compartments  # noqa: E402  (needs the sys.path line above)
 
 from synnav_cli.data import homology  # noqa: E402  (needs the sys.path line above
 
@@ -237,11 +244,14 @@ class Protein:
     accessions: list[str] = field(default_factory=list)
     synapse: dict[str, int | None] = field(default_factory=dict)
     evidence: dict[str, list[str]] = field(default_factory=dict)
+    go_labels: dict[str, int | None] = field(default_factory=dict)  # --go-compartments only
 
     def labels(self) -> dict[str, int | None]:
         out: dict[str, int | None] = {name: None for name in LABELS}
         if self.hou_labels is not None:
             out.update(self.hou_labels)
+        else:
+            out.update(self.go_labels)
         out.update(self.synapse)
         return out
 
@@ -844,6 +854,38 @@ def replace_generated(readme: str, section: str) -> str:
     return readme[:start] + section + readme[end + len(END_MARK) :]
 
 
+def add_go_compartments(proteins: list[Protein], sources: SynapseSources, rule: str,
+                        shipped: Path) -> list[str]:
+    """Lower-confidence GO-derived compartment labels for the training proteins HOU does not
+    label, with the splits of the shipped file (the test set must stay the same for measuring);
+    returns a count table. Dev and test keep HOU's labels only, so that whatever is chosen on dev
+    (a network's best epoch, thresholds) and every test figure rest on HOU. Only proteins
+    already in the dataset: new ones would need clustering against the test set."""
+    go_compartments.check_names(sources.go_names)
+    split_of = {r["entry"]: r["split"] for r in json.loads(shipped.read_text())}
+    if set(split_of) != {p.entry for p in proteins}:
+        raise SystemExit(f"{shipped} does not hold the proteins this build makes: rebuild it first")
+    added: Counter = Counter()
+    for protein in proteins:
+        protein.split = split_of[protein.entry]
+        if protein.hou_labels is not None:
+            continue
+        terms = {t for a in protein.accessions for t in sources.go.get(a, [])}
+        labels, evidence = go_compartments.compartment_labels(terms, sources.go_names, rule)
+        for name, value in labels.items():
+            added[name, value, protein.split] += 1
+        if protein.split == "train":
+            protein.go_labels = labels
+            protein.evidence = dict(sorted({**protein.evidence, **evidence}.items()))
+    rows = ["| label | train: added +/- | dev, test: would be +/- (left unknown) |",
+            "|---|---:|---:|"]
+    for name in go_compartments.COMPARTMENTS:
+        held = [sum(added[name, v, s] for s in ("dev", "test")) for v in (1, 0)]
+        rows.append(f"| {name} | {added[name, 1, 'train']:,} / {added[name, 0, 'train']:,} | "
+                    f"{held[0]:,} / {held[1]:,} |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -859,7 +901,16 @@ def main(argv: list[str] | None = None) -> int:
         "--check", action="store_true",
         help="build in memory and exit 1 if any output differs from the file on disk",
     )  # fmt: skip
+    parser.add_argument(
+        "--go-compartments", nargs="?", const="located", choices=go_compartments.RULES,
+        help="write a variant with lower-confidence GO-derived compartment labels for training "
+        "proteins HOU does not label, to --out only (default rule: located; see "
+        "scripts/go_compartments.py)",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, help="output file for --go-compartments")
     args = parser.parse_args(argv)
+    if args.go_compartments and (args.out is None or args.check):
+        parser.error("--go-compartments needs --out and does not combine with --check")
     shared = args.shared.resolve()
     started = time.monotonic()
 
@@ -875,6 +926,18 @@ def main(argv: list[str] | None = None) -> int:
     log = Log()
     sources = load_synapse_sources(shared)
     proteins = load(shared, log, sources)
+    if args.go_compartments:
+        # No clustering, no other output: the shipped files stay as they are.
+        table = add_go_compartments(proteins, sources, args.go_compartments,
+                                    REPO / "data" / "dataset.json")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(dump_records([record(p) for p in proteins]))
+        print(f"GO-derived compartment labels added (rule {args.go_compartments}), "
+              "positives / negatives:")
+        print("\n".join(table))
+        print("\n".join(counts_table(proteins)))
+        print(f"wrote {args.out} in {time.monotonic() - started:.1f} s")
+        return 0
     method, groups, command = assign_splits(proteins, args.split_method, log)
     print(f"split method: {method}")
     small = select_small(proteins)
