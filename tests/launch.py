@@ -145,3 +145,20 @@ def write_fasta(path: Path, count: int, *, lengths: tuple[int, int] = (10, 40), 
         for i in range(count):
             handle.write(f">p{i}\n{''.join(rng.choice(letters, size=int(rng.integers(*lengths))))}\n")
     return path
+
+
+def slowed_cli(module: str, function: str, chunk_records: int, delay: float) -> str:
+    """Source for ``python -c``: the synnav CLI with ``module.function`` slowed by ``delay``
+    seconds a call and ``module.CHUNK_RECORDS`` set, a long run to race against or kill."""
+    return f"""
+import sys, time
+import {module} as target
+original = target.{function}
+def slow(*args, **kwargs):
+    time.sleep({delay})
+    return original(*args, **kwargs)
+target.{function} = slow
+target.CHUNK_RECORDS = {chunk_records}
+from synnav_cli.cli.main import cli
+cli(sys.argv[1:], prog_name="synnav")
+"""

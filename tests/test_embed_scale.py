@@ -4,7 +4,10 @@ whole, an interrupted run resumes to the uninterrupted file, and what does not f
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
+import time
 
 import h5py
 import launch
@@ -182,6 +185,41 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_file(runner, tmp_path, 
     got = read_embeddings(out)
     _same(expected, got)  # bit for bit
     assert not partial.exists() and not (tmp_path / f"e{suffix}.lock").exists()
+
+
+SLOW_EMBED = launch.slowed_cli("synnav_cli.predict.embed", "embed_sequences", 4, 0.4)
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_file(runner, tmp_path, fasta, monkeypatch):
+    """SIGKILL, not an exception: nothing of the dying run's own clean-up happens."""
+    _interrupt_after(monkeypatch, 10**6)
+    expected = read_embeddings(_embed(runner, fasta, tmp_path / "whole.h5"))
+    out = tmp_path / "e.h5"
+    args = ["embed", str(fasta), "-b", "tiny", "--out", str(out), "--device", "cpu", "-q"]
+    process = subprocess.Popen([sys.executable, "-c", SLOW_EMBED, *args], env=launch.environment(tmp_path),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    manifest = tmp_path / "e.h5.partial" / "manifest.json"
+    try:
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            if manifest.exists() and len(json.loads(manifest.read_text())["chunks"]) >= 2:
+                break
+            time.sleep(0.02)
+        assert process.poll() is None, process.stderr.read()  # still running: killed mid-way
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not out.exists()
+    done = sum(size for size, _ in json.loads(manifest.read_text())["chunks"])
+    assert 8 <= done < 25
+
+    resumed = runner.invoke(cli, args[:-1])  # the same command (not quiet: it says what it skips)
+    assert resumed.exit_code == 0, resumed.output
+    assert f"{done} proteins already done" in resumed.output
+    _same(expected, read_embeddings(out))
+    assert not manifest.parent.exists()
 
 
 def test_resume_refuses_another_input_or_other_options(runner, tmp_path, fasta, monkeypatch):

@@ -202,18 +202,7 @@ def test_a_truncated_checkpoint_is_one_line(runner, interrupted):
 # 3. One writer per output -----------------------------------------------------------------------
 
 
-SLOW_PREDICT = """
-import sys, time
-from synnav_cli.predict import run
-original = run.score_sequences
-def slow(*args, **kwargs):
-    time.sleep(0.3)
-    return original(*args, **kwargs)
-run.score_sequences = slow
-run.CHUNK_RECORDS = 20
-from synnav_cli.cli.main import cli
-cli(sys.argv[1:], prog_name="synnav")
-"""
+SLOW_PREDICT = launch.slowed_cli("synnav_cli.predict.run", "score_sequences", 20, 0.3)
 
 
 def test_a_second_predict_on_the_same_out_is_refused_while_the_first_finishes(runner, tmp_path):
