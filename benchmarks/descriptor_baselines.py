@@ -33,9 +33,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from synnav_cli.backbones.aacnn import GlobalFeatures
+from synnav_cli.backbones.aacnn import GlobalFeatures, describe_sequences
 from synnav_cli.data.dataset import read_dataset
-from synnav_cli.plugins import get_backbone
 
 LIMIT = 800
 # Column ranges of GlobalFeatures' output.
@@ -44,16 +43,6 @@ SUBSETS = {
     "composition+length": list(range(0, 20)) + [60],
     "all": list(range(GlobalFeatures.size)),
 }
-
-
-@torch.inference_mode()
-def descriptors(sequences: list[str]) -> np.ndarray:
-    backbone, describe = get_backbone("aacnn"), GlobalFeatures()
-    parts = []
-    for start in range(0, len(sequences), 256):
-        batch = backbone.tokenize([s[:LIMIT] for s in sequences[start : start + 256]])
-        parts.append(describe(batch.input_ids, batch.attention_mask).double().numpy())
-    return np.concatenate(parts)
 
 
 def candidates(kind: str):
@@ -94,7 +83,7 @@ def main() -> int:
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     dataset = read_dataset(args.data)
     splits = np.array(dataset.splits)
-    everything = descriptors(list(dataset.sequences))
+    everything = describe_sequences(list(dataset.sequences), LIMIT)
     labels = np.asarray(dataset.labels, dtype=float)
     y = {s: labels[splits == s] for s in ("train", "dev", "test")}
     names = dataset.label_names

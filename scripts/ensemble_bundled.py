@@ -34,7 +34,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from synnav_cli.backbones.aacnn import GlobalFeatures
+from synnav_cli.backbones.aacnn import describe_sequences
 from synnav_cli.backbones.aacnn_ensemble import AACNNEnsembleBackbone, Regression, ensemble_state
 from synnav_cli.data.dataset import read_dataset
 from synnav_cli.modeldir import load_model, read_model_info
@@ -69,15 +69,10 @@ def network_logits(model_dir: Path, sequences: list[str]) -> np.ndarray:
     return out
 
 
-@torch.inference_mode()
-def descriptors(sequences: list[str], limit: int) -> np.ndarray:
-    backbone = get_backbone("aacnn")
-    describe = GlobalFeatures()
-    out = np.zeros((len(sequences), GlobalFeatures.size))
-    for start in range(0, len(sequences), 256):
-        batch = backbone.tokenize([s[:limit] for s in sequences[start : start + 256]])
-        out[start : start + 256] = describe(batch.input_ids, batch.attention_mask).double().numpy()
-    return out
+def shuffled(sequences: list[str], seed: int = 0) -> list[str]:
+    """Each sequence's residues permuted (same composition and length), seeded."""
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.permutation(list(s))) for s in sequences]
 
 
 def fit_regression(x: dict, y: dict) -> tuple[Regression, dict]:
@@ -144,14 +139,14 @@ def main() -> int:
     split_of = np.array(dataset.splits)
     seqs = {s: [q for q, t in zip(dataset.sequences, split_of) if t == s] for s in ("train", "dev")}
     y = {s: np.asarray(dataset.labels, dtype=float)[split_of == s] for s in ("train", "dev")}
-    x = {s: descriptors(seqs[s], limit) for s in ("train", "dev")}
+    x = {s: describe_sequences(seqs[s], limit) for s in ("train", "dev")}
     regression, chosen_c = fit_regression(x, y)
 
-    shuffled_dev = helpers_shuffled(seqs["dev"])
+    shuffled_dev = shuffled(seqs["dev"])
     nets_dev = np.mean([network_logits(m, seqs["dev"]) for m in args.models], axis=0)
     nets_fake = np.mean([network_logits(m, shuffled_dev) for m in args.models], axis=0)
     reg_dev = regression_logits(regression, x["dev"])
-    reg_fake = regression_logits(regression, descriptors(shuffled_dev, limit))
+    reg_fake = regression_logits(regression, describe_sequences(shuffled_dev, limit))
     grid = []
     for w in WEIGHT_GRID:
         real, fake = w * nets_dev + (1 - w) * reg_dev, w * nets_fake + (1 - w) * reg_fake
@@ -185,11 +180,6 @@ def main() -> int:
     print(f"dev: mean ROC-AUC {m['mean']['roc_auc']:.3f}; " + ", ".join(
         f"{n} {v['roc_auc']:.3f}" for n, v in m["labels"].items()))
     return 0
-
-
-def helpers_shuffled(sequences: list[str]) -> list[str]:
-    rng = np.random.default_rng(0)
-    return ["".join(rng.permutation(list(s))) for s in sequences]
 
 
 if __name__ == "__main__":

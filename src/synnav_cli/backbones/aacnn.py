@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -182,6 +183,18 @@ class GlobalFeatures(nn.Module):
         return torch.cat([10.0 * torch.cat(parts, dim=1), shape], dim=1)
 
 
+@torch.inference_mode()
+def describe_sequences(sequences: Sequence[str], limit: int, batch: int = 256) -> np.ndarray:
+    """``GlobalFeatures`` of each sequence cut to ``limit`` residues, as the model sees it:
+    ``[len(sequences), GlobalFeatures.size]`` float64 (for fitting models on them)."""
+    describe = GlobalFeatures()
+    parts = [np.zeros((0, GlobalFeatures.size))]
+    for start in range(0, len(sequences), batch):
+        tokens = ESM_VOCABULARY.batch([s[:limit] for s in sequences[start : start + batch]])
+        parts.append(describe(tokens.input_ids, tokens.attention_mask).double().numpy())
+    return np.concatenate(parts)
+
+
 class AACNNEncoder(nn.Module):
     """``forward(input_ids, attention_mask)`` -> ``[batch, length, 4 * dim + global_dim + 1]``.
 
@@ -248,7 +261,14 @@ class AACNNEncoder(nn.Module):
         batch, length, channels = values.shape
         return values.view(batch, length // self.patch, self.patch, channels).mean(dim=2)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        descriptors: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``descriptors``: ``GlobalFeatures`` of this batch when the caller has them already
+        (aacnn-ensemble computes them once for all its members)."""
         length = input_ids.shape[1]
         residues, index, from_end = residue_positions(input_ids, attention_mask)
         n_index = index.clamp(0, N_TERMINAL).masked_fill(~residues, N_TERMINAL)
@@ -257,7 +277,9 @@ class AACNNEncoder(nn.Module):
         x = torch.cat([self.embed(input_ids), self.properties[input_ids]], dim=-1)
         x = x + self.n_position(n_index) + self.c_position(c_index)
         keep = residues.unsqueeze(-1).to(x.dtype)
-        globals_ = self.global_features(input_ids, attention_mask).to(x.dtype)
+        if descriptors is None:
+            descriptors = self.global_features(input_ids, attention_mask)
+        globals_ = descriptors.to(x.dtype)
         # Pad to whole patches with zeros; a protein's patches then do not depend on the batch.
         extra = -length % self.patch
         n_weight = keep * (index < N_TERMINAL).unsqueeze(-1)

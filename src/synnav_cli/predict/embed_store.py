@@ -27,6 +27,7 @@ from synnav_cli.data.fasta import read_fasta
 from synnav_cli.errors import UserError
 from synnav_cli.files import replace_atomically, write_json_atomic
 from synnav_cli.predict.embed_files import EmbeddingChunk, EmbeddingSource
+from synnav_cli.predict.resumable import digest_record
 
 MANIFEST = "manifest.json"
 VERSION = 1
@@ -39,7 +40,7 @@ def input_digest(source: str) -> tuple[str, int]:
     """
     digest, count = hashlib.sha256(), 0
     for record in read_fasta(source):
-        digest.update(f"{record.id}\t{record.sequence}\n".encode())
+        digest_record(digest, record)
         count += 1
     return digest.hexdigest(), count
 

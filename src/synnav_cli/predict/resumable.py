@@ -29,7 +29,9 @@ from synnav_cli.errors import UserError
 from synnav_cli.files import check_output_file, open_for_writing, write_json_atomic
 
 
-def _digest_record(digest, record: FastaRecord) -> None:
+def digest_record(digest, record: FastaRecord) -> None:
+    """Add ``record`` to a running sha256 of an input's records (resume checks of predict and
+    embed: the records, not the file's bytes)."""
     digest.update(f"{record.id}\t{record.sequence}\n".encode())
 
 
@@ -101,7 +103,7 @@ class ResumableOutput:
                     f"{self.partial} holds {done} records but the input has only {number}; "
                     f"delete it to start over"
                 )
-            _digest_record(self.digest, record)
+            digest_record(self.digest, record)
         if done and self.digest.hexdigest() != self._state["input_sha256"]:
             raise UserError(
                 f"{self.partial} was made from another input (its first {done} records "
@@ -111,7 +113,7 @@ class ResumableOutput:
         if done:
             console.info(f"Resuming {self.out}: {done} records already done.")
         for record in iterator:
-            _digest_record(self.digest, record)
+            digest_record(self.digest, record)
             yield record
 
     def open(self, header: str) -> IO[str]:
