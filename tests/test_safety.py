@@ -305,6 +305,27 @@ def test_out_naming_the_input_is_refused(runner, model_and_fasta):
     assert fasta.read_text() == before
 
 
+@pytest.mark.parametrize("command, name", [(["predict"], "in.fasta"), (["predict", "--compare"], "in.fasta"),
+                                           (["predict", "--explain", "{tmp}/why"], "in.fasta"),
+                                           (["embed", "-b", "tiny"], "in.npz")])
+def test_out_naming_the_file_on_standard_input_is_refused(tmp_path, command, name):
+    # `synnav predict - --out in.fasta < in.fasta`: the shell opened the input, synnav sees only "-".
+    model = launch.tiny_model_dir(tmp_path / "m")
+    fasta = tmp_path / name
+    fasta.write_text(">P1\nMKVLAAGIVLLLSAAQ\n>P1_mut_K2R\nMRVLAAGIVLLLSAAQ\n")
+    before = fasta.read_bytes()
+    command = [c.format(tmp=tmp_path) for c in command]
+    args = [command[0], "-", *command[1:], "--out", str(fasta), "--device", "cpu"]
+    if command[0] == "predict":
+        args += ["--model", str(model)]
+    with fasta.open("rb") as stdin:
+        result = launch.synnav(args, launch.environment(tmp_path), stdin=stdin)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("Error: ") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "is the input file" in result.stderr and "standard input" in result.stderr, result.stderr
+    assert fasta.read_bytes() == before
+
+
 def test_out_naming_a_fifo_or_a_device_is_refused(runner, model_and_fasta, tmp_path):
     model, fasta = model_and_fasta
     fifo = tmp_path / "pipe"

@@ -113,13 +113,20 @@ def check_output_file(out: Path, *, inputs: Iterable[str | Path] = ()) -> None:
             "give a file name, or write to stdout"
         )
     for source in inputs:
-        if str(source) == "-":
-            continue
-        try:
-            if os.path.samefile(source, out):
-                raise UserError(f"--out {out} is the input file; its results would replace it")
-        except OSError:
-            continue
+        if _same_file(source, status):
+            where = " (on standard input)" if _is_stdin(source) else ""
+            raise UserError(f"--out {out} is the input file{where}; its results would replace it")
+
+
+def _same_file(source: str | Path, status: os.stat_result) -> bool:
+    """Whether the input ``source`` is the file whose ``stat`` is ``status``. For standard input
+    (``-`` or its spooled copy) that is the file the shell opened, as in
+    ``synnav predict - --out in.fa < in.fa``."""
+    try:
+        other = os.fstat(sys.stdin.fileno()) if _is_stdin(source) else os.stat(source)
+    except (OSError, ValueError, AttributeError):  # no such file; stdin closed or not a file
+        return False
+    return (other.st_dev, other.st_ino) == (status.st_dev, status.st_ino)
 
 
 def open_for_writing(path: Path, *, append: bool) -> int:
@@ -209,7 +216,12 @@ _SPOOLED_STDIN: set[str] = set()
 
 def input_name(source: str | Path) -> str:
     """What messages call an input: its path, or "standard input" (also for a spooled copy)."""
-    return "standard input" if str(source) == "-" or str(source) in _SPOOLED_STDIN else str(source)
+    return "standard input" if _is_stdin(source) else str(source)
+
+
+def _is_stdin(source: str | Path) -> bool:
+    """``-``, or the file :func:`readable_twice` spooled standard input to."""
+    return str(source) == "-" or str(source) in _SPOOLED_STDIN
 
 
 @contextmanager
