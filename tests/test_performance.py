@@ -176,6 +176,7 @@ def test_gradient_checkpointing_option_reaches_the_config(tmp_path):
 )
 def test_default_attention_path_per_device(monkeypatch, device, dtype, has_varlen, expected):
     monkeypatch.setattr(esmc_model, "varlen_attn", object() if has_varlen else None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     encoder = ESMCEncoder(ESMC_TINY)
     assert encoder.resolved_attention_backend(torch.device(device), dtype) == expected
     encoder.attention_backend = "padded"

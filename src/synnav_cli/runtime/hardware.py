@@ -69,9 +69,10 @@ def normalise_precision(value: str | int) -> str:
 def resolve_precision(device: torch.device, precision: str) -> str:
     """The precision a run on ``device`` uses.
 
-    ``auto``: bf16 autocast where the GPU has bf16 (Ampere and later), fp16 autocast with loss
-    scaling on older GPUs, fp32 on CPU. ``fp16`` asked for (the origin's config value) stays
-    fp16 on any GPU: the user chose it. ``bf16`` on a GPU without it becomes fp16.
+    ``auto``: bf16 autocast where the GPU computes bf16 natively (:func:`cuda_has_native_bf16`:
+    Ampere and later), fp16 autocast with loss scaling on older GPUs (V100, T4), fp32 on CPU.
+    ``fp16`` asked for (the origin's config value) stays fp16 on any GPU: the user chose it.
+    ``bf16`` on a GPU without native bf16 becomes fp16, with one line on stderr.
     On CPU every request becomes fp32 (training on CPU in bf16 was never measured); scoring
     has its own rule, :func:`scoring_precision`.
     """
@@ -79,8 +80,28 @@ def resolve_precision(device: torch.device, precision: str) -> str:
     if device.type != "cuda":
         return "fp32"
     if precision in ("auto", "bf16"):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if cuda_has_native_bf16():
+            return "bf16"
+        if precision == "bf16":
+            console.warn(
+                "--precision bf16 needs a GPU of compute capability 8.0 (Ampere) or later; "
+                "running fp16"
+            )
+        return "fp16"
     return precision
+
+
+def cuda_has_native_bf16() -> bool:
+    """Whether the current CUDA GPU computes bf16 in hardware (compute capability 8.0 and later).
+
+    ``torch.cuda.is_bf16_supported()`` alone also counts emulation, which a V100 (sm70) or T4
+    (sm75) passes: there bf16 runs far slower than fp16, and flash attention refuses it. Torch
+    releases without ``including_emulation`` are asked for the capability instead.
+    """
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:
+        return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
 
 def cpu_has_native_bf16() -> bool:

@@ -1,0 +1,90 @@
+"""The CUDA paths on CPU: precision and attention per GPU generation (mocked devices), what counts
+as out of memory, the failed batch released before the cache is freed, and fp16 overflow re-run
+in fp32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from synnav_cli.backbones import esmc_model
+from synnav_cli.backbones.esmc_model import ESMC_TINY, ESMCEncoder
+from synnav_cli.runtime import hardware
+
+CUDA = torch.device("cuda")
+HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def mock_gpu(monkeypatch, capability: tuple[int, int], *, torch_knows_emulation: bool = True):
+    """A CUDA GPU of ``capability``. Every CUDA GPU passes torch's bf16 check when emulation
+    counts (a bf16 tensor can be made on a V100); torch releases without ``including_emulation``
+    answered by capability alone."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    if torch_knows_emulation:
+
+        def is_bf16_supported(including_emulation: bool = True) -> bool:
+            return including_emulation or capability >= (8, 0)
+
+    else:
+
+        def is_bf16_supported() -> bool:
+            return True
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(esmc_model, "varlen_attn", object())  # a torch with varlen attention
+
+
+GPUS = [
+    ((7, 0), "fp16", "padded"),  # V100
+    ((7, 5), "fp16", "padded"),  # T4, RTX 20xx
+    ((8, 0), "bf16", "varlen"),  # A100
+    ((9, 0), "bf16", "varlen"),  # H100, H200
+]
+
+
+@pytest.mark.parametrize("torch_knows_emulation", [True, False])
+@pytest.mark.parametrize(("capability", "precision", "attention"), GPUS)
+def test_auto_precision_and_attention_per_gpu(
+    monkeypatch, capsys, capability, precision, attention, torch_knows_emulation
+):
+    mock_gpu(monkeypatch, capability, torch_knows_emulation=torch_knows_emulation)
+    assert hardware.resolve_precision(CUDA, "auto") == precision
+    assert hardware.scoring_precision(CUDA, "auto") == precision
+    assert hardware.grad_scaler(torch.device("cpu"), precision).is_enabled() == (
+        precision == "fp16"
+    )
+    encoder = ESMCEncoder(ESMC_TINY)
+    assert encoder.resolved_attention_backend(CUDA, HALF[precision]) == attention
+    assert encoder.resolved_attention_backend(CUDA, torch.float32) == "padded"
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("capability", [(7, 0), (7, 5)])
+def test_bf16_asked_for_on_a_gpu_without_it_runs_fp16_with_one_line(
+    monkeypatch, capsys, capability
+):
+    mock_gpu(monkeypatch, capability)
+    assert hardware.resolve_precision(CUDA, "bf16") == "fp16"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bf16" in err and "8.0" in err and "fp16" in err
+    assert hardware.scoring_precision(CUDA, "bf16") == "fp16"
+    assert capsys.readouterr().err.count("\n") == 1
+    assert hardware.resolve_precision(CUDA, "fp16") == "fp16"
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("capability", [(8, 0), (8, 6), (9, 0)])
+def test_bf16_asked_for_on_ampere_and_later_is_bf16_silently(monkeypatch, capsys, capability):
+    mock_gpu(monkeypatch, capability)
+    assert hardware.resolve_precision(CUDA, "bf16") == "bf16"
+    assert hardware.scoring_precision(CUDA, "bf16") == "bf16"
+    assert hardware.resolve_precision(CUDA, "fp32") == "fp32"
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("capability", "attention"), [(c, a) for c, _, a in GPUS])
+def test_flash_attention_only_from_sm80(monkeypatch, capability, attention, dtype):
+    mock_gpu(monkeypatch, capability)
+    assert ESMCEncoder(ESMC_TINY).resolved_attention_backend(CUDA, dtype) == attention
