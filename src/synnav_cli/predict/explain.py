@@ -29,7 +29,9 @@ from synnav_cli.data.dataset import column_name
 from synnav_cli.data.fasta import FastaRecord, read_fasta
 from synnav_cli.errors import UserError
 from synnav_cli.files import replace_atomically
+from synnav_cli.runtime import hardware
 from synnav_cli.scoring.load import LoadedModel
+from synnav_cli.scoring.score import halve_budget
 
 DEFAULT_STEPS = 32
 
@@ -57,6 +59,44 @@ def _baseline_id(loaded: LoadedModel) -> int:
     return int(padded.input_ids[0, ~padded.attention_mask[0]][0])
 
 
+def explain_tokens(model: hardware.MemoryModel, free_bytes: int, precision: str) -> int:
+    """Tokens of integration steps one pass may hold in ``free_bytes`` (0: not even one).
+
+    A pass costs what a training step costs per token, not what scoring does: the gradient with
+    respect to the input embeddings runs back through every layer, so every layer's activations
+    are kept (``MemoryModel.bytes_per_token(training=True)``: 2.3 MB a token for ESM C 600M in
+    bf16, 82 times scoring's 28 KB; a 500-residue protein's 32 steps need about 37 GB). No
+    parameter gradients or optimiser state are made. ``free_bytes`` is read with the model
+    loaded, so its fp32 weights are already counted; autocast's half-precision copies are not.
+    """
+    per_token = model.bytes_per_token(training=True, frozen=False, precision=precision)
+    copies = model.fixed_bytes(training=False, frozen=True, precision=precision) - (
+        model.fixed_bytes(training=False, frozen=True, precision="fp32")
+    )
+    room = free_bytes * hardware.MEMORY_FRACTION - copies
+    return max(0, int(room // per_token))
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    """Free accelerator memory on ``device``; None where nothing is known (CPU, MPS)."""
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+def pass_tokens(loaded: LoadedModel) -> int:
+    """Tokens one integration pass may hold: what fits in the free accelerator memory at a
+    training step's cost (:func:`explain_tokens`), never more than the scoring budget (which
+    ``--max-tokens`` sets); where free memory is unknown, the scoring budget (CPU: 1,024)."""
+    runtime = loaded.runtime
+    free = _free_bytes(runtime.device)
+    if free is None:
+        return runtime.max_tokens
+    model = hardware.memory_model(loaded.backbone, loaded.model.encoder)
+    return min(runtime.max_tokens, explain_tokens(model, free, runtime.precision))
+
+
 def attribute(
     loaded: LoadedModel, sequence: str, label_indices: list[int], *, steps: int = DEFAULT_STEPS
 ) -> np.ndarray:
@@ -67,6 +107,10 @@ def attribute(
         sequence: residues, at most ``loaded.max_length``.
         label_indices: the label columns to explain.
         steps: points on the path from baseline to input (midpoint rule); more is smoother.
+
+    Path points run as one batch, as many a pass as :func:`pass_tokens` allows. A pass that runs
+    out of memory is retried smaller (``scoring.score.halve_budget``: the halved budget holds
+    for the rest of the run); a lone step that does not fit is a :class:`UserError`.
     """
     model, runtime = loaded.model, loaded.runtime
     device = runtime.device
@@ -82,33 +126,59 @@ def attribute(
     difference = real - base  # [1, tokens, dim]; zero outside the residues
     alphas = (torch.arange(steps, dtype=torch.float32, device=device) + 0.5) / steps
     tokens = batch.input_ids.shape[1]
-    # Path points are scored as one batch, as many at a time as the token budget allows.
-    per_pass = max(1, min(steps, runtime.max_tokens // max(tokens, 1)))
     gradients = torch.zeros((len(label_indices), *real.shape[1:]), device=device)
     replacement: dict[str, torch.Tensor] = {}
 
     def swap(module, inputs, output):
         return replacement["embeddings"].to(output.dtype)
 
+    def integrate(chunk: torch.Tensor) -> torch.Tensor:
+        """The gradients of one pass (path points ``chunk``), summed over its points."""
+        interpolated = (base + chunk[:, None, None] * difference).requires_grad_(True)
+        replacement["embeddings"] = interpolated
+        repeated = TokenBatch(
+            batch.input_ids.repeat(len(chunk), 1),
+            batch.attention_mask.repeat(len(chunk), 1),
+            batch.residue_mask.repeat(len(chunk), 1),
+        )
+        with torch.enable_grad(), runtime.autocast():
+            probabilities = torch.sigmoid(model(repeated).float())
+        found = torch.zeros_like(gradients)
+        for k, j in enumerate(label_indices):
+            (grad,) = torch.autograd.grad(
+                probabilities[:, j].sum(), interpolated, retain_graph=k + 1 < len(label_indices)
+            )
+            found[k] = grad.float().sum(dim=0)
+        return found
+
+    budget = pass_tokens(loaded)
     handle = embedding.register_forward_hook(swap)
     model.eval()
     try:
-        for start in range(0, steps, per_pass):
-            chunk = alphas[start : start + per_pass]
-            interpolated = (base + chunk[:, None, None] * difference).requires_grad_(True)
-            replacement["embeddings"] = interpolated
-            repeated = TokenBatch(
-                batch.input_ids.repeat(len(chunk), 1),
-                batch.attention_mask.repeat(len(chunk), 1),
-                batch.residue_mask.repeat(len(chunk), 1),
-            )
-            with torch.enable_grad(), runtime.autocast():
-                probabilities = torch.sigmoid(model(repeated).float())
-            for k, j in enumerate(label_indices):
-                (grad,) = torch.autograd.grad(
-                    probabilities[:, j].sum(), interpolated, retain_graph=k + 1 < len(label_indices)
+        done = 0
+        while done < steps:
+            count = max(1, min(steps - done, budget // max(tokens, 1)))
+            try:
+                found = integrate(alphas[done : done + count])
+            except RuntimeError as error:
+                if not hardware.is_out_of_memory(error):
+                    raise
+                # Without its traceback the error no longer holds the failed pass's tensors, so
+                # the memory they took is free before the retry.
+                out_of_memory = error.with_traceback(None)
+            else:
+                gradients += found
+                done += count
+                continue
+            if count == 1:
+                hint = "" if hardware.half_precision(runtime.precision) else " or --precision bf16"
+                raise UserError(
+                    f"--explain: out of memory on one integration step of a protein of "
+                    f"{len(sequence)} residues on {device}; explain it on a larger device{hint}"
                 )
-                gradients[k] += grad.float().sum(dim=0)
+            halve_budget(runtime, [tokens] * count, out_of_memory)
+            # Below the failed pass's own size even where the budget's floor is above it.
+            budget = min(runtime.max_tokens, count * tokens // 2)
     finally:
         handle.remove()
         replacement.clear()
