@@ -88,3 +88,60 @@ def test_bf16_asked_for_on_ampere_and_later_is_bf16_silently(monkeypatch, capsys
 def test_flash_attention_only_from_sm80(monkeypatch, capability, attention, dtype):
     mock_gpu(monkeypatch, capability)
     assert ESMCEncoder(ESMC_TINY).resolved_attention_backend(CUDA, dtype) == attention
+
+
+# --- what counts as out of memory (#9) ------------------------------------------------------
+
+CUBLAS = "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+ALLOCATION_FAILURES = [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("CUDA error: out of memory"),
+    RuntimeError(CUBLAS),
+    RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+    RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB)"),
+]
+if hasattr(torch, "AcceleratorError"):  # what torch 2.8+ raises for a CUDA runtime error
+    ALLOCATION_FAILURES.append(torch.AcceleratorError("CUDA error: out of memory"))
+OTHER_ERRORS = [
+    RuntimeError("mat1 and mat2 shapes cannot be multiplied"),
+    RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED"),
+    ValueError("out of memory"),  # not an error torch raises for an allocation
+]
+
+
+@pytest.mark.parametrize("error", ALLOCATION_FAILURES, ids=str)
+def test_allocation_failures_are_out_of_memory(error):
+    assert hardware.is_out_of_memory(error)
+
+
+@pytest.mark.parametrize("error", OTHER_ERRORS, ids=str)
+def test_other_errors_are_not(error):
+    assert not hardware.is_out_of_memory(error)
+
+
+def test_out_of_memory_is_recognised_on_torch_without_torch_out_of_memory_error(monkeypatch):
+    """torch 2.4 (pyproject's floor allows it) has only torch.cuda.OutOfMemoryError."""
+    cuda_type = torch.cuda.OutOfMemoryError
+    monkeypatch.delattr(torch, "OutOfMemoryError")
+    assert hardware.is_out_of_memory(cuda_type("Tried to allocate 2.00 GiB"))
+    assert hardware.is_out_of_memory(RuntimeError(CUBLAS))
+    assert not hardware.is_out_of_memory(RuntimeError("shape mismatch"))
+    monkeypatch.delattr(torch.cuda, "OutOfMemoryError")
+    assert hardware.is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
+
+
+def test_a_cublas_allocation_failure_is_retried_in_smaller_batches(capsys):
+    from synnav_cli.scoring.score import Runtime, run_batches
+
+    lengths = [100] * 8
+    runtime = Runtime(torch.device("cpu"), "fp32", 800)
+
+    def work(index):
+        if len(index) > 2:
+            raise RuntimeError(CUBLAS)
+        return list(index)
+
+    seen = sorted(i for _, done in run_batches(lengths, runtime, work) for i in done)
+    assert seen == list(range(8))
+    assert runtime.max_tokens <= 200
+    assert "retrying it with up to" in capsys.readouterr().err

@@ -163,11 +163,35 @@ def half_precision(precision: str) -> bool:
     return precision in ("bf16", "fp16")
 
 
+# What an allocation failure says when it does not come as torch's out-of-memory type: the CUDA
+# runtime ("CUDA error: out of memory"), MPS ("MPS backend out of memory"), and cuBLAS and cuDNN
+# when their handles or workspaces, allocated outside torch's caching allocator, find no room.
+_OUT_OF_MEMORY_MESSAGES = (
+    "out of memory",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+    "cusolver_status_alloc_failed",
+)
+
+
 def is_out_of_memory(error: BaseException) -> bool:
-    """An accelerator allocation failure (CUDA, MPS or any backend that says so)."""
-    return isinstance(error, torch.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    """An accelerator allocation failure (CUDA, cuBLAS, cuDNN, MPS or any backend that says so).
+
+    ``torch.OutOfMemoryError`` exists from torch 2.5; before it the type is
+    ``torch.cuda.OutOfMemoryError``, and either way the message is checked too.
+    """
+    types = tuple(
+        kind
+        for kind in (
+            getattr(torch, "OutOfMemoryError", None),
+            getattr(torch.cuda, "OutOfMemoryError", None),
+        )
+        if isinstance(kind, type)
     )
+    if types and isinstance(error, types):
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and any(m in message for m in _OUT_OF_MEMORY_MESSAGES)
 
 
 def free_cached_memory(device: torch.device) -> None:
