@@ -4,6 +4,8 @@ in fp32."""
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 
@@ -145,3 +147,54 @@ def test_a_cublas_allocation_failure_is_retried_in_smaller_batches(capsys):
     assert seen == list(range(8))
     assert runtime.max_tokens <= 200
     assert "retrying it with up to" in capsys.readouterr().err
+
+
+# --- the failed batch is released before the cache is freed (#10) ---------------------------
+
+
+class FailedBatch:
+    """Work that allocates a batch's tensor and then runs out of memory, as a CUDA batch does;
+    :meth:`free_cached_memory` stands in for ``torch.cuda.empty_cache`` and records whether that
+    tensor was still alive when the cache was freed (it would then stay allocated)."""
+
+    def __init__(self, fails_above: int) -> None:
+        self.fails_above, self.tensors, self.alive_at_free = fails_above, [], []
+
+    def __call__(self, index) -> list[int]:
+        activations = torch.ones(len(index), 1000)
+        self.tensors.append(weakref.ref(activations))
+        if len(index) > self.fails_above:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return list(index)
+
+    def free_cached_memory(self, device) -> None:
+        self.alive_at_free.append(any(ref() is not None for ref in self.tensors))
+
+
+def test_scoring_frees_the_cache_after_the_failed_batch_is_gone(monkeypatch, capsys):
+    from synnav_cli.scoring.score import Runtime, run_batches
+
+    work = FailedBatch(fails_above=2)
+    monkeypatch.setattr(hardware, "free_cached_memory", work.free_cached_memory)
+    runtime = Runtime(torch.device("cpu"), "fp32", 1000)
+    seen = sorted(i for _, done in run_batches([100] * 8, runtime, work) for i in done)
+    assert seen == list(range(8))
+    assert work.alive_at_free and not any(work.alive_at_free)
+
+
+def test_training_frees_the_cache_after_the_failed_part_is_gone(monkeypatch, capsys):
+    from synnav_cli.scoring.score import Runtime
+    from synnav_cli.train.steps import accumulate
+
+    work = FailedBatch(fails_above=2)
+    monkeypatch.setattr(hardware, "free_cached_memory", work.free_cached_memory)
+
+    def backward(part):
+        work(part)
+        return torch.tensor(float(len(part)))
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    runtime = Runtime(torch.device("cpu"), "fp32", 1000)
+    assert float(accumulate(backward, [100] * 8, optimizer, runtime)) == 8.0
+    assert work.alive_at_free and not any(work.alive_at_free)

@@ -46,11 +46,25 @@ class Runtime:
         return hardware.autocast(self.device, self.precision)
 
 
+def retryable(error: RuntimeError) -> RuntimeError:
+    """The out-of-memory ``error`` with its traceback dropped; any other error is re-raised.
+
+    Called inside the ``except`` block. The traceback holds the frames of the failed batch and
+    so its tensors; without it they are freed when the block ends, and :func:`halve_budget`,
+    called after it, frees the cache of memory no longer in use.
+    """
+    if not hardware.is_out_of_memory(error):
+        raise error
+    return error.with_traceback(None)
+
+
 def halve_budget(runtime: Runtime, lengths: Sequence[int], error: BaseException) -> None:
     """React to ``error`` raised by a batch of proteins of ``lengths`` tokens.
 
     Anything but an out-of-memory error is re-raised; so is one on a lone protein, which no
-    smaller batch can help. Otherwise the budget becomes half of what the batch used.
+    smaller batch can help. Otherwise the cached memory is freed and the budget becomes half of
+    what the batch used. Call it outside the ``except`` block, with the error as
+    :func:`retryable` returns it, so that the failed batch's tensors are gone by then.
     """
     if not hardware.is_out_of_memory(error):
         raise error
@@ -95,10 +109,12 @@ def run_batches(
         try:
             result = work(index)
         except RuntimeError as error:
-            halve_budget(runtime, [lengths[i] for i in index], error)
-            pending.extendleft(reversed(plan(index)))
+            failure = retryable(error)
+        else:
+            yield index, result
             continue
-        yield index, result
+        halve_budget(runtime, [lengths[i] for i in index], failure)
+        pending.extendleft(reversed(plan(index)))
 
 
 def score_sequences(

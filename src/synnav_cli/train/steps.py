@@ -12,7 +12,7 @@ import torch
 from synnav_cli import console
 from synnav_cli.runtime import distributed
 from synnav_cli.scoring import batches
-from synnav_cli.scoring.score import Runtime, halve_budget
+from synnav_cli.scoring.score import Runtime, halve_budget, retryable
 
 WARMUP_FRACTION = 0.05
 
@@ -44,8 +44,10 @@ def accumulate(
         except RuntimeError as error:
             if distributed.active():
                 raise
-            optimizer.zero_grad(set_to_none=True)
-            halve_budget(runtime, lengths, error)
+            failure = retryable(error)
+        # Out of the except block the failed part's frames and tensors are gone.
+        optimizer.zero_grad(set_to_none=True)
+        halve_budget(runtime, lengths, failure)
 
 
 class StopRequest:
