@@ -252,6 +252,21 @@ def test_a_second_train_on_the_same_out_is_refused_while_the_first_finishes(runn
     assert set(load_file(str(out / "model.safetensors")))  # whole and readable
 
 
+def test_a_link_planted_at_the_workspace_is_refused_and_the_target_untouched(runner, tmp_path, small_dataset):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    mine = {"best.safetensors": b"my weights", "lock": b"my lock", "run.json": b"{}"}
+    for name, content in mine.items():
+        (victim / name).write_bytes(content)
+    out = tmp_path / "lnm"
+    out.with_name("lnm.partial").symlink_to(victim, target_is_directory=True)
+    for args in (train_args(small_dataset, out), ["train", "--resume", str(out), "--device", "cpu"],
+                 ["train", "--resume", str(out.with_name("lnm.partial")), "--device", "cpu"]):
+        one_error_line(runner.invoke(cli, args), "lnm.partial is a symbolic link")
+        assert {p.name: p.read_bytes() for p in victim.iterdir()} == mine
+    assert not out.exists() and out.with_name("lnm.partial").is_symlink()
+
+
 def test_a_lock_is_exclusive_and_removed_on_release(tmp_path):
     lock = tmp_path / "x.lock"
     with files.exclusive_lock(lock, "x"):

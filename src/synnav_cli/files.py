@@ -144,6 +144,34 @@ def open_for_writing(path: Path, *, append: bool) -> int:
     return fd
 
 
+def real_folder(folder: Path) -> bool:
+    """True when ``folder`` is a folder, False when nothing is there. A symbolic link (to a folder
+    or not) or a file at the name is refused in one line: synnav's own folders (``FILE.partial/``,
+    a training workspace) are never written through a link someone planted there."""
+    try:
+        mode = os.lstat(folder).st_mode
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(mode):
+        raise UserError(f"{folder} is a symbolic link; synnav does not write through links")
+    if not stat.S_ISDIR(mode):
+        raise UserError(f"{folder} is not a folder; remove it or choose another --out")
+    return True
+
+
+def make_real_folder(folder: Path) -> None:
+    """``folder`` as a :func:`real_folder`, created if missing. The creation is exclusive: a link
+    planted at the name after the check makes it fail (and be refused), never be followed."""
+    folder = Path(folder)
+    if real_folder(folder):
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        real_folder(folder)  # made meanwhile: a folder (another run's) is fine, anything else not
+
+
 @contextmanager
 def exclusive_lock(path: Path, holder: str) -> Iterator[None]:
     """Hold ``path`` as a lock for as long as the block runs; refuse at once if another has it.

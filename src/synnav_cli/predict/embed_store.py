@@ -25,7 +25,7 @@ import numpy as np
 from synnav_cli import console
 from synnav_cli.data.fasta import read_fasta
 from synnav_cli.errors import UserError
-from synnav_cli.files import replace_atomically, write_json_atomic
+from synnav_cli.files import make_real_folder, real_folder, replace_atomically, write_json_atomic
 from synnav_cli.predict.embed_files import EmbeddingChunk, EmbeddingSource
 from synnav_cli.predict.resumable import digest_record
 
@@ -62,19 +62,9 @@ class EmbeddingStore:
     def _chunk_path(self, number: int) -> Path:
         return self.folder / f"chunk-{number:06d}.npz"
 
-    def _check_folder(self) -> bool:
-        """True when the folder exists; refuses a link or a file in its place."""
-        if self.folder.is_symlink():
-            raise UserError(
-                f"{self.folder} is a symbolic link; synnav does not write through links"
-            )
-        if self.folder.exists() and not self.folder.is_dir():
-            raise UserError(f"{self.folder} is not a folder; remove it or choose another --out")
-        return self.folder.is_dir()
-
     def _load(self) -> None:
         manifest = self.folder / MANIFEST
-        if not self._check_folder() or not manifest.is_file():
+        if not real_folder(self.folder) or not manifest.is_file():
             return
         try:
             state = json.loads(manifest.read_text(encoding="utf-8"))
@@ -112,8 +102,7 @@ class EmbeddingStore:
 
     def add(self, chunk: EmbeddingChunk) -> None:
         """Keep ``chunk`` on disk, then record it: a kill between the two loses only it."""
-        if not self._check_folder():
-            self.folder.mkdir(parents=True)
+        make_real_folder(self.folder)
         arrays = {
             "ids": np.array(chunk.ids, dtype=str),
             "lengths": np.asarray(chunk.lengths, dtype=np.int64),
@@ -171,7 +160,7 @@ class EmbeddingStore:
 
     def remove(self) -> None:
         """Delete the chunks and the manifest (the final file is in place), then the folder."""
-        if not self._check_folder():
+        if not real_folder(self.folder):
             return
         for number in range(len(self.sizes) + 1):  # +1: a chunk a kill wrote but never recorded
             self._chunk_path(number).unlink(missing_ok=True)

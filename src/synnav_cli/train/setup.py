@@ -22,7 +22,7 @@ from synnav_cli import console, paths
 from synnav_cli.backbones.base import Backbone
 from synnav_cli.data.dataset import Dataset
 from synnav_cli.errors import UserError
-from synnav_cli.files import exclusive_lock
+from synnav_cli.files import exclusive_lock, make_real_folder
 from synnav_cli.model import positive_weights
 from synnav_cli.plugins import get_backbone
 from synnav_cli.runtime import distributed, hardware
@@ -91,12 +91,16 @@ def read_run(workspace: Path) -> dict:
 
 @contextmanager
 def holding(workspace: Path) -> Iterator[None]:
-    """The workspace, created if needed and locked by this run (rank 0 holds the lock for all)."""
+    """The workspace, created if needed and locked by this run (rank 0 holds the lock for all).
+
+    A link at the workspace's name is refused, never followed: the run would write its
+    checkpoints into the link's target and remove a ``lock`` file there when done.
+    """
     refusal = None
     with ExitStack() as stack:
         if distributed.is_main():
             try:
-                workspace.mkdir(parents=True, exist_ok=True)
+                make_real_folder(workspace)
                 stack.enter_context(
                     exclusive_lock(workspace / LOCK_FILE, f"the training workspace {workspace}")
                 )
