@@ -382,6 +382,18 @@ def test_force_does_not_replace_a_folder_that_is_not_a_model(runner, tmp_path, s
     assert not source.with_name("src.partial").exists() or not any(source.with_name("src.partial").iterdir())
 
 
+@pytest.mark.parametrize("metadata", ["{}", "[]", '{"backbone": "tiny"}', "not json"])
+def test_force_does_not_replace_a_folder_whose_metadata_predict_would_refuse(runner, tmp_path, small_dataset,
+                                                                             metadata):
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    (folder / "synnav-model.json").write_text(metadata)
+    (folder / "thesis.tex").write_text("years of work")
+    one_error_line(runner.invoke(cli, [*train_args(small_dataset, folder), "--force"]),
+                   "not a synnav model directory")
+    assert (folder / "thesis.tex").read_text() == "years of work"
+
+
 def test_force_replaces_a_model_directory(runner, tmp_path, small_dataset):
     out = launch.tiny_model_dir(tmp_path / "model")
     result = runner.invoke(cli, [*train_args(small_dataset, out), "--force"])

@@ -60,14 +60,19 @@ def check_replaceable(out: Path, force: bool) -> None:
     """Refuse to replace ``out`` unless ``force`` is given and ``out`` is a synnav model directory.
 
     ``--force`` exists to retrain a model in place; it must never delete a source tree or any
-    other folder that happens to be named on the command line.
+    other folder that happens to be named on the command line. A model directory is one whose
+    metadata passes the checks ``predict`` applies (an empty ``synnav-model.json`` does not).
     """
     out = Path(out)
     if not (out.exists() or out.is_symlink()):
         return
     if not force:
         raise UserError(f"{out} already exists; choose another --out or pass --force")
-    if not is_model_dir(out):
+    try:
+        valid = is_model_dir(out) and bool(read_model_info(out))
+    except (UserError, OSError):
+        valid = False
+    if not valid:
         raise UserError(
             f"{out} exists and is not a synnav model directory; --force replaces "
             "only model directories, so choose another --out"
