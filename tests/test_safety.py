@@ -508,6 +508,15 @@ def test_a_huge_header_is_not_quoted_whole(runner, model_and_fasta, tmp_path):
     assert len(line) < 400
 
 
+@pytest.mark.parametrize("name", ["a" * 100_000, "x/" * 50_000, "\x1b[31m" * 10_000])
+def test_a_huge_model_name_is_not_quoted_whole(runner, model_and_fasta, tmp_path, name):
+    _, fasta = model_and_fasta
+    for args in (["predict", str(fasta), "--model", name], ["embed", str(fasta), "--model", name, "-o",
+                 str(tmp_path / "e.npz")], ["models", "show", name], ["models", "default", name]):
+        line = one_error_line(runner.invoke(cli, args), "characters")
+        assert len(line) < 400 and "\x1b" not in line, line[:400]
+
+
 def test_a_nul_in_a_header_is_refused(runner, model_and_fasta, tmp_path):
     model, _ = model_and_fasta
     fasta = tmp_path / "nul.fasta"

@@ -231,17 +231,17 @@ def resolve_model(name: str | None) -> tuple[ModelInfo, str]:
     """
     if name:
         candidate = Path(name).expanduser()
-        if (candidate / METADATA_FILE).is_file():
+        if _holds_metadata(candidate):
             return read_model_info(candidate), "given"
         named = paths.models_dir() / name
-        if (named / METADATA_FILE).is_file():
+        if _holds_metadata(named):
             return read_model_info(named), "given"
         bundled = bundled_model_path()
         if bundled is not None and name == BUNDLED_NAME:
             return read_model_info(bundled), "bundled"
         known = ", ".join(info.name for info in list_models()) or "none"
         raise UserError(
-            f"no model {name!r}: not a model directory, nor a name in "
+            f"no model {quoted(name)}: not a model directory, nor a name in "
             f"{paths.models_dir()} (trained models: {known})"
         )
     chosen = read_default_model()
@@ -250,7 +250,7 @@ def resolve_model(name: str | None) -> tuple[ModelInfo, str]:
             info, _how = resolve_model(chosen)
         except UserError:
             raise UserError(
-                f"the default model {chosen!r} no longer exists; choose another with "
+                f"the default model {quoted(chosen)} no longer exists; choose another with "
                 "`synnav models default NAME` (or `--clear` for the bundled one)"
             ) from None
         return info, "bundled" if info.name == BUNDLED_NAME else "default"
@@ -261,6 +261,13 @@ def resolve_model(name: str | None) -> tuple[ModelInfo, str]:
         "no model to use: train one with `synnav train` and pass --model, or set one "
         "with `synnav models default NAME`"
     )
+
+
+def _holds_metadata(folder: Path) -> bool:
+    try:
+        return (folder / METADATA_FILE).is_file()
+    except OSError:  # a name too long for the filesystem, say: no model there either
+        return False
 
 
 def load_model(
