@@ -154,6 +154,31 @@ def test_two_processes_embed_what_one_process_embeds(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("two")) == ["two.h5"]
 
 
+@torchrun_step
+@pytest.mark.slow
+def test_two_processes_fine_tune_esm2_as_one_process_does(tmp_path):
+    """The real EsmModel (contact head and all) through the real fine-tuning loop under DDP: it
+    used to stop at the second step, on the contact head's missing gradient."""
+    from hub_fixture import cache_tiny_weights
+
+    env = launch.environment(tmp_path)
+    env.update(SYNNAV_DATA_DIR=str(tmp_path / "userdata"), SYNNAV_CACHE_DIR=str(tmp_path / "cache"),
+               HF_HUB_OFFLINE="1", SYNNAV_OFFLINE="1", SYNNAV_TEST_TINY_BACKBONES="1")
+    cache_tiny_weights("esm2_8m", tmp_path / "cache" / "hub")
+    data = launch.dataset_path(tmp_path)
+    args = ["train", "--data", str(data), "--backbone", "esm2_8m", "--epochs", "2", "--batch-size", "16",
+            "--lr", "1e-3", "--seed", "1", "--device", "cpu", "--max-tokens", "2000", "--max-length", "200"]
+    one = launch.synnav([*args, "--out", str(tmp_path / "one")], env)
+    assert one.returncode == 0, one.stderr
+    two = launch.torchrun(2, [*args, "--out", str(tmp_path / "two")], env)
+    assert two.returncode == 0, two.stderr
+    a = json.loads((tmp_path / "one" / "synnav-model.json").read_text())
+    b = json.loads((tmp_path / "two" / "synnav-model.json").read_text())
+    assert len(a["history"]) == len(b["history"]) == 2
+    for x, y in zip(a["history"], b["history"], strict=True):
+        assert _close(x["train_loss"], y["train_loss"], 1e-4), (x, y)
+
+
 @pytest.mark.parametrize("count", [1, 3, 7])
 def test_shards_partition_the_input_round_robin(count):
     items = list(range(20))
@@ -177,4 +202,5 @@ def test_one_process_helpers_answer_for_one_process():
     assert scored.tolist() == [[3.0], [1.0], [2.0]]
     assert distributed.gather("x") == ["x"] and distributed.broadcast(5) == 5
     assert distributed.sum_across(2.5) == 2.5 and distributed.any_rank(True)
+    assert distributed.min_across(7) == 7
     assert distributed.map_sharded(lambda part: [x * 2 for x in part], [3, 1, 2]) == [6, 2, 4]

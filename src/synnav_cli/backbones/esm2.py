@@ -99,6 +99,12 @@ class ESM2Encoder(nn.Module):
         super().__init__()
         self.esm = model
         self.packed = esm2_packed.supports(model)
+        # EsmModel always builds a contact-prediction head that the last hidden state never
+        # passes through: it gets no gradient, which DistributedDataParallel refuses at the
+        # second step. It is not trained here, so it is frozen.
+        contact_head = getattr(model, "contact_head", None)
+        if contact_head is not None:
+            contact_head.requires_grad_(False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.packed and input_ids.device.type == "cpu" and not torch.is_grad_enabled():

@@ -53,6 +53,9 @@ class SynnavGroup(click.Group):
 def cli() -> None:
     """Predict where proteins go in a neuron (cytosol, ER, mitochondrion, nucleus, excitatory and
     inhibitory synapse) with fine-tuned protein language models."""
+    from synnav_cli.runtime.allocator import prefer_expandable_segments
+
+    prefer_expandable_segments()
 
 
 @cli.command()

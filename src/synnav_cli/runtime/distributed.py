@@ -42,20 +42,37 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def backend_spec(use_cuda: bool) -> str:
+    """The process group's backends: gloo alone on CPU; on GPUs nccl for CUDA tensors and gloo
+    for CPU ones.
+
+    nccl serves CUDA tensors only. The small agreements between ranks (:func:`any_rank`,
+    :func:`sum_across`, :func:`min_across`, object broadcasts, barriers) are CPU values, and
+    must not force a device copy and a stream sync each step, so they go through gloo.
+    """
+    return "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
+
+
 def init() -> None:
     """Join the process group torchrun described in the environment; idempotent.
 
-    gloo on CPU, nccl when CUDA is present (one GPU per local rank). Ranks other than 0 say
-    only warnings and errors, so a run prints its messages once.
+    gloo on CPU; with CUDA, one GPU per local rank and nccl for it (see :func:`backend_spec`).
+    Ranks other than 0 say only warnings and errors, so a run prints its messages once.
     """
     if not requested() or (dist.is_available() and dist.is_initialized()):
         return
     if not dist.is_available():
         raise UserError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     use_cuda = torch.cuda.is_available()
+    device_id = None
     if use_cuda:
-        torch.cuda.set_device(local_rank())
-    dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://", timeout=TIMEOUT)
+        device_id = torch.device("cuda", local_rank())
+        torch.cuda.set_device(device_id)
+    # device_id binds this rank's nccl communicator to its own GPU at once, instead of letting
+    # the first collective guess the device.
+    dist.init_process_group(
+        backend_spec(use_cuda), init_method="env://", timeout=TIMEOUT, device_id=device_id
+    )
     atexit.register(teardown)
     if dist.get_rank() != 0:
         console.set_verbosity(quiet=True)
@@ -113,21 +130,30 @@ def broadcast(obj: object) -> object:
     return box[0]
 
 
+def _reduce(value: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
+    """All-reduce a CPU tensor (through gloo on a GPU run: see :func:`backend_spec`)."""
+    dist.all_reduce(value, op=op)
+    return value
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on any; keeps ranks agreeing on when to stop."""
     if not active():
         return flag
-    value = torch.tensor([int(flag)])
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    return bool(_reduce(torch.tensor([int(flag)]), dist.ReduceOp.MAX).item())
 
 
 def sum_across(value: float) -> float:
     if not active():
         return value
-    total = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(total)
-    return float(total.item())
+    return float(_reduce(torch.tensor([value], dtype=torch.float64), dist.ReduceOp.SUM).item())
+
+
+def min_across(value: int) -> int:
+    """The smallest ``value`` of all ranks, on every rank."""
+    if not active():
+        return value
+    return int(_reduce(torch.tensor([value], dtype=torch.int64), dist.ReduceOp.MIN).item())
 
 
 def shard(items: Sequence) -> list:

@@ -219,6 +219,13 @@ class MemoryModel:
 
     Attention itself adds no per-token term: the packed paths run flash / memory-efficient
     kernels whose memory is linear in the tokens.
+
+    Several processes (DistributedDataParallel) add nothing per rank: the gradients are views
+    into DDP's communication buckets (``gradient_as_bucket_view``, see
+    :func:`synnav_cli.train.ddp.wrap`), so there is no second fp32 copy of them. Allocator
+    fragmentation is kept small by expandable segments
+    (:func:`synnav_cli.runtime.allocator.prefer_expandable_segments`) and
+    covered by :data:`MEMORY_FRACTION`.
     """
 
     params: int
@@ -369,3 +376,4 @@ def report_budget(what: str, budget: Budget, max_batch_size: int | None = None) 
     proteins = f", at most {max_batch_size} proteins" if max_batch_size else ""
     say = console.detail if budget.source.endswith(" default") else console.info
     say(f"{what}: up to {budget.max_tokens} tokens a batch{proteins} ({budget.source}).")
+

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from synnav_cli import console
 from synnav_cli.data.dataset import assign_splits, read_dataset
@@ -36,7 +36,7 @@ from synnav_cli.scoring import batches
 from synnav_cli.scoring.score import Runtime, score_sequences
 from synnav_cli.train import checkpoint, head_only
 from synnav_cli.train.config import TrainConfig, config_from_record
-from synnav_cli.train.ddp import BatchDropout, local_rows, shard_loss
+from synnav_cli.train.ddp import BatchDropout, freeze_unused, local_rows, shard_loss, wrap
 from synnav_cli.train.finish import finish
 from synnav_cli.train.setup import (
     PARTIAL_SUFFIX,
@@ -53,6 +53,8 @@ from synnav_cli.train.setup import (
 from synnav_cli.train.steps import StopRequest, accumulate, lr_factor
 
 BEST_FILE = "best.safetensors"
+# Steps between two reads of the training loss from the device (each read waits for the GPU).
+LOSS_EVERY = 16
 
 
 def train(
@@ -173,16 +175,24 @@ class FineTuning:
             budget = hardware.Budget(max_tokens, budget.source)
         self.budget = budget
         self.dropout = self.model.head.replace_dropout(BatchDropout(self.model.head.dropout.p))
+        unused = freeze_unused(self.model, self._probe_batch(), self._autocast())
+        if unused:
+            console.detail(f"not trained (no gradient reaches them): {', '.join(unused)}")
         # Gradients are averaged across ranks in backward; one process trains the model itself.
-        self.net = DistributedDataParallel(self.model) if distributed.active() else self.model
+        self.net = wrap(self.model, device)
+        self.no_sync = getattr(self.net, "no_sync", nullcontext)
         self.pos_weight = torch.tensor(setup.pos_weight, device=device)
         console.detail(
             "pos_weight: "
             + ", ".join(f"{n}={w:.2f}" for n, w in zip(setup.dataset.label_names, setup.pos_weight))
         )
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        # One fused kernel for all parameters on GPUs instead of a loop of small ones a tensor.
         self.optimizer = torch.optim.AdamW(
-            self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay
+            self.trainable,
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
+            fused=True if device.type == "cuda" else None,
         )
         self.score_runtime = Runtime(device, setup.precision, max_tokens, config.batch_size)
         self.step_runtime = Runtime(device, setup.precision, max_tokens, config.batch_size)
@@ -219,8 +229,20 @@ class FineTuning:
         self.scaler = hardware.grad_scaler(device, setup.precision)
         self.batch_rng = np.random.default_rng(config.seed)
         self.progress = checkpoint.Progress()
+        # (loss, proteins) of the steps whose loss was not yet read from the device
+        self.pending_loss: list[tuple[torch.Tensor, int]] = []
         if saved is not None:
             self._restore(saved)
+
+    def _autocast(self):
+        return hardware.autocast(self.setup.device, self.setup.precision)
+
+    def _probe_batch(self):
+        """The shortest training protein, tokenized on the device: one cheap pass for
+        :func:`freeze_unused`."""
+        sequences = self.setup.parts["train"].sequences
+        shortest = min(sequences, key=len)
+        return self.setup.backbone.tokenize([shortest]).to(self.setup.device)
 
     # --- checkpoints ----------------------------------------------------------------------------
 
@@ -255,7 +277,16 @@ class FineTuning:
         )
         console.info(f"Resuming from {where}.")
 
+    def _collect_loss(self) -> None:
+        """Add the losses of the steps taken since the last call to the epoch's (one sync)."""
+        if self.pending_loss:
+            values = torch.stack([loss for loss, _ in self.pending_loss]).tolist()
+            for value, (_, proteins) in zip(values, self.pending_loss):
+                self.progress.epoch_loss += value * proteins
+            self.pending_loss.clear()
+
     def _save(self, batch_rng: dict) -> None:
+        self._collect_loss()
         done = self.progress
         if distributed.is_main():
             checkpoint.save(
@@ -320,8 +351,15 @@ class FineTuning:
                 bar.advance(len(index))
                 continue
             step_loss = self._step(index)
-            done.step, done.epoch_loss = step + 1, done.epoch_loss + step_loss * len(index)
-            bar.advance(len(index), f"loss {step_loss:.4f}")
+            self.pending_loss.append((step_loss, len(index)))
+            done.step = step + 1
+            # Reading a loss waits for the GPU to finish the step; done every few steps only, so
+            # that the host prepares the next batch while the GPU still works on this one.
+            if done.step % LOSS_EVERY == 0 or done.step == len(order):
+                self._collect_loss()
+                bar.advance(len(index), f"loss {float(step_loss):.4f}")
+            else:
+                bar.advance(len(index))
             # A signal may reach the ranks at different moments; all stop at the same step.
             if step + 1 < len(order) and distributed.any_rank(stop.requested):
                 bar.close()
@@ -331,10 +369,12 @@ class FineTuning:
                     f"continue with `synnav train --resume {self.setup.workspace}`"
                 )
         bar.close()
+        self._collect_loss()
         self._end_epoch(distributed.sum_across(done.epoch_loss), time.monotonic() - started)
 
-    def _step(self, index: list[int]) -> float:
-        """One optimiser step on the global batch ``index``; returns its loss."""
+    def _step(self, index: list[int]) -> torch.Tensor:
+        """One optimiser step on the global batch ``index``; returns its loss (on the device, so
+        that taking a step does not wait for the GPU)."""
         setup, model = self.setup, self.model
         positions, rows, weight = local_rows(index)
         known_global = int((~torch.isnan(self.labels[index])).sum())
@@ -347,16 +387,24 @@ class FineTuning:
             tokens = batches.padded_cost([self.lengths[rows[p]] for p in part])
             setup.backbone.set_gradient_checkpointing(model.encoder, self.budget.recompute(tokens))
             batch = setup.backbone.tokenize([sequences[rows[p]] for p in part]).to(setup.device)
-            with hardware.autocast(setup.device, setup.precision):
+            with self._autocast():
                 logits = self.net(batch)
-            targets = self.labels[[rows[p] for p in part]].to(setup.device)
-            part_loss = shard_loss(logits, targets, self.pos_weight, known_global, weight)
+            targets = self.labels[[rows[p] for p in part]]
+            known_local = int((~torch.isnan(targets)).sum())
+            targets = targets.to(setup.device, non_blocking=True)
+            part_loss = shard_loss(
+                logits, targets, self.pos_weight, known_local, known_global, weight
+            )
             self.scaler.scale(part_loss).backward()
             return part_loss.detach()
 
         self.optimizer.zero_grad(set_to_none=True)
         loss = accumulate(
-            backward, [self.lengths[i] for i in rows], self.optimizer, self.step_runtime
+            backward,
+            [self.lengths[i] for i in rows],
+            self.optimizer,
+            self.step_runtime,
+            self.no_sync,
         )
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
@@ -364,7 +412,7 @@ class FineTuning:
         self.scaler.update()
         self.scheduler.step()
         # Summed over ranks (once an epoch) this is the global batch loss.
-        return loss.item() / distributed.world_size()
+        return loss.detach() / distributed.world_size()
 
     def _end_epoch(self, total_loss: float, seconds: float) -> None:
         setup, done = self.setup, self.progress

@@ -8,6 +8,7 @@ hashes), a lock file keeps a second run out, checkpoints follow. The finished mo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -141,6 +142,7 @@ def prepare(
         requested=config.max_tokens,
         checkpointing=config.gradient_checkpointing,
     )
+    budget = agreed_budget(budget)
     weights = positive_weights(parts["train"].labels, dataset.label_names, config.loss)
     return RunSetup(
         workspace,
@@ -155,6 +157,21 @@ def prepare(
         budget,
         weights,
     )
+
+
+def agreed_budget(budget: hardware.Budget) -> hardware.Budget:
+    """The budget of every rank: the smallest one any rank planned.
+
+    Each rank plans from its own free memory, which differs when another process shares a GPU.
+    But the budget composes the global batch list, which every rank must build alike, so the
+    ranks agree on one value: the smallest, which fits everywhere. How each rank then splits its
+    own rows to fit its memory is its own affair (see :func:`synnav_cli.train.steps.accumulate`).
+    """
+    if not distributed.active():
+        return budget
+    tokens = distributed.min_across(budget.max_tokens)
+    source = f"{budget.source}; the smallest of {distributed.world_size()} processes"
+    return dataclasses.replace(budget, max_tokens=tokens, source=source)
 
 
 def truncate(sequences: list[str], limit: int) -> tuple[list[str], int]:

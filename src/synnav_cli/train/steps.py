@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import signal
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -27,22 +28,39 @@ def lr_factor(step: int, total_steps: int) -> float:
 
 
 def accumulate(
-    backward: Callable[[list[int]], torch.Tensor], lengths: list[int], optimizer, runtime: Runtime
+    backward: Callable[[list[int]], torch.Tensor],
+    lengths: list[int],
+    optimizer,
+    runtime: Runtime,
+    no_sync: Callable[[], AbstractContextManager] = nullcontext,
 ) -> torch.Tensor:
     """Run ``backward`` over parts of one batch that fit ``runtime.max_tokens``; summed loss.
 
     ``backward(part)`` takes positions within the batch and returns its share of the batch loss
     after its backward pass, so the accumulated gradient is the whole batch's. On out of memory
     the gradients are cleared, the budget halves and the same batch starts over in smaller
-    parts. Under DistributedDataParallel every rank must run the same backward passes, so there
-    an out-of-memory error ends the run (lower --max-tokens).
+    parts.
+
+    Under DistributedDataParallel ``no_sync`` is the wrapper's ``no_sync``: every part but the
+    last accumulates gradients locally, and only the last backward pass all-reduces them. Each
+    rank therefore takes part in exactly one gradient all-reduce a step, however many parts its
+    own rows and its own memory need, so ranks that split differently stay in step. An
+    out-of-memory error in a local part is retried like in one process; one in the last part
+    (whose all-reduce may have begun on other ranks) ends the run (lower --max-tokens).
     """
     while True:
         parts = batches.inference_batches(lengths, runtime.max_tokens)
+        in_last_part = False
         try:
-            return sum(backward(part) for part in parts)
+            total = None
+            for number, part in enumerate(parts):
+                in_last_part = number == len(parts) - 1
+                with nullcontext() if in_last_part else no_sync():
+                    loss = backward(part)
+                total = loss if total is None else total + loss
+            return total
         except RuntimeError as error:
-            if distributed.active():
+            if distributed.active() and in_last_part:
                 raise
             failure = retryable(error)
         # Out of the except block the failed part's frames and tensors are gone.
