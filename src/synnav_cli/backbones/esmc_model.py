@@ -19,16 +19,14 @@ one protein to another or onto padding. Four attention paths, selected by
     where with mixed lengths it saves time in proportion to the padding it skips.
 ``"varlen"``
     The same packing; attention is flash attention over cumulative sequence lengths
-    (``torch.nn.attention.varlen.varlen_attn``: recent torch, CUDA, fp16/bf16, and a GPU of
-    compute capability 8.0 or later: the flash kernel refuses a V100 or T4).
+    (``torch.nn.attention.varlen.varlen_attn``: recent torch, CUDA sm80 and later, fp16/bf16).
 ``"nested"``
     The same packing; attention is SDPA on a jagged nested tensor viewing the packed tokens.
     On CUDA that reaches the varlen flash / memory-efficient kernels, fp32 included; on CPU
     torch runs it through its slow math fallback.
 ``"auto"`` (default)
-    ``"varlen"`` on CUDA in half precision when torch has it and the GPU is sm80 or later,
-    ``"padded"`` elsewhere on CUDA (SDPA's memory-efficient kernel runs from sm50), ``"split"``
-    on CPU.
+    ``"varlen"`` on CUDA sm80+ in half precision when torch has it, ``"padded"`` elsewhere on
+    CUDA (a V100 or T4 included: SDPA's memory-efficient kernel), ``"split"`` on CPU.
 """
 
 from __future__ import annotations
@@ -147,14 +145,6 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
 # An "attend" function takes q, k, v shaped [..., tokens, heads, d_head] in the layout of the
 # hidden states (padded [B, L, H, Dh] or packed [N, H, Dh]) and returns the context the same way.
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _runs_flash_attention(device: torch.device) -> bool:
-    """Whether the CUDA GPU ``device`` has flash attention: compute capability 8.0 or later."""
-    try:
-        return torch.cuda.get_device_capability(device) >= (8, 0)
-    except (AssertionError, RuntimeError):  # a torch build or machine without CUDA
-        return False
 
 
 def _attend_padded(q, k, v, *, key_mask: torch.Tensor) -> torch.Tensor:
@@ -298,7 +288,7 @@ class ESMCEncoder(nn.Module):
             varlen_attn is not None
             and device.type == "cuda"
             and dtype in (torch.float16, torch.bfloat16)
-            and _runs_flash_attention(device)
+            and torch.cuda.get_device_capability(device) >= (8, 0)  # flash refuses sm70, sm75
         ):
             return "varlen"
         return "padded" if device.type == "cuda" else "split"
