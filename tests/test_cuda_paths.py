@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import weakref
 
+import numpy as np
 import pytest
 import torch
 
@@ -198,3 +199,96 @@ def test_training_frees_the_cache_after_the_failed_part_is_gone(monkeypatch, cap
     runtime = Runtime(torch.device("cpu"), "fp32", 1000)
     assert float(accumulate(backward, [100] * 8, optimizer, runtime)) == 8.0
     assert work.alive_at_free and not any(work.alive_at_free)
+
+
+# --- fp16 overflow re-run in fp32 (#11) -----------------------------------------------------
+
+PROTEINS = ["MKTAYIAKQRQISFVKSHFSRQ", "ACDEFGHIKLMNPQRSTVWY" * 3, "PEPTIDEPEPTIDEPEPTIDE", "W" * 40]
+
+
+class OverflowsInFp16(torch.nn.Module):
+    """The tiny encoder with a layer whose activations pass fp16's largest value (65,504) by a
+    factor of about ten: finite in fp32, inf under fp16 autocast, as a real overflow is."""
+
+    SCALE = 1e5
+
+    def __init__(self, encoder: torch.nn.Module, dim: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.up = torch.nn.Linear(dim, dim, bias=False)
+        with torch.no_grad():
+            self.up.weight.copy_(torch.eye(dim) * self.SCALE)
+
+    def forward(self, input_ids, attention_mask):
+        return self.up(self.encoder(input_ids, attention_mask)) / self.SCALE
+
+
+def overflowing_model():
+    from tiny_backbone import TinyBackbone
+
+    from synnav_cli.model import LocalizationModel
+
+    backbone = TinyBackbone()
+    encoder = OverflowsInFp16(backbone.build_encoder(), backbone.embedding_dim)
+    return LocalizationModel(encoder, backbone.embedding_dim, 3).eval(), backbone
+
+
+def runtime(precision: str):
+    from synnav_cli.scoring.score import Runtime
+
+    return Runtime(torch.device("cpu"), precision, 64)  # a batch or so a protein: 4 batches
+
+
+def test_fp16_overflow_is_scored_again_in_fp32_with_one_line(capsys):
+    from synnav_cli.scoring.score import score_sequences
+
+    model, backbone = overflowing_model()
+    batch = backbone.tokenize(PROTEINS[:1])
+    with torch.autocast("cpu", dtype=torch.float16), torch.inference_mode():
+        overflowed = model.encoder(batch.input_ids, batch.attention_mask)
+    assert not torch.isfinite(overflowed).all()  # the fixture overflows as it should
+    expected = score_sequences(model, backbone, PROTEINS, runtime("fp32"))
+    assert capsys.readouterr().err == ""
+    fp16 = runtime("fp16")
+    found = score_sequences(model, backbone, PROTEINS, fp16)
+    assert np.isfinite(found).all()
+    np.testing.assert_array_equal(found, expected)
+    assert fp16.fp32_reruns > 1  # every batch overflowed; one line said so
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fp16" in err and "fp32" in err
+
+
+def test_fp16_overflow_in_embeddings_is_run_again_in_fp32(capsys):
+    from synnav_cli.scoring.embed import embed_sequences
+
+    model, backbone = overflowing_model()
+    expected = embed_sequences(model.encoder, backbone, PROTEINS, runtime("fp32"), per_residue=True)
+    found = embed_sequences(model.encoder, backbone, PROTEINS, runtime("fp16"), per_residue=True)
+    assert np.isfinite(found.pooled).all()
+    np.testing.assert_array_equal(found.pooled, expected.pooled)
+    for a, b in zip(found.residues, expected.residues):
+        np.testing.assert_array_equal(a, b)
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_finite_fp16_batches_are_not_run_again(capsys):
+    from tiny_backbone import TinyBackbone
+
+    from synnav_cli.model import LocalizationModel
+    from synnav_cli.scoring.score import score_sequences
+
+    backbone = TinyBackbone()
+    model = LocalizationModel(backbone.build_encoder(), backbone.embedding_dim, 3).eval()
+    fp16 = runtime("fp16")
+    assert np.isfinite(score_sequences(model, backbone, PROTEINS, fp16)).all()
+    assert fp16.fp32_reruns == 0 and capsys.readouterr().err == ""
+
+
+def test_fp16_overflow_in_the_frozen_embedding_cache_is_run_again_in_fp32(capsys):
+    from synnav_cli.train.embedding_cache import pooled_embeddings
+
+    model, backbone = overflowing_model()
+    expected = pooled_embeddings(model, backbone, PROTEINS, runtime("fp32"))
+    found = pooled_embeddings(model, backbone, PROTEINS, runtime("fp16"))
+    np.testing.assert_array_equal(found, expected)
+    assert capsys.readouterr().err.count("\n") == 1

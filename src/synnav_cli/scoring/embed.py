@@ -44,11 +44,14 @@ def embed_sequences(
     @torch.inference_mode()
     def embed(index: list[int]) -> tuple[np.ndarray, list[np.ndarray] | None]:
         batch = backbone.tokenize([sequences[i] for i in index]).to(runtime.device)
-        with runtime.autocast():
-            hidden = encoder(batch.input_ids, batch.attention_mask)
-        # Pooled in fp32, as LocalizationModel.embed does for the head.
-        hidden, mask = hidden.float(), batch.residue_mask
-        means = masked_mean(hidden, mask)
+        mask = batch.residue_mask
+
+        def forward() -> tuple[torch.Tensor, torch.Tensor]:
+            # Pooled in fp32, as LocalizationModel.embed does for the head.
+            hidden = encoder(batch.input_ids, batch.attention_mask).float()
+            return masked_mean(hidden, mask), hidden
+
+        means, hidden = runtime.run(forward)
         rows = (
             [hidden[k][mask[k]].cpu().numpy() for k in range(len(index))] if per_residue else None
         )

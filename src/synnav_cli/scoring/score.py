@@ -2,7 +2,8 @@
 
 An out-of-memory error never ends a run while a batch can still be split: the budget is halved
 (below the failed batch's own padded size, so the retry is smaller), the same proteins are
-re-batched under it, and the smaller budget holds for the rest of the run.
+re-batched under it, and the smaller budget holds for the rest of the run. A batch whose
+half-precision output is not finite (fp16 overflows past 65,504) runs again in fp32.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class Runtime:
     max_batch_size: int | None = None
     # The encoder's weights are in ``precision`` themselves (CPU bf16, see load.cast_encoder).
     weights_cast: bool = False
+    # Batches whose half-precision output was not finite and that ran again in fp32.
+    fp32_reruns: int = 0
 
     def autocast(self) -> AbstractContextManager:
         """The context a batch runs in: autocast to ``precision``, unless the weights were cast
@@ -44,6 +47,30 @@ class Runtime:
         if self.weights_cast:
             return nullcontext()
         return hardware.autocast(self.device, self.precision)
+
+    def run(self, forward: Callable[[], T]) -> T:
+        """``forward()`` under :meth:`autocast`, again in fp32 if what it returns is not finite.
+
+        ``forward`` returns a tensor, or a tuple whose first tensor is the one checked (what the
+        caller keeps: probabilities, pooled embeddings). Only autocast in half precision is
+        re-run (cast weights have no fp32 copy to run on); the first re-run of a runtime says so
+        on stderr, in one line.
+        """
+        with self.autocast():
+            output = forward()
+        if self.weights_cast or not hardware.half_precision(self.precision):
+            return output
+        checked = output[0] if isinstance(output, tuple) else output
+        if bool(torch.isfinite(checked).all()):
+            return output
+        del output, checked
+        self.fp32_reruns += 1
+        if self.fp32_reruns == 1:
+            console.warn(
+                f"{self.precision} overflowed on a batch (values not finite); "
+                "such batches run again in fp32"
+            )
+        return forward()
 
 
 def retryable(error: RuntimeError) -> RuntimeError:
@@ -133,9 +160,8 @@ def score_sequences(
     @torch.inference_mode()
     def score(index: list[int]) -> np.ndarray:
         batch = backbone.tokenize([sequences[i] for i in index]).to(runtime.device)
-        with runtime.autocast():
-            logits = model(batch)
-        return torch.sigmoid(logits.float()).cpu().numpy()
+        logits = runtime.run(lambda: model(batch).float())
+        return torch.sigmoid(logits).cpu().numpy()
 
     for index, probabilities in run_batches(lengths, runtime, score):
         result[index] = probabilities

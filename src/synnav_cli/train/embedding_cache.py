@@ -212,8 +212,7 @@ def pooled_embeddings(
     @torch.inference_mode()
     def embed(index: list[int]) -> np.ndarray:
         batch = backbone.tokenize([todo[i] for i in index]).to(runtime.device)
-        with runtime.autocast():
-            return model.embed(batch).float().cpu().numpy()
+        return runtime.run(lambda: model.embed(batch).float()).cpu().numpy()
 
     try:
         for index, vectors in run_batches(lengths, runtime, embed):
