@@ -566,3 +566,30 @@ def test_model_directories_and_outputs_follow_the_umask(runner, tmp_path, umask,
     assert stat.S_IMODE((model / "model.safetensors").stat().st_mode) == file
     assert stat.S_IMODE((model / "synnav-model.json").stat().st_mode) == file
     assert stat.S_IMODE(out.stat().st_mode) == file
+
+
+def test_out_over_a_private_file_keeps_it_private(runner, tmp_path):
+    previous = os.umask(0o022)
+    files._umask.cache_clear()
+    try:
+        model = launch.tiny_model_dir(tmp_path / "m")
+        fasta = tmp_path / "in.fasta"
+        fasta.write_text(">P1\nMKVLAAGIVLLLSAAQ\n>P1_mut_K2R\nMRVLAAGIVLLLSAAQ\n")
+        part = tmp_path / "part.tsv"
+        part.write_text("id\tx\na\t1\n")
+        modes = {}
+        for name, args in (("p.tsv", ["predict", str(fasta), "--model", str(model)]),
+                           ("c.tsv", ["predict", str(fasta), "--compare", "--model", str(model)]),
+                           ("e.npz", ["embed", str(fasta), "-b", "tiny"]),
+                           ("m.tsv", ["merge", str(part)])):
+            out = tmp_path / name
+            out.write_text("private")
+            out.chmod(0o600)
+            result = runner.invoke(cli, [*args, "--out", str(out)])
+            assert result.exit_code == 0, result.output
+            assert out.read_bytes() != b"private", name
+            modes[name] = stat.S_IMODE(out.stat().st_mode)
+        assert modes == dict.fromkeys(modes, 0o600)
+    finally:
+        os.umask(previous)
+        files._umask.cache_clear()

@@ -44,27 +44,45 @@ def temporary_dir(parent: Path, prefix: str) -> Path:
     return path
 
 
-def temporary_file(parent: Path, prefix: str, suffix: str = ".tmp") -> tuple[int, Path]:
-    """An open descriptor and path of a new file in ``parent``, permissions as ``open`` gives."""
+def temporary_file(
+    parent: Path, prefix: str, suffix: str = ".tmp", mode: int | None = None
+) -> tuple[int, Path]:
+    """An open descriptor and path of a new file in ``parent``, permissions ``mode`` (default:
+    as ``open`` gives)."""
     fd, name = tempfile.mkstemp(dir=parent, prefix=prefix, suffix=suffix)
-    os.fchmod(fd, _open_mode(directory=False))
+    os.fchmod(fd, _open_mode(directory=False) if mode is None else mode)
     return fd, Path(name)
+
+
+def replacing_mode(path: Path) -> int:
+    """The permissions for a file that replaces ``path``: those of the regular file there (a 0600
+    file stays private), else what the umask gives a new file."""
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return _open_mode(directory=False)
+    if not stat.S_ISREG(status.st_mode):
+        return _open_mode(directory=False)
+    return stat.S_IMODE(status.st_mode) & 0o777
 
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary sibling of ``path`` to write; made durable and renamed over ``path`` when the
-    block ends, removed (``path`` as it was) when it fails, a full disk included."""
+    block ends, removed (``path`` as it was) when it fails, a full disk included. The new file
+    keeps the permissions of the one it replaces (see :func:`replacing_mode`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temporary_file(path.parent, prefix=f".{path.name}.")
+    mode = replacing_mode(path)
+    # Readable and writable by its owner while it is written, whatever the file it replaces.
+    fd, tmp = temporary_file(path.parent, prefix=f".{path.name}.", mode=mode | 0o600)
     os.close(fd)
     try:
         yield tmp
-        # Writers that replace the file themselves (safetensors does) leave it 0600 again.
-        os.chmod(tmp, _open_mode(directory=False))
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
+        # Writers that replace the file themselves (safetensors does) leave it 0600 again.
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -129,15 +147,19 @@ def _same_file(source: str | Path, status: os.stat_result) -> bool:
     return (other.st_dev, other.st_ino) == (status.st_dev, status.st_ino)
 
 
-def open_for_writing(path: Path, *, append: bool) -> int:
+def open_for_writing(path: Path, *, append: bool, mode: int | None = None) -> int:
     """A descriptor on ``path`` as a regular file: never through a symlink, never a FIFO.
 
     ``append`` keeps the content (to continue a partial file); otherwise the file is emptied.
+    ``mode`` sets its permissions (for a file that will replace another, see
+    :func:`replacing_mode`).
     """
     fd = _open_no_follow(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NONBLOCK", 0), "write")
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise UserError(f"{path} is not a regular file; remove it or choose another --out")
+    if mode is not None:
+        os.fchmod(fd, mode)
     os.set_blocking(fd, True)
     if not append:
         os.ftruncate(fd, 0)

@@ -26,7 +26,12 @@ from typing import IO
 from synnav_cli import console
 from synnav_cli.data.fasta import FastaRecord
 from synnav_cli.errors import UserError
-from synnav_cli.files import check_output_file, open_for_writing, write_json_atomic
+from synnav_cli.files import (
+    check_output_file,
+    open_for_writing,
+    replacing_mode,
+    write_json_atomic,
+)
 
 
 def digest_record(digest, record: FastaRecord) -> None:
@@ -122,7 +127,9 @@ class ResumableOutput:
         check_output_file(self.out)  # it may have become something else while the model loaded
         # The partial file is opened without following links: a link planted at that name must
         # not redirect the results into someone else's file.
-        fd = open_for_writing(self.partial, append=self._state is not None)
+        fd = open_for_writing(
+            self.partial, append=self._state is not None, mode=replacing_mode(self.out)
+        )
         self.handle = open(fd, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed by finish()
         if self._state is not None:
             self.handle.truncate(self._state["bytes"])  # drop a chunk the crash left half-written
