@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from synnav_cli import console
 from synnav_cli.errors import UserError
 from synnav_cli.files import replace_atomically, write_json_atomic
 
@@ -95,12 +96,24 @@ def save(directory: Path, state: dict) -> None:
             old.unlink(missing_ok=True)
 
 
-def rng_state() -> dict:
-    """Every random state training draws from (dropout masks, initialisation), storable here."""
+def _gpu(device: torch.device | None) -> torch.device:
+    """The GPU whose generator this process draws from: ``device`` when it names one, else the
+    current GPU (under torchrun, this rank's: see ``distributed.init``)."""
+    if device is not None and device.type == "cuda" and device.index is not None:
+        return device
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def rng_state(device: torch.device | None = None) -> dict:
+    """Every random state training draws from (dropout masks, initialisation), storable here.
+
+    Of the GPUs, only the generator of the one this process trains on (see :func:`_gpu`): the
+    others' are not drawn from, and a run resumed on fewer GPUs would have nowhere to put them.
+    """
     kind, key, position, has_gauss, gauss = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "cuda": torch.cuda.get_rng_state(_gpu(device)) if torch.cuda.is_available() else None,
         "numpy": [
             kind,
             torch.from_numpy(key.astype(np.int64)),
@@ -111,12 +124,44 @@ def rng_state() -> dict:
     }
 
 
-def restore_rng_state(state: dict) -> None:
+def restore_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Put back what :func:`rng_state` saved, on any number of GPUs (or none): the saved GPU
+    generator becomes this process's GPU's. Under torchrun every rank gets rank 0's, as every
+    rank started from the same seed."""
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        gpu = _gpu(device)
+        if isinstance(cuda, list):  # older checkpoints held every visible GPU's, in order
+            cuda = cuda[gpu.index] if gpu.index < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, gpu)
     kind, key, position, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, key.numpy().astype(np.uint32), position, has_gauss, gauss))
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, state: dict) -> None:
+    """Load fp16 loss scaling's state across a change of precision.
+
+    ``precision auto`` resolves per machine, so a run may resume in another precision than it
+    was saved in (bf16 on an A100, fp16 on a V100). A run saved without loss scaling (bf16 or
+    fp32: the state is empty) and resumed in fp16 starts scaling afresh from the default scale,
+    which the first steps adjust; a run saved in fp16 and resumed without it drops the state.
+    Either way one line on stderr says so.
+    """
+    if not isinstance(state, dict):
+        raise TypeError("scaler state")
+    if scaler.is_enabled() and not state:
+        console.warn(
+            "this run was saved without fp16 loss scaling (bf16 or fp32) and resumes in fp16 "
+            "here; loss scaling starts afresh"
+        )
+    elif state and not scaler.is_enabled():
+        console.warn(
+            "this run was saved in fp16 and resumes in bf16 or fp32 here, without loss scaling"
+        )
+    else:
+        scaler.load_state_dict(state)
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:

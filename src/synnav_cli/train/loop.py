@@ -252,7 +252,7 @@ class FineTuning:
             self.model.load_state_dict(saved["model"])
             self.optimizer.load_state_dict(saved["optimizer"])
             self.scheduler.load_state_dict(saved["scheduler"])
-            self.scaler.load_state_dict(saved["scaler"])
+            checkpoint.restore_scaler(self.scaler, saved["scaler"])
             best = saved["best_score"]
             self.progress = checkpoint.Progress(
                 int(saved["epoch"]),
@@ -263,7 +263,7 @@ class FineTuning:
                 list(saved["history"]),
             )
             self.batch_rng.bit_generator.state = saved["batch_rng"]
-            checkpoint.restore_rng_state(saved["rng"])
+            checkpoint.restore_rng_state(saved["rng"], self.setup.device)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise UserError(
                 f"the checkpoint in {workspace} is damaged ({type(error).__name__}); "
