@@ -469,6 +469,18 @@ def test_malformed_model_metadata_is_one_line_and_does_not_hide_other_models(run
     assert good.exists()
 
 
+@pytest.mark.parametrize("label", ["\x1b[2Jcytosol", "ER\tlumen", "nucleus\x9b31m", "mito\u202echondrion",
+                                   "a\nb"])
+def test_control_characters_in_label_names_are_refused_when_loading(runner, tmp_path, label):
+    model = launch.tiny_model_dir(tmp_path / "m", labels=["cytosol", label])
+    fasta = launch.write_fasta(tmp_path / "in.fasta", 3)
+    for args in (["predict", str(fasta), "--model", str(model)], ["models", "show", str(model)],
+                 ["embed", str(fasta), "--model", str(model), "-o", str(tmp_path / "e.npz")]):
+        result = runner.invoke(cli, args)
+        one_error_line(result, "damaged", "control characters")
+        assert label not in result.output and "\x1b" not in result.output and "\x9b" not in result.output
+
+
 def test_nan_weights_are_refused_when_loading(runner, tmp_path):
     model = launch.tiny_model_dir(tmp_path / "m")
     tensors = load_file(str(model / "model.safetensors"))

@@ -144,6 +144,11 @@ def metadata_problem(meta: object) -> str | None:
         return "'labels' must be a non-empty list of names"
     if len(set(labels)) != len(labels):
         return "'labels' names a label twice"
+    unprintable = next((name for name in labels if not name.isprintable()), None)
+    if unprintable is not None:
+        # Labels reach the output's header, its predicted column and the terminal: an escape
+        # sequence, tab, newline or bidirectional override there would forge what is shown.
+        return f"the label {quoted(unprintable)} contains control characters"
     thresholds = meta.get("thresholds")
     if not isinstance(thresholds, dict):
         return "'thresholds' must map each label to a number"
