@@ -292,3 +292,27 @@ def test_fp16_overflow_in_the_frozen_embedding_cache_is_run_again_in_fp32(capsys
     found = pooled_embeddings(model, backbone, PROTEINS, runtime("fp16"))
     np.testing.assert_array_equal(found, expected)
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_batches_reach_a_gpu_through_page_locked_memory_without_waiting(monkeypatch):
+    """A copy from pageable memory to a GPU waits for the queued kernels; from pinned it does not."""
+    from synnav_cli.backbones.base import to_device
+
+    calls = []
+    real_to = torch.Tensor.to
+
+    def pin_memory(self):
+        calls.append("pin")
+        return self
+
+    def to(self, *args, **kwargs):
+        calls.append(("to", str(args[0]), kwargs.get("non_blocking", False)))
+        return real_to(self, "cpu")
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    to_device(torch.zeros(3), torch.device("cuda", 1))
+    assert calls == ["pin", ("to", "cuda:1", True)]
+    calls.clear()
+    to_device(torch.zeros(3), "cpu")
+    assert calls == [("to", "cpu", False)]

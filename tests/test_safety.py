@@ -49,8 +49,8 @@ def stop_at(monkeypatch, epoch: int, step: int) -> None:
         count["per_epoch"] = count["per_epoch"] or len(batches)
         return batches
 
-    def accumulate(backward, lengths, optimizer, runtime):
-        loss = original_accumulate(backward, lengths, optimizer, runtime)
+    def accumulate(backward, lengths, optimizer, runtime, *rest):
+        loss = original_accumulate(backward, lengths, optimizer, runtime, *rest)
         count["steps"] += 1
         if count["steps"] == (epoch - 1) * count["per_epoch"] + step:
             os.kill(os.getpid(), signal.SIGTERM)

@@ -19,7 +19,7 @@ from synnav_cli.predict.compare import pair_mutants
 from synnav_cli.predict.explain import attribute, file_stem
 from synnav_cli.scoring.load import load_for_scoring
 from synnav_cli.train.config import TrainConfig
-from synnav_cli.train.loop import train
+from synnav_cli.train.run import train
 
 DATA = Path(__file__).parent / "data"
 

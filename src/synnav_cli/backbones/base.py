@@ -22,6 +22,21 @@ from torch import nn
 from synnav_cli.errors import UserError
 
 
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor`` on ``device``; to a GPU through page-locked memory, asynchronously.
+
+    A copy from ordinary (pageable) host memory to a GPU first waits for every kernel already
+    queued on the stream, so each batch's input would stall the host until the GPU is idle, and
+    the next batch could not be prepared meanwhile. From page-locked memory the copy is queued
+    like a kernel. PyTorch's host allocator keeps the page-locked buffer alive until the copy
+    has run and reuses it afterwards.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 @dataclass
 class TokenBatch:
     """A padded batch of tokenized proteins.
@@ -36,9 +51,9 @@ class TokenBatch:
 
     def to(self, device: torch.device | str) -> TokenBatch:
         return TokenBatch(
-            self.input_ids.to(device, non_blocking=True),
-            self.attention_mask.to(device, non_blocking=True),
-            self.residue_mask.to(device, non_blocking=True),
+            to_device(self.input_ids, device),
+            to_device(self.attention_mask, device),
+            to_device(self.residue_mask, device),
         )
 
     @property

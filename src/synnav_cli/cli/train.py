@@ -118,8 +118,8 @@ def train(
 ) -> None:
     """Fine-tune a backbone on a labelled dataset and save a model directory."""
     from synnav_cli.train.config import TrainConfig, read_config_file
-    from synnav_cli.train.loop import resume as resume_training
-    from synnav_cli.train.loop import train as run_training
+    from synnav_cli.train.run import resume as resume_training
+    from synnav_cli.train.run import train as run_training
 
     if resume is not None:
         result = resume_training(resume, device=device, offline=offline)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from synnav_cli.backbones.base import to_device
 from synnav_cli.model import masked_bce
 from synnav_cli.runtime import distributed
 
@@ -32,7 +33,7 @@ class BatchDropout(nn.Module):
 
     def draw(self, rows: int, width: int, keep: list[int], device: torch.device) -> None:
         full = (torch.rand(rows, width) >= self.p).float() / (1.0 - self.p)
-        self.mask = full[keep].to(device)
+        self.mask = to_device(full[keep], device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or self.mask is None:

@@ -1,11 +1,9 @@
-"""Fine-tune a backbone and localization head; keep the best dev epoch; write a model directory.
+"""The fine-tuning loop: epochs of steps over encoder and head, the best dev epoch kept.
 
 Training state is checkpointed after every epoch in ``<out>.partial/``, and at the next step when
-SIGTERM or SIGINT arrives; ``resume`` continues from there and gives the model an uninterrupted
-run would have given. The checkpoint holds no pickle (see :mod:`synnav_cli.train.checkpoint`), a
-resume writes only to the run's own location, and the data and configuration must be the ones the
-run started with. One run at a time holds the workspace (a lock file inside it). The finished
-model directory appears only when training completes.
+SIGTERM or SIGINT arrives; a resumed run (:func:`synnav_cli.train.run.resume`) gives the model an
+uninterrupted run would have given. The checkpoint holds no pickle (see
+:mod:`synnav_cli.train.checkpoint`).
 
 Under ``torchrun`` the same code trains with DistributedDataParallel (see
 :mod:`synnav_cli.train.ddp`). Only rank 0 writes the workspace and the model directory, which
@@ -18,128 +16,27 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from synnav_cli import console
-from synnav_cli.data.dataset import assign_splits, read_dataset
+from synnav_cli.backbones.base import to_device
 from synnav_cli.errors import UserError
-from synnav_cli.files import write_json_atomic
 from synnav_cli.metrics import evaluate_predictions, selection_score
 from synnav_cli.model import LocalizationModel
-from synnav_cli.modeldir import check_replaceable
-from synnav_cli.plugins import get_backbone
 from synnav_cli.runtime import distributed, hardware
 from synnav_cli.scoring import batches
 from synnav_cli.scoring.score import Runtime, score_sequences
-from synnav_cli.train import checkpoint, head_only
-from synnav_cli.train.config import TrainConfig, config_from_record
+from synnav_cli.train import checkpoint
 from synnav_cli.train.ddp import BatchDropout, freeze_unused, local_rows, shard_loss, wrap
 from synnav_cli.train.finish import finish
-from synnav_cli.train.setup import (
-    PARTIAL_SUFFIX,
-    RUN_FILE,
-    RunSetup,
-    TrainResult,
-    default_out_dir,
-    holding,
-    out_of,
-    prepare,
-    read_run,
-    workspace_of,
-)
+from synnav_cli.train.setup import RunSetup, TrainResult
 from synnav_cli.train.steps import StopRequest, accumulate, lr_factor
 
 BEST_FILE = "best.safetensors"
 # Steps between two reads of the training loss from the device (each read waits for the GPU).
 LOSS_EVERY = 16
-
-
-def train(
-    config: TrainConfig,
-    data_path: Path,
-    out: Path | None = None,
-    *,
-    force: bool = False,
-    device: str = "auto",
-    offline: bool = False,
-) -> TrainResult:
-    """Train a model on ``data_path`` and write it to ``out`` (default: the models directory).
-
-    Arguments:
-        config: training options.
-        data_path: a dataset.json, CSV or TSV file with labels (and optionally splits).
-        out: the model directory to create; it must not exist unless ``force`` (and then it must
-            be a synnav model directory).
-        force: replace an existing model directory once the new one is complete.
-        device: auto, cpu, cuda, cuda:N or mps.
-        offline: never download; use only cached weights.
-    """
-    config.validate()
-    distributed.init()
-    config.backbone = get_backbone(config.backbone).id
-    # Ranks would each stamp their own time; rank 0's name is the one used.
-    out = distributed.broadcast(Path(out) if out is not None else default_out_dir(config.backbone))
-    check_replaceable(out, force)
-    workspace = workspace_of(out)
-    with holding(workspace):
-        if checkpoint.exists(workspace):
-            raise UserError(
-                f"an interrupted run is waiting in {workspace}; continue it with "
-                f"`synnav train --resume {workspace}` or delete that directory"
-            )
-        dataset = assign_splits(read_dataset(data_path), seed=config.seed)
-        record = {
-            "config": asdict(config),
-            "data": str(Path(data_path).resolve()),
-            "data_sha256": dataset.content_hash(),
-            "split_sha256": dataset.split_hash(),
-            "force": force,
-        }
-        if distributed.is_main():
-            write_json_atomic(workspace / RUN_FILE, record)
-        distributed.barrier()
-        return _train_prepared(
-            prepare(workspace, record, config, dataset, device=device), offline=offline
-        )
-
-
-def resume(workspace: Path, *, device: str = "auto", offline: bool = False) -> TrainResult:
-    """Continue an interrupted run from its last checkpoint (``<out>.partial`` or ``<out>``).
-
-    The model is written next to the workspace (``<out>.partial`` gives ``<out>``), never to a
-    location read from the workspace's files.
-    """
-    distributed.init()
-    workspace = Path(workspace)
-    if not workspace.name.endswith(PARTIAL_SUFFIX):
-        workspace = workspace_of(workspace)
-    if not (workspace / RUN_FILE).is_file():
-        raise UserError(f"nothing to resume in {workspace}: no {RUN_FILE} there")
-    with holding(workspace):
-        record = read_run(workspace)
-        config = config_from_record(record["config"], workspace / RUN_FILE)
-        dataset = assign_splits(read_dataset(record["data"]), seed=config.seed)
-        if (dataset.content_hash(), dataset.split_hash()) != (
-            record["data_sha256"],
-            record["split_sha256"],
-        ):
-            raise UserError(
-                f"{record['data']} has changed since this run started (its proteins, labels or "
-                "split differ); resuming would mix two datasets. Start a new run instead"
-            )
-        check_replaceable(out_of(workspace), record["force"])
-        return _train_prepared(
-            prepare(workspace, record, config, dataset, device=device), offline=offline
-        )
-
-
-def _train_prepared(setup: RunSetup, *, offline: bool) -> TrainResult:
-    if setup.config.freeze:
-        return head_only.train_head(setup, offline=offline)
-    return FineTuning(setup, offline=offline).run()
 
 
 class FineTuning:
@@ -391,7 +288,7 @@ class FineTuning:
                 logits = self.net(batch)
             targets = self.labels[[rows[p] for p in part]]
             known_local = int((~torch.isnan(targets)).sum())
-            targets = targets.to(setup.device, non_blocking=True)
+            targets = to_device(targets, setup.device)
             part_loss = shard_loss(
                 logits, targets, self.pos_weight, known_local, known_global, weight
             )
