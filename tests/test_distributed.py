@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import launch
@@ -179,6 +180,72 @@ def test_two_processes_fine_tune_esm2_as_one_process_does(tmp_path):
         assert _close(x["train_loss"], y["train_loss"], 1e-4), (x, y)
 
 
+GATHER_SCRIPT = """
+import json, sys
+import numpy as np
+import torch.distributed as dist
+from synnav_cli.runtime import distributed
+
+distributed.init()
+distributed.PIECE_BYTES = 3000  # a few items a piece: several gathers a rank
+received, gathers = [], []
+all_gather_object, gather_object = dist.all_gather_object, dist.gather_object
+
+def spy_all_gather(object_list, obj, *args, **kwargs):
+    all_gather_object(object_list, obj, *args, **kwargs)
+    received.extend(object_list)
+
+def spy_gather(obj, object_gather_list=None, *args, **kwargs):
+    gather_object(obj, object_gather_list, *args, **kwargs)
+    gathers.append(1)
+    received.extend(object_gather_list or [])
+
+dist.all_gather_object, dist.gather_object = spy_all_gather, spy_gather
+
+def embed(part):  # as embed's per-residue rows: one array of n rows per item n
+    return [(np.full(4, n, np.float32), np.full((n, 100), n, np.float32)) for n in part]
+
+result = distributed.map_sharded(embed, list(range(1, 12)))
+
+def arrays(value):
+    if isinstance(value, np.ndarray):
+        return 1
+    return sum(arrays(v) for v in value) if isinstance(value, (list, tuple)) else 0
+
+report = {"result": None if result is None else [[float(a[0]), b.shape[0]] for a, b in result],
+          "arrays_received": arrays(received), "gathers": len(gathers)}
+with open(f"{sys.argv[1]}/rank-{distributed.rank()}.json", "w") as handle:
+    json.dump(report, handle)
+"""
+
+
+@torchrun_step
+@pytest.mark.slow
+def test_only_rank_0_receives_the_mapped_arrays_in_pieces(tmp_path):
+    """embed --per-residue's results reach rank 0 alone, a bounded piece at a time; the other
+    ranks receive none of them (they used to get every rank's, a few GB a chunk)."""
+    script = tmp_path / "gather.py"
+    script.write_text(GATHER_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(script), str(tmp_path)]
+    result = launch.run(command, launch.environment(tmp_path), timeout=180)
+    assert result.returncode == 0, result.stderr
+    main, other = (json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1))
+    assert other["arrays_received"] == 0 and other["result"] is None
+    assert main["result"] == [[float(n), n] for n in range(1, 12)]  # input order
+    assert main["arrays_received"] == 2 * 11 and main["gathers"] == other["gathers"] > 2
+
+
+def test_pieces_hold_a_bounded_number_of_bytes_in_order():
+    items = [(np.zeros(n, np.float32), np.zeros((n, 2), np.float32)) for n in (5, 5, 10, 2, 1, 1)]
+    runs = distributed.pieces(items, limit=120)
+    assert [len(run) for run in runs] == [2, 1, 3]  # 60 + 60 B, 120 B, 24 + 12 + 12 B
+    assert [item for run in runs for item in run] == items
+    assert [len(run) for run in distributed.pieces([np.zeros(100)] * 2, limit=8)] == [1, 1]  # each alone
+    assert [len(run) for run in distributed.pieces([None, "x"], limit=100)] == [1, 1]  # 64 B apiece
+    assert distributed.pieces([]) == []
+
+
 @pytest.mark.parametrize("count", [1, 3, 7])
 def test_shards_partition_the_input_round_robin(count):
     items = list(range(20))
@@ -204,3 +271,4 @@ def test_one_process_helpers_answer_for_one_process():
     assert distributed.sum_across(2.5) == 2.5 and distributed.any_rank(True)
     assert distributed.min_across(7) == 7
     assert distributed.map_sharded(lambda part: [x * 2 for x in part], [3, 1, 2]) == [6, 2, 4]
+    assert distributed.gather_to_main([1, 2]) == [[1, 2]]

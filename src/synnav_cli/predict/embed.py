@@ -97,7 +97,8 @@ def embed_chunks(
     """Embeddings of ``records`` a chunk at a time, in input order, as ``dtype``.
 
     Under torchrun rank 0 reads ``records`` (other ranks pass None), every rank embeds its share
-    of each chunk and every rank gets the whole chunk.
+    of each chunk and rank 0 alone gets the whole chunk, which it writes; the other ranks' chunks
+    hold ids and lengths, no vectors (``pooled`` has no rows, ``residues`` is None).
     """
 
     def embed(sequences: list[str]) -> list[tuple[np.ndarray, np.ndarray | None]]:
@@ -115,9 +116,16 @@ def embed_chunks(
         found = distributed.map_sharded(embed, [r.sequence[: loaded.limit] for r in chunk])
         if progress is not None:
             progress.advance(len(chunk))
+        ids = [r.id for r in chunk]
+        lengths = np.array([len(r.sequence) for r in chunk], dtype=np.int64)
+        if found is None:  # this rank's share went to rank 0
+            yield EmbeddingChunk(
+                ids, lengths, np.empty((0, loaded.backbone.embedding_dim), dtype=dtype), None
+            )
+            continue
         yield EmbeddingChunk(
-            [r.id for r in chunk],
-            np.array([len(r.sequence) for r in chunk], dtype=np.int64),
+            ids,
+            lengths,
             np.stack([pooled for pooled, _ in found]),
             [row for _, row in found] if per_residue else None,
         )

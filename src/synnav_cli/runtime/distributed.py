@@ -5,7 +5,8 @@ answer (rank 0 of 1, barriers do nothing), so callers need no special case.
 
 Sharding is round-robin (item ``i`` belongs to rank ``i % world``): every rank can take its
 share of a list or a stream without knowing its length, and the shares interleave back into input
-order (:func:`score_sharded`).
+order (:func:`score_sharded` on every rank; :func:`map_sharded` on rank 0 alone, for results as
+large as per-residue embeddings).
 The same rule cuts a FASTA into ``--shard I/N`` parts for array jobs (:func:`take_shard`).
 
 Only rank 0 talks and writes: the other ranks' stdout goes to the null device and their console
@@ -31,6 +32,8 @@ from synnav_cli.runtime import hardware
 
 # Ranks wait at barriers while rank 0 writes a model directory or scores a long test split.
 TIMEOUT = timedelta(hours=2)
+# Results go to rank 0 in pieces of about this many bytes of arrays (see :func:`gather_to_main`).
+PIECE_BYTES = 64 << 20
 
 
 def requested() -> bool:
@@ -161,8 +164,62 @@ def shard(items: Sequence) -> list:
     return list(items[rank() :: world_size()])
 
 
+def pieces(items: list, limit: int = PIECE_BYTES) -> list[list]:
+    """``items`` cut, in order, into runs holding at most ``limit`` bytes of numpy arrays (an item
+    larger than that on its own); non-array values count 64 bytes."""
+
+    def size(value: object) -> int:
+        if isinstance(value, np.ndarray):
+            return value.nbytes
+        if isinstance(value, (tuple, list)):
+            return sum(size(v) for v in value)
+        return 64
+
+    runs: list[list] = []
+    run: list = []
+    held = 0
+    for item in items:
+        cost = size(item)
+        if run and held + cost > limit:
+            runs.append(run)
+            run, held = [], 0
+        run.append(item)
+        held += cost
+    if run:
+        runs.append(run)
+    return runs
+
+
+def gather_to_main(items: list) -> list[list] | None:
+    """Every rank's ``items``, in rank order, on rank 0; None on the other ranks.
+
+    They travel in :func:`pieces`, one object gather to rank 0 a piece: an object collective
+    pickles each rank's part into a byte tensor and holds all of them on the receiving rank at
+    once, so whole parts (a chunk of per-residue embeddings is some hundred MB a rank) would
+    cost several times the results; pieces bound that to ``PIECE_BYTES`` a rank. No other rank
+    receives anything but the piece counts.
+    """
+    if not active():
+        return [list(items)]
+    mine = pieces(list(items), PIECE_BYTES)
+    rounds = max(gather(len(mine)))
+    received = [[] for _ in range(world_size())] if is_main() else None
+    for i in range(rounds):
+        piece = mine[i] if i < len(mine) else []
+        box = [None] * world_size() if received is not None else None
+        dist.gather_object(piece, box, dst=0)
+        if received is not None:
+            for part, got in zip(received, box):
+                part.extend(got)
+    return received
+
+
 def score_sharded(score: Callable[[list], np.ndarray], items: Sequence) -> np.ndarray:
-    """``score(items)`` with each rank scoring its share; the full result is on every rank."""
+    """``score(items)`` with each rank scoring its share; the full result is on every rank.
+
+    Every rank gets it because training's ranks each decide from the dev scores whether an epoch
+    is the best; a row is a few numbers a protein, small beside the per-residue results that
+    :func:`map_sharded` sends to rank 0 alone."""
     if not active():
         return score(list(items))
     parts = gather(score(shard(items)))
@@ -174,14 +231,18 @@ def score_sharded(score: Callable[[list], np.ndarray], items: Sequence) -> np.nd
     return result
 
 
-def map_sharded(function: Callable[[list], list], items: Sequence) -> list:
+def map_sharded(function: Callable[[list], list], items: Sequence) -> list | None:
     """``function(items)`` (one result per item) with each rank mapping its share; the results,
-    in input order, on every rank. For results of any shape, where :func:`score_sharded` needs
-    one row of numbers per item."""
+    in input order, on rank 0, which writes them, and None on the other ranks. For results of
+    any shape (per-residue arrays), where :func:`score_sharded` needs one row of numbers per
+    item; they reach rank 0 in bounded pieces (:func:`gather_to_main`)."""
     if not active():
         return list(function(list(items)))
+    parts = gather_to_main(function(shard(items)))
+    if parts is None:
+        return None
     result: list = [None] * len(items)
-    for r, part in enumerate(gather(function(shard(items)))):
+    for r, part in enumerate(parts):
         result[r :: world_size()] = part
     return result
 
