@@ -202,7 +202,7 @@ class FineTuning:
                     "best_epoch": done.best_epoch,
                     "history": done.history,
                     "batch_rng": batch_rng,
-                    "rng": checkpoint.rng_state(),
+                    "rng": checkpoint.rng_state(self.setup.device),
                 },
             )
         distributed.barrier()  # the checkpoint is complete before any rank may stop
