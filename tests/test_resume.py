@@ -155,6 +155,35 @@ def test_interrupted_predict_out_resumes_without_redoing_records(runner, tmp_pat
     assert not partial.exists() and not out.with_name("out.tsv.partial.json").exists()
 
 
+@pytest.mark.parametrize("edit", [{"bytes": 0}, {"bytes": -7}, {"rows": 20}, {"rows": 30, "bytes": -7},
+                                  {"output_sha256": None}])
+def test_a_progress_record_that_does_not_match_the_partial_file_starts_over(runner, tmp_path, small_chunks, edit):
+    """``FILE.partial.json`` is checked against the partial file's rows and bytes before a resume
+    trusts it: an offset of 0 or one in the middle of a row, or another row count, would lose the
+    header or rows, or tear one. (A negative ``bytes`` here counts back from the true offset.)"""
+    fasta = _fasta(tmp_path / "input.fasta", 45)
+    whole = runner.invoke(cli, ["predict", str(fasta), "-m", "bundled", "--out", str(tmp_path / "whole.tsv")])
+    assert whole.exit_code == 0, whole.output
+    out = tmp_path / "out.tsv"
+    with pytest.MonkeyPatch.context() as patch:
+        interrupt_at(patch, 4)
+        assert runner.invoke(cli, ["predict", str(fasta), "-m", "bundled", "--out", str(out)]).exit_code == 130
+    state_path = out.with_name("out.tsv.partial.json")
+    state = json.loads(state_path.read_text())
+    for key, value in edit.items():
+        if value is None:
+            state.pop(key, None)
+        else:
+            state[key] = state[key] + value if value < 0 else value
+    state_path.write_text(json.dumps(state))
+    again = runner.invoke(cli, ["predict", str(fasta), "-m", "bundled", "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    warnings = [line for line in again.stderr.splitlines() if line.startswith("Warning: ")]
+    assert len(warnings) == 1 and "from scratch" in warnings[0], again.stderr
+    assert "already done" not in again.stderr
+    assert out.read_text() == (tmp_path / "whole.tsv").read_text()
+
+
 @pytest.mark.parametrize("change", ["input", "threshold", "format"])
 def test_partial_output_of_another_run_is_refused(runner, tmp_path, small_chunks, change):
     out = tmp_path / "out.tsv"

@@ -2,12 +2,15 @@
 
 While ``synnav predict --out FILE`` runs, rows go to ``FILE.partial``; after every chunk the rows
 are flushed to disk and ``FILE.partial.json`` records how many records and bytes are complete, a
-sha256 of those records (identifiers and sequences) and a fingerprint of the model and options.
-Only a finished run renames ``FILE.partial`` to ``FILE``, so ``FILE`` is always whole.
+sha256 of those bytes and of those records (identifiers and sequences) and a fingerprint of the
+model and options. Only a finished run renames ``FILE.partial`` to ``FILE``, so ``FILE`` is
+always whole.
 
-Run the same command again after a crash, a kill or a full disk and it truncates the partial file
-to its last complete chunk, reads past the records already done (checking they are the same
-records) and appends the rest. A different model, options or input is refused, never mixed in.
+Run the same command again after a crash, a kill or a full disk and it checks the partial file's
+first ``bytes`` against the record (their sha256, whole rows, as many as recorded), truncates it
+there, reads past the records already done (checking they are the same records) and appends the
+rest. A record the partial file does not match starts the file from scratch, with one warning; a
+different model, options or input is refused, never mixed in.
 
 Parts written with ``--shard I/N`` hold records ``I-1, I-1+N, ...``; :func:`merge_parts`
 interleaves them back into input order.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -53,6 +57,8 @@ class ResumableOutput:
         self.state_path = self.out.with_name(self.out.name + ".partial.json")
         self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from disk
         self.digest = hashlib.sha256()
+        self.output_digest = hashlib.sha256()  # of the partial file's bytes, as they are written
+        self.header_lines = 0
         self.rows = 0
         self.handle: IO[str] | None = None
         self._state = self._read_state()
@@ -69,6 +75,7 @@ class ResumableOutput:
         try:
             state = json.loads(self.state_path.read_text(encoding="utf-8"))
             rows, size, sha = int(state["rows"]), int(state["bytes"]), str(state["input_sha256"])
+            written, header_lines = str(state["output_sha256"]), int(state["header_lines"])
         except (OSError, ValueError, KeyError, TypeError):
             console.warn(f"{self.state_path} is unreadable; starting {self.out} from scratch")
             return None
@@ -77,12 +84,44 @@ class ResumableOutput:
                 f"{self.partial} holds an interrupted run with another model or other options; "
                 f"delete it and {self.state_path.name} to start over"
             )
-        if self.partial.stat().st_size < size:
+        problem = self._check_partial(rows, size, header_lines, written)
+        if problem is not None:
             console.warn(
-                f"{self.partial} is shorter than its progress record; starting from scratch"
+                f"{self.partial} does not match its progress record ({problem}); "
+                f"starting {self.out} from scratch"
             )
+            self.output_digest = hashlib.sha256()
             return None
+        self.header_lines = header_lines
         return {"rows": rows, "bytes": size, "input_sha256": sha}
+
+    def _check_partial(self, rows: int, size: int, header_lines: int, sha: str) -> str | None:
+        """Why the partial file's first ``size`` bytes are not the header and ``rows`` whole rows
+        whose sha256 is ``sha``, or None when they are (``output_digest`` then holds their hash,
+        for the rows still to come)."""
+        if rows < 0 or size < 0 or header_lines < 0:
+            return "negative counts"
+        try:
+            fd = os.open(self.partial, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as error:
+            return f"it cannot be read: {error.strerror or error}"
+        digest, lines, last, left = hashlib.sha256(), 0, b"", size
+        with open(fd, "rb") as handle:
+            while left:
+                block = handle.read(min(left, 1 << 20))
+                if not block:
+                    return "the file is shorter"
+                digest.update(block)
+                lines += block.count(b"\n")
+                last, left = block[-1:], left - len(block)
+        if size and last != b"\n":
+            return "its offset falls inside a row"
+        if lines != header_lines + rows:
+            return f"{lines - header_lines} rows where it says {rows}"
+        if digest.hexdigest() != sha:
+            return "the content differs"
+        self.output_digest = digest
+        return None
 
     @property
     def resuming(self) -> bool:
@@ -130,12 +169,16 @@ class ResumableOutput:
         fd = open_for_writing(
             self.partial, append=self._state is not None, mode=replacing_mode(self.out)
         )
-        self.handle = open(fd, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed by finish()
         if self._state is not None:
-            self.handle.truncate(self._state["bytes"])  # drop a chunk the crash left half-written
-            self.handle.seek(self._state["bytes"])
-        else:
+            os.ftruncate(fd, self._state["bytes"])  # drop a chunk the crash left half-written
+            os.lseek(fd, self._state["bytes"], os.SEEK_SET)
+        # Every byte written is hashed on its way to the file, for the progress record.
+        self.handle = io.TextIOWrapper(
+            io.BufferedWriter(_HashedFile(fd, self.output_digest)), encoding="utf-8", newline=""
+        )
+        if self._state is None:
             self.handle.write(header)
+            self.header_lines = header.count("\n")
             self.checkpoint(0)
         return self.handle
 
@@ -151,6 +194,8 @@ class ResumableOutput:
                 "rows": self.rows,
                 "bytes": self.handle.tell(),
                 "input_sha256": self.digest.copy().hexdigest(),
+                "output_sha256": self.output_digest.copy().hexdigest(),
+                "header_lines": self.header_lines,
                 "fingerprint": self.fingerprint,
             },
         )
@@ -176,6 +221,20 @@ class ResumableOutput:
                 f"{self.rows} finished records are kept in {self.partial}; "
                 f"run the same command again to continue."
             )
+
+
+class _HashedFile(io.FileIO):
+    """A file descriptor opened for writing that adds every byte written to ``digest``."""
+
+    def __init__(self, fd: int, digest) -> None:
+        super().__init__(fd, "w")
+        self.digest = digest
+
+    def write(self, data) -> int | None:
+        written = super().write(data)
+        if written:
+            self.digest.update(memoryview(data).cast("B")[:written])
+        return written
 
 
 def merge_parts(
