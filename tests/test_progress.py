@@ -114,14 +114,122 @@ def test_terminal_gets_a_tqdm_bar(monkeypatch, total, shown):
 
 
 def test_predict_in_a_log_writes_progress_lines(runner, monkeypatch):
-    monkeypatch.setattr(console, "_clock", FakeClock(31.0))  # every chunk is 31 s later
+    monkeypatch.setattr(console, "_clock", FakeClock(31.0))  # every batch is 31 s later
     result = runner.invoke(cli, ["predict", str(EXAMPLE), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stderr.splitlines() if line.startswith("predict: ")]
     # The validation pass counted the records, so the total is known even for a stream.
-    assert lines and lines[0].startswith("predict: 8/8 proteins (100%)"), result.stderr
+    assert lines and lines[-1].startswith("predict: 8/8 proteins (100%)"), result.stderr
+    assert all(re.match(r"predict: \d/8 proteins", line) for line in lines), result.stderr
     piped = runner.invoke(cli, ["predict", "-", "--device", "cpu"], input=EXAMPLE.read_text())
     assert "predict: 8/8 proteins (100%)" in piped.stderr, piped.stderr
     assert "/0" not in result.stderr
     quiet = runner.invoke(cli, ["predict", str(EXAMPLE), "--device", "cpu", "-q"])
     assert "predict: " not in quiet.stderr
+
+
+# Progress of a long predict or embed run moves with every scored batch, not once a chunk.
+CHUNK = 100
+PROTEINS = 200
+SLOWED = """
+import sys, time
+import tiny_backbone
+original = tiny_backbone.TinyBackbone.tokenize
+def slow(self, sequences):
+    time.sleep(0.03)
+    return original(self, sequences)
+tiny_backbone.TinyBackbone.tokenize = slow
+import synnav_cli.predict.embed, synnav_cli.predict.run
+synnav_cli.predict.run.CHUNK_RECORDS = synnav_cli.predict.embed.CHUNK_RECORDS = {chunk}
+from synnav_cli.cli.main import cli
+cli(sys.argv[1:], prog_name="synnav")
+"""
+
+
+def _batched_run(tmp_path, command: str) -> list[str]:
+    """Arguments for ``command`` (predict or embed) over 200 proteins in chunks of 100, scored
+    one or two a batch (a model that keeps 40 residues, 64 tokens a batch)."""
+    import launch
+
+    model = launch.tiny_model_dir(tmp_path / "model", max_length=40)
+    fasta = launch.write_fasta(tmp_path / "in.fasta", PROTEINS, lengths=(20, 40))
+    out = tmp_path / ("out.tsv" if command == "predict" else "out.npz")
+    return [command, str(fasta), "--model", str(model), "--device", "cpu", "--max-tokens", "64",
+            "-o", str(out)]
+
+
+def _done(lines: list[str], label: str) -> list[int]:
+    return [int(m.group(1)) for line in lines if (m := re.match(rf"{label}: (\d+)/{PROTEINS} ", line))]
+
+
+@pytest.mark.parametrize("command", ["predict", "embed"])
+def test_a_log_gets_a_line_at_each_tenth_within_a_chunk(command, tmp_path, runner, monkeypatch):
+    import synnav_cli.predict.embed
+    import synnav_cli.predict.run
+
+    monkeypatch.setattr(synnav_cli.predict.run, "CHUNK_RECORDS", CHUNK)
+    monkeypatch.setattr(synnav_cli.predict.embed, "CHUNK_RECORDS", CHUNK)
+    monkeypatch.setattr(console, "_clock", FakeClock(1.0))  # a second a batch: a long run
+    result = runner.invoke(cli, _batched_run(tmp_path, command))
+    assert result.exit_code == 0, result.output
+    done = _done(result.stderr.splitlines(), command)
+    assert done and done[-1] == PROTEINS, result.stderr
+    assert done[0] < CHUNK, result.stderr  # said before the first chunk was written
+    tenth = PROTEINS // 10
+    steps = [later - earlier for earlier, later in zip([0, *done], done)]
+    assert max(steps) <= tenth + 2, result.stderr  # a line at least every 10% (+ one batch)
+
+
+@pytest.mark.parametrize("command", ["predict", "embed"])
+def test_a_terminal_bar_moves_within_a_chunk(command, tmp_path):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    import launch
+
+    env = launch.environment(tmp_path)
+    controller, terminal = pty.openpty()
+    # 24 rows of 100 columns: tqdm draws nothing on a terminal of no size.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOWED.format(chunk=CHUNK), *_batched_run(tmp_path, command)],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal,
+    )
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            data = os.read(controller, 4096)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not data:
+            break
+        shown += data
+    os.close(controller)
+    assert process.wait(timeout=300) == 0, shown.decode(errors="replace")[-3000:]
+    text = shown.decode(errors="replace")
+    counts = {int(n) for n in re.findall(rf"(\d+)/{PROTEINS}\b", text)}
+    assert PROTEINS in counts, text[-2000:]
+    # Before it moved batch by batch the bar showed 0, 100 and 200 only.
+    assert len(counts - {0, CHUNK, PROTEINS}) >= 3, (sorted(counts), text[-2000:])
+
+
+def test_a_chunk_of_windows_moves_by_proteins(stderr, monkeypatch):
+    """Ten proteins cut into 25 windows: the bar counts proteins, and ends on the chunk's end."""
+    monkeypatch.setattr(console, "_clock", FakeClock(10.0))
+    progress = console.Progress(10, "predict")
+    chunk = progress.chunk(10).over(25)
+    seen = []
+    for _ in range(4):
+        chunk.advance(5)
+        seen.append(progress.done)
+    chunk.finish()
+    assert seen == [2, 4, 6, 8] and progress.done == 10
+    chunk.finish()
+    assert progress.done == 10
+    progress.close()

@@ -103,6 +103,11 @@ class Progress:
         print(f"{line}, {suffix}" if suffix else line, file=sys.stderr, flush=True)
         self._logged = self.done
 
+    def chunk(self, proteins: int) -> ChunkProgress:
+        """The progress of one chunk of ``proteins``, advanced batch by batch (see
+        :class:`ChunkProgress`)."""
+        return ChunkProgress(self, proteins)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
@@ -110,6 +115,39 @@ class Progress:
         elif self.mode == "log" and 0 <= self._logged < self.done:
             self._log(_clock())  # a long run's last word: how many in the end, and how fast
         self.mode = "off"
+
+
+class ChunkProgress:
+    """``proteins`` of a :class:`Progress`, done as the batches of a chunk are scored.
+
+    The batches hold pieces of those proteins (windows of a long one; under torchrun this rank's
+    share of the chunk): :meth:`over` says how many pieces there are, :meth:`advance` moves the
+    progress by the proteins the pieces done so far stand for, and :meth:`finish` by the rest,
+    so that the progress meets the chunk's end exactly when the chunk is written.
+    """
+
+    def __init__(self, progress: Progress, proteins: int) -> None:
+        self.progress, self.proteins = progress, proteins
+        self.pieces = self.pieces_done = self.reported = 0
+
+    def over(self, pieces: int) -> ChunkProgress:
+        self.pieces, self.pieces_done = pieces, 0
+        return self
+
+    def advance(self, count: int, suffix: str = "") -> None:
+        self.pieces_done += count
+        if self.pieces:
+            self._move_to(
+                min(self.proteins, self.pieces_done * self.proteins // self.pieces), suffix
+            )
+
+    def finish(self) -> None:
+        self._move_to(self.proteins)
+
+    def _move_to(self, proteins: int, suffix: str = "") -> None:
+        if proteins > self.reported:
+            self.progress.advance(proteins - self.reported, suffix)
+            self.reported = proteins
 
 
 def _clock() -> float:

@@ -101,9 +101,17 @@ def embed_chunks(
     hold ids and lengths, no vectors (``pooled`` has no rows, ``residues`` is None).
     """
 
+    # This chunk's progress, moved with every batch embedded: a chunk can take minutes.
+    moved = None
+
     def embed(sequences: list[str]) -> list[tuple[np.ndarray, np.ndarray | None]]:
         found = embed_sequences(
-            loaded.encoder, loaded.backbone, sequences, loaded.runtime, per_residue=per_residue
+            loaded.encoder,
+            loaded.backbone,
+            sequences,
+            loaded.runtime,
+            per_residue=per_residue,
+            progress=moved.over(len(sequences)) if moved is not None else None,
         )
         # Cast before gathering: float16 halves what the ranks exchange.
         rows = found.residues or [None] * len(sequences)
@@ -113,9 +121,10 @@ def embed_chunks(
         ]
 
     for chunk in distributed.broadcast_chunks(records, chunk_records):
+        moved = progress.chunk(len(chunk)) if progress is not None else None
         found = distributed.map_sharded(embed, [r.sequence[: loaded.limit] for r in chunk])
-        if progress is not None:
-            progress.advance(len(chunk))
+        if moved is not None:
+            moved.finish()
         ids = [r.id for r in chunk]
         lengths = np.array([len(r.sequence) for r in chunk], dtype=np.int64)
         if found is None:  # this rank's share went to rank 0

@@ -97,12 +97,17 @@ def predict_chunks(
             f"unknown long-protein policy {long_policy!r}; choose {', '.join(LONG_POLICIES)}"
         )
 
+    # This chunk's progress, moved with every batch scored: a chunk can take minutes.
+    moved = None
+
     def score(sequences: list[str]) -> np.ndarray:
-        return score_sequences(model, backbone, sequences, runtime)
+        step = moved.over(len(sequences)) if moved is not None else None
+        return score_sequences(model, backbone, sequences, runtime, progress=step)
 
     for chunk in distributed.broadcast_chunks(records, chunk_records):
         plans = [_plan(record, max_length, long_policy) for record in chunk]
         pieces = [piece for sequences, _ in plans for piece in sequences]
+        moved = progress.chunk(len(chunk)) if progress is not None else None
         probabilities = distributed.score_sharded(score, pieces) if pieces else None
         predictions, offset = [], 0
         for record, (sequences, status) in zip(chunk, plans):
@@ -111,8 +116,8 @@ def predict_chunks(
                 probs = probabilities[offset : offset + len(sequences)].mean(axis=0)
                 offset += len(sequences)
             predictions.append(Prediction(record.id, len(record.sequence), probs, status))
-        if progress is not None:
-            progress.advance(len(chunk))
+        if moved is not None:
+            moved.finish()
         yield predictions
 
 

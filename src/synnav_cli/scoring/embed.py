@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from synnav_cli.backbones.base import Backbone
+from synnav_cli.console import ChunkProgress, Progress
 from synnav_cli.model import masked_mean
 from synnav_cli.scoring.score import Runtime, run_batches
 
@@ -31,10 +32,12 @@ def embed_sequences(
     runtime: Runtime,
     *,
     per_residue: bool = False,
+    progress: Progress | ChunkProgress | None = None,
 ) -> Embeddings:
     """Pooled (and with ``per_residue``, per-residue) embeddings of ``sequences``, in order.
 
     ``encoder`` is a backbone's encoder: pretrained, or the fine-tuned one of a trained model.
+    ``progress`` advances by each batch's proteins as the batch is done.
     """
     encoder.eval()
     pooled = np.zeros((len(sequences), backbone.embedding_dim), dtype=np.float32)
@@ -62,4 +65,6 @@ def embed_sequences(
         if rows is not None:
             for position, row in zip(index, rows):
                 residues[position] = row
+        if progress is not None:
+            progress.advance(len(index))
     return Embeddings(pooled, residues if per_residue else None)  # type: ignore[arg-type]

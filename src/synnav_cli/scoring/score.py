@@ -19,7 +19,7 @@ import torch
 
 from synnav_cli import console
 from synnav_cli.backbones.base import Backbone
-from synnav_cli.console import Progress
+from synnav_cli.console import ChunkProgress, Progress
 from synnav_cli.errors import UserError
 from synnav_cli.model import LocalizationModel
 from synnav_cli.runtime import hardware
@@ -149,9 +149,10 @@ def score_sequences(
     backbone: Backbone,
     sequences: Sequence[str],
     runtime: Runtime,
-    progress: Progress | None = None,
+    progress: Progress | ChunkProgress | None = None,
 ) -> np.ndarray:
-    """Probabilities ``[len(sequences), labels]`` in the order given."""
+    """Probabilities ``[len(sequences), labels]`` in the order given; ``progress`` advances by
+    each batch's proteins as the batch is done."""
     model.eval()
     num_labels = model.head.linear.out_features
     result = np.zeros((len(sequences), num_labels), dtype=np.float32)
