@@ -491,6 +491,19 @@ def test_nan_weights_are_refused_when_loading(runner, tmp_path):
     one_error_line(runner.invoke(cli, ["predict", str(fasta), "--model", str(model)]), "NaN")
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.float16, torch.bool])
+def test_weights_of_another_dtype_are_refused_when_loading(runner, tmp_path, dtype):
+    # load_state_dict copies an int32 tensor into a float parameter without a word: every
+    # protein then scored 0.5000, status ok.
+    model = launch.tiny_model_dir(tmp_path / "m")
+    tensors = {k: v.to(dtype) for k, v in load_file(str(model / "model.safetensors")).items()}
+    save_file(tensors, str(model / "model.safetensors"))
+    fasta = launch.write_fasta(tmp_path / "in.fasta", 3)
+    line = one_error_line(runner.invoke(cli, ["predict", str(fasta), "--model", str(model)]), "damaged",
+                          str(dtype).removeprefix("torch."), "float32")
+    assert len(line) < 400
+
+
 def test_a_full_disk_during_training_is_one_line_and_leaves_no_temporary_file(runner, tmp_path, small_dataset,
                                                                                monkeypatch):
     def full(*args, **kwargs):

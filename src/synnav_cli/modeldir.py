@@ -22,6 +22,7 @@ from synnav_cli.errors import UserError, quoted
 from synnav_cli.files import replace_atomically, temporary_dir, write_json_atomic
 from synnav_cli.model import LocalizationModel
 from synnav_cli.resources import bundled_model_path
+from synnav_cli.weights import integrity
 
 METADATA_FILE = "synnav-model.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -300,6 +301,15 @@ def load_model(
         state = load_file(str(weights))
     except Exception as error:  # noqa: BLE001 - safetensors raises several types
         raise UserError(f"{weights} is damaged: {error}") from None
+    if frozen:
+        state = {k.removeprefix("head."): v for k, v in state.items()}
+        target = model.head
+    else:
+        target = model
+    # synnav saves the module's own tensors: another dtype or shape means a converted file.
+    problem = integrity.tensor_mismatch(state, target.state_dict())
+    if problem is not None:
+        raise UserError(f"{weights} is damaged: {problem}")
     broken = next(
         (k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None
     )
@@ -307,11 +317,6 @@ def load_model(
         raise UserError(
             f"{weights} is damaged: tensor {quoted(broken)} holds NaN or infinite values"
         )
-    if frozen:
-        state = {k.removeprefix("head."): v for k, v in state.items()}
-        target = model.head
-    else:
-        target = model
     try:
         target.load_state_dict(state, strict=True)
     except RuntimeError as error:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from synnav_cli import paths
-from synnav_cli.errors import UserError, one_line
+from synnav_cli.errors import UserError, one_line, quoted
 
 if TYPE_CHECKING:
     import torch
@@ -132,3 +132,28 @@ def load_torch_state_dict(path: Path, *, repo_id: str, filename: str) -> dict[st
             f"tensors): run `synnav cache clear {repo_id}` and download it again ({path})"
         )
     return dict(state)
+
+
+def tensor_mismatch(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> str | None:
+    """The tensors of ``state`` whose dtype or shape is not the one the module declares
+    (``expected``: a freshly built module's ``state_dict()``), said in a few words, or None.
+
+    ``load_state_dict`` copies an int32 tensor into a float parameter without a word, and the
+    model then scores every protein alike; names the module lacks, or that ``state`` lacks, are
+    left to its strict loading.
+    """
+    wrong = [
+        f"tensor {quoted(key)} is {_kind(value)} where the model has {_kind(expected[key])}"
+        for key, value in state.items()
+        if key in expected
+        and (value.dtype != expected[key].dtype or value.shape != expected[key].shape)
+    ]
+    if not wrong:
+        return None
+    return wrong[0] + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else "")
+
+
+def _kind(tensor: torch.Tensor) -> str:
+    return f"{str(tensor.dtype).removeprefix('torch.')} {list(tensor.shape)}"
