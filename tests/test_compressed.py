@@ -8,6 +8,7 @@ import lzma
 from pathlib import Path
 
 import pytest
+from checks import one_error_line
 
 from synnav_cli.cli.main import cli
 from synnav_cli.data.compressed import content_suffix, open_text
@@ -126,3 +127,80 @@ def test_compressed_datasets(tmp_path, small_dataset, kind):
     rows = ["entry\tsequence\ta", "P1\tMKV\t1", "P2\tMKL\t"]
     table.write_bytes(COMPRESSORS[kind](("\n".join(rows) + "\n").encode()))
     assert read_dataset(table).entries == ["P1", "P2"]
+
+
+# Decompression bombs: a 16 MiB block compressed once and repeated (gzip, bzip2 and xz all read
+# concatenated members as one stream), a few KB that expand past any protein.
+BLOCK = 1 << 24
+SHAPES = {
+    "one line": (b"", b"M" * BLOCK),  # one letter, no newline, no header
+    "one record": (b">bomb\n", (b"M" * 1023 + b"\n") * (BLOCK // 1024)),  # short lines, no end
+}
+
+
+def bomb(kind: str, shape: str, blocks: int) -> bytes:
+    head, block = SHAPES[shape]
+    compress = COMPRESSORS[kind]
+    return (compress(head) if head else b"") + compress(block) * blocks
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kind", COMPRESSORS)
+def test_decompression_bomb_is_one_line(runner, tmp_path, kind, shape):
+    path = tmp_path / f"bomb.fasta.{kind}"
+    path.write_bytes(bomb(kind, shape, blocks=4))  # 64 MiB decompressed, twice the bound
+    assert path.stat().st_size < 200_000
+    result = runner.invoke(cli, ["predict", str(path), "--device", "cpu"])
+    what = "line 1 of" if shape == "one line" else "record 1 of"
+    one_error_line(result, what, "bomb.fasta", "is longer than 33,554,432 characters")
+    assert result.stdout == ""
+
+
+def test_decompression_bomb_on_stdin_is_one_line(runner):
+    result = runner.invoke(cli, ["predict", "-", "--device", "cpu"], input=bomb("bz2", "one record", 4))
+    one_error_line(result, "record 1 of standard input is longer than")
+
+
+def test_long_lines_and_records_in_plain_files(tmp_path):
+    path = tmp_path / "plain.fasta"
+    path.write_text(">a\nMKV\n>b\n" + "M" * (1 << 25) + "\n")  # exactly the bound: read
+    assert [len(r.sequence) for r in read_fasta(path)] == [3, 1 << 25]
+    path.write_text(">a\nMKV\n>b\n" + ("M" * 4096 + "\n") * 8193 + ">c\nMKV\n")  # one line over
+    with pytest.raises(UserError, match="record 2 of .*plain.fasta is longer than"):
+        list(read_fasta(path))
+
+
+PEAK_RSS = """
+import atexit, resource, sys
+atexit.register(lambda: print("peak_rss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                              file=sys.stderr))
+from synnav_cli.cli.main import cli
+cli(sys.argv[1:], prog_name="synnav")
+"""
+
+
+@pytest.mark.slow
+def test_a_gigabyte_bomb_on_stdin_stays_small(tmp_path):
+    """A few KB of bzip2 that hold 1 GiB on one line: one error line, and memory a small step
+    over a run refused at its first line."""
+    import sys
+
+    import launch
+
+    def peak(data: bytes) -> tuple[int, str]:
+        source = tmp_path / "stdin"
+        source.write_bytes(data)
+        with source.open("rb") as stdin:
+            result = launch.run([sys.executable, "-c", PEAK_RSS, "predict", "-", "--device", "cpu"],
+                                launch.environment(tmp_path), timeout=120, stdin=stdin)
+        assert result.returncode == 1, result.stderr
+        lines = [line for line in result.stderr.splitlines() if not line.startswith("peak_rss_kb")]
+        assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr[-2000:]
+        return int(result.stderr.rsplit("peak_rss_kb", 1)[1].split()[0]), lines[0]
+
+    baseline, _ = peak(bz2.compress(b"MKV\n"))  # not FASTA: refused at once
+    data = bomb("bz2", "one line", blocks=64)
+    assert len(data) < 5_000
+    used, error = peak(data)
+    assert used - baseline < 200_000, (used, baseline)  # KiB; reading it whole took gigabytes
+    assert "line 1 of standard input is longer than" in error

@@ -39,6 +39,14 @@ NUCLEOTIDE_FRACTION = 0.9
 NUCLEOTIDE_MIN_LENGTH = 12
 
 
+# The characters one line, and one record's sequence lines together, may hold (line ends not
+# counted). No protein comes near: titin, the longest known, has about 35,000 residues. The bound
+# keeps memory flat whatever the input expands to, such as a few KB of bzip2 that expand to
+# gigabytes without a newline (a decompression bomb).
+MAX_LINE_CHARS = 1 << 25
+MAX_RECORD_CHARS = 1 << 25
+
+
 def looks_like_nucleotides(sequence: str) -> bool:
     if len(sequence) < NUCLEOTIDE_MIN_LENGTH:
         return False
@@ -100,8 +108,34 @@ def read_fasta(
             handle.close()  # never standard input itself: see compressed.open_text
 
 
+def _bounded_lines(handle: IO[str], label: str) -> Iterator[str]:
+    """``handle``'s lines, refused in one line as soon as one line or one record grows past its
+    bound: memory never holds more than that, whatever the input expands to."""
+    records, size = 0, 0
+    for number in itertools.count(1):
+        line = handle.readline(MAX_LINE_CHARS + 1)
+        if not line:
+            return
+        end = 2 if line.endswith("\r\n") else 1 if line.endswith(("\n", "\r")) else 0
+        if len(line) - end > MAX_LINE_CHARS:
+            raise UserError(
+                f"line {number:,} of {label} is longer than {MAX_LINE_CHARS:,} characters; "
+                f"no protein is this long (a genome, or a damaged or hostile file?)"
+            )
+        if line.startswith(">"):
+            records, size = records + 1, 0
+        else:
+            size += len(line) - end
+        if size > MAX_RECORD_CHARS:
+            raise UserError(
+                f"record {max(records, 1):,} of {label} is longer than {MAX_RECORD_CHARS:,} "
+                f"characters; no protein is this long (a genome, or a damaged or hostile file?)"
+            )
+        yield line
+
+
 def _parse_fasta(handle: IO[str], label: str, *, keep_invalid: bool) -> Iterator[FastaRecord]:
-    lines = iter(handle)
+    lines = _bounded_lines(handle, label)
     first = next((line for line in lines if line.strip()), None)
     if first is not None:
         first = first.removeprefix("\ufeff")  # a byte-order mark on standard input
