@@ -120,6 +120,7 @@ def check_output_file(out: Path, *, inputs: Iterable[str | Path] = ()) -> None:
     try:
         status = out.stat()
     except FileNotFoundError:
+        check_output_folder(out)
         return
     except OSError as error:
         raise UserError(f"cannot use {out} as the output: {error.strerror}") from None
@@ -134,6 +135,15 @@ def check_output_file(out: Path, *, inputs: Iterable[str | Path] = ()) -> None:
         if _same_file(source, status):
             where = " (on standard input)" if _is_stdin(source) else ""
             raise UserError(f"--out {out} is the input file{where}; its results would replace it")
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse ``out`` when the folder it would go in does not exist: a mistyped path is said,
+    not quietly made (as the shell's ``>`` and ``sort -o`` do)."""
+    folder = Path(out).parent
+    if not folder.is_dir():
+        missing = "is not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"--out {out}: the folder {folder} {missing}; create it first")
 
 
 def _same_file(source: str | Path, status: os.stat_result) -> bool:

@@ -43,7 +43,7 @@ from synnav_cli.cli.options import common_options, default_dataset, precision_op
 )
 @click.option(
     "--max-tokens",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Padded tokens per batch.  [default: from the device]",
 )

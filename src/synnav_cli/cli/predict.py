@@ -52,7 +52,7 @@ from synnav_cli.errors import UserError
 )
 @click.option(
     "--max-tokens",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Padded tokens per batch.  [default: from the device]",
 )
@@ -82,7 +82,7 @@ from synnav_cli.errors import UserError
 )
 @click.option(
     "--explain-steps",
-    type=int,
+    type=click.IntRange(min=1),
     default=32,
     show_default=True,
     help="Integration steps per protein for --explain; more is smoother and slower.",
@@ -142,7 +142,10 @@ def predict(
         return
     if shard is not None:
         raise UserError("--shard works with plain predictions, not with --explain or --compare")
-    from synnav_cli.files import readable_twice
+    from synnav_cli.files import check_output_file, readable_twice
+
+    if out is not None:
+        check_output_file(out, inputs=[fasta])  # before the model loads, as run_prediction does
     from synnav_cli.scoring.load import load_for_scoring
 
     if explain_dir is not None:
@@ -280,7 +283,7 @@ def merge(parts: tuple[Path, ...], out: Path | None, fasta: str | None) -> None:
 @click.option("--float16", is_flag=True, help="Store the vectors as float16.  [default: float32]")
 @click.option(
     "--max-tokens",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Padded tokens per batch.  [default: from the device's free memory]",
 )
@@ -318,7 +321,7 @@ def embed(
     \b
     Examples:
       synnav embed proteome.fasta -b esmc600m -o proteome.h5 --float16
-      synnav embed proteome.fasta -b esmc600m --shard 3/16 -o parts/emb-03.npz
+      synnav embed proteome.fasta -b esmc600m --shard 3/16 -o emb-03.npz
     """
     from synnav_cli.predict.embed import run_embedding
 

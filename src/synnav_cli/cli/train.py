@@ -42,15 +42,27 @@ from synnav_cli.runtime import hardware
     "[default: none; options given on the command line win]",
 )
 @click.option(
-    "--epochs", type=int, default=None, help="Passes over the training split.  [default: 30]"
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Passes over the training split.  [default: 30]",
 )
 @click.option(
-    "--lr", "learning_rate", type=float, default=None, help="Peak learning rate.  [default: 1e-4]"
+    "--lr",
+    "learning_rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Peak learning rate.  [default: 1e-4]",
 )
-@click.option("--batch-size", type=int, default=None, help="Most proteins per step.  [default: 8]")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Most proteins per step.  [default: 8]",
+)
 @click.option(
     "--max-tokens",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Padded tokens per batch.  [default: from the device's free memory]",
 )
@@ -88,7 +100,7 @@ from synnav_cli.runtime import hardware
 )
 @click.option(
     "--max-length",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Cut longer proteins to their first N residues.  [default: 1800]",
 )

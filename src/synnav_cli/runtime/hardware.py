@@ -326,6 +326,11 @@ def plan_budget(
     training = training and not frozen
     always = 0 if checkpointing and training else None
     if requested is not None:
+        if requested < min_tokens:
+            console.info(
+                f"--max-tokens {requested} is less than one protein of the longest length "
+                f"({min_tokens} tokens); using {min_tokens}"
+            )
         return Budget(max(requested, min_tokens), "--max-tokens", always)
     if device.type != "cuda":
         tokens = CPU_TRAIN_TOKENS if training else CPU_PREDICT_TOKENS

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from synnav_cli.data.dataset import assign_splits, read_dataset
 from synnav_cli.errors import UserError
-from synnav_cli.files import write_json_atomic
+from synnav_cli.files import check_output_folder, write_json_atomic
 from synnav_cli.modeldir import check_replaceable
 from synnav_cli.plugins import get_backbone
 from synnav_cli.runtime import distributed
@@ -59,6 +59,8 @@ def train(
     distributed.init()
     config.backbone = get_backbone(config.backbone).id
     # Ranks would each stamp their own time; rank 0's name is the one used.
+    if out is not None:
+        check_output_folder(out)  # the models directory, the default's, is made when missing
     out = distributed.broadcast(Path(out) if out is not None else default_out_dir(config.backbone))
     check_replaceable(out, force)
     workspace = workspace_of(out)
