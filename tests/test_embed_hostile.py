@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -277,3 +279,33 @@ def test_parts_declaring_a_billion_proteins_are_refused_at_once(runner, tmp_path
     assert done.stderr.startswith(f"Error: {parts[0]}") and len(done.stderr.splitlines()) == 1
     one_error_line(merge(runner, parts, out, "--fasta", str(fasta)), str(parts[0]), "stores 0")
     assert sorted(p.name for p in tmp_path.iterdir() if "all" in p.name) == []
+
+
+SLOWED = {  # the final file's temporary sibling exists while write_embeddings sleeps
+    "merge": launch.slowed_cli("synnav_cli.predict.embed_merge", "write_embeddings", 1, 120),
+    "embed": launch.slowed_cli("synnav_cli.predict.embed", "write_embeddings", 4, 120),
+}
+
+
+@pytest.mark.parametrize("command", SLOWED)
+def test_sigterm_leaves_no_temporary_file(tmp_path, fasta, command):
+    parts = [write_npz(tmp_path / f"part{i}.npz", *genuine(fasta, i)) for i in (1, 2)]
+    out = tmp_path / "all.npz"
+    args = (["merge", *map(str, parts)] if command == "merge"
+            else ["embed", str(fasta), "-b", "tiny", "--device", "cpu"])
+    process = subprocess.Popen([sys.executable, "-c", SLOWED[command], *args, "--out", str(out)],
+                               env=launch.environment(tmp_path), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".all.npz*")) and time.monotonic() < deadline:
+            assert process.poll() is None, process.stderr.read()
+            time.sleep(0.05)
+        assert list(tmp_path.glob(".all.npz*"))  # the temporary file is there
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    assert [p.name for p in tmp_path.glob("*all.npz*")] == (["all.npz.partial"] if command == "embed" else [])

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import stat
 import sys
 import tempfile
@@ -87,6 +88,26 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def terminated_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, ``kill``) raises KeyboardInterrupt in the block, as Ctrl-C
+    does, so that the temporary files of :func:`atomic_path` are removed on the way out instead of
+    being left behind by a process the default handler ends at once."""
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:

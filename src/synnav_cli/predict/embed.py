@@ -29,6 +29,7 @@ from synnav_cli.files import (
     exclusive_lock,
     input_name,
     readable_twice,
+    terminated_as_interrupt,
 )
 from synnav_cli.plugins import get_backbone
 from synnav_cli.predict.embed_files import EmbeddingChunk, format_of, require, write_embeddings
@@ -183,6 +184,8 @@ def run_embedding(
     dtype = np.float16 if float16 else np.float32
     main = distributed.is_main()
     with ExitStack() as stack:
+        if main:  # SIGTERM leaves whole chunks and no temporary file, as Ctrl-C does
+            stack.enter_context(terminated_as_interrupt())
         # Standard input is spooled so that it can be validated whole before anything is embedded.
         source = stack.enter_context(readable_twice(fasta)) if main else fasta
         total = validate_input(source, input_name(source), skip_invalid=False)

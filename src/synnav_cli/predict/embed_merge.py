@@ -18,7 +18,7 @@ import numpy as np
 from synnav_cli import console
 from synnav_cli.data.fasta import read_fasta
 from synnav_cli.errors import UserError
-from synnav_cli.files import atomic_path, check_output_file
+from synnav_cli.files import atomic_path, check_output_file, terminated_as_interrupt
 from synnav_cli.predict.embed_files import (
     EmbeddingChunk,
     EmbeddingSource,
@@ -49,7 +49,11 @@ def merge_embeddings(parts: Sequence[Path], out: Path, fasta: str | None = None)
         opened = [stack.enter_context(open_embeddings(Path(p))) for p in parts]
         _check_parts(parts, opened)
         first = opened[0].meta
-        if fasta is not None and input_digest(fasta)[0] != first.get("input_sha256"):
+        # Sizes the parts declare are checked against the FASTA before anything is read.
+        if fasta is not None and input_digest(fasta) != (
+            first.get("input_sha256"),
+            first.get("input_records"),
+        ):
             raise UserError(f"the parts were embedded from another input than {fasta}")
         meta = {k: v for k, v in first.items() if k not in _PER_PART}
         meta["shard"] = None
@@ -63,7 +67,7 @@ def merge_embeddings(parts: Sequence[Path], out: Path, fasta: str | None = None)
             lambda: _interleave(opened, fasta),
         )
         try:
-            with atomic_path(out) as tmp:
+            with terminated_as_interrupt(), atomic_path(out) as tmp:
                 write_embeddings(tmp, source, fmt)
         except OSError as error:
             raise UserError(f"writing {out} failed: {error.strerror or error}") from None
@@ -118,7 +122,9 @@ def _interleave(opened: list[EmbeddingFile], fasta: str | None) -> Iterator[Embe
     total = sum(f.count for f in opened)
     for start in range(0, total, READ_ROWS):
         end = min(start + READ_ROWS, total)
-        rows = [next(streams[j % len(streams)]) for j in range(start, end)]
+        rows = [next(streams[j % len(streams)], None) for j in range(start, end)]
+        if None in rows:  # the parts' own checks say which first; this is the last guard
+            raise UserError("the parts hold fewer proteins than they declare")
         if expected is not None:
             for name, *_ in rows:
                 if (want := next(expected, None)) != name:
