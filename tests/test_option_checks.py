@@ -93,3 +93,35 @@ def test_a_budget_under_one_protein_says_what_it_uses(runner, tmp_path):
                                  "--max-tokens", "5"])
     assert result.exit_code == 0, result.output
     assert "--max-tokens 5 is less than one protein of the longest length (42 tokens); using 42" in result.stderr
+
+
+# A mistyped model or backbone name gets a suggestion, as a mistyped command does.
+
+
+@pytest.mark.parametrize(
+    "args, suggested",
+    [
+        (["predict", "{fasta}", "--model", "bundeld"], "'bundled'"),
+        (["embed", "{fasta}", "--backbone", "esmc300", "-o", "{tmp}/e.npz"], "'esmc300m'"),
+        (["embed", "{fasta}", "--backbone", "ESM2_8", "-o", "{tmp}/e.npz"], "'esm2_8m'"),
+        (["train", "--backbone", "tiny-tset", "--data", "{data}"], "'tiny-test'"),
+        (["models", "show", "trained-mdoel"], "'trained-model'"),
+    ],
+)
+def test_a_mistyped_name_gets_a_suggestion(runner, guarded, args, suggested):
+    import shutil
+
+    from synnav_cli import paths
+
+    paths.models_dir().mkdir(parents=True, exist_ok=True)
+    shutil.copytree(guarded["model"], paths.models_dir() / "trained-model")
+    result = runner.invoke(cli, _args(args, guarded))
+    assert result.exit_code == 1, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(f"Did you mean {suggested}?"), result.stderr
+
+
+def test_an_unknown_model_names_the_bundled_one(runner, guarded):
+    result = runner.invoke(cli, _args(["predict", "{fasta}", "--model", "nothing-like-it"], guarded))
+    assert result.exit_code == 1
+    assert "`bundled`" in result.stderr and "Did you mean" not in result.stderr, result.stderr

@@ -22,6 +22,8 @@ import torch
 from checks import one_error_line
 from hub_fixture import cache_repo
 from launch import normal_verbosity  # noqa: F401  (an autouse fixture)
+import safetensors.torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from synnav_cli import files, modeldir
@@ -504,12 +506,17 @@ def test_weights_of_another_dtype_are_refused_when_loading(runner, tmp_path, dty
     assert len(line) < 400
 
 
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    # What safetensors raises: not an OSError.
+    SafetensorError('Error while serializing: I/O error: No space left on device (os error 28) at path "x"'),
+])
 def test_a_full_disk_during_training_is_one_line_and_leaves_no_temporary_file(runner, tmp_path, small_dataset,
-                                                                               monkeypatch):
+                                                                               monkeypatch, error):
     def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise error
 
-    monkeypatch.setattr(checkpoint, "save_file", full)
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
     out = tmp_path / "model"
     one_error_line(runner.invoke(cli, train_args(small_dataset, out)), "No space left on device")
     leftovers = [p.name for p in out.with_name("model.partial").iterdir() if ".tmp" in p.name or "-new" in p.name]

@@ -1,5 +1,8 @@
 """Errors that are the user's to fix: the CLI prints their message on one line, no traceback."""
 
+import difflib
+from collections.abc import Iterable
+
 QUOTE_LIMIT = 60
 
 
@@ -22,3 +25,13 @@ def one_line(error: BaseException) -> str:
     """An exception as ``Type: first line of its message``, for messages that quote a cause."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` Did you mean 'X'?`` with the choice closest to ``name`` (case aside), as click says for
+    a mistyped command; empty when none is close."""
+    if len(name) > QUOTE_LIMIT:  # no name is that long; not worth comparing
+        return ""
+    by_key = {choice.lower(): choice for choice in choices}
+    close = difflib.get_close_matches(name.lower(), list(by_key), n=1)
+    return f" Did you mean {quoted(by_key[close[0]])}?" if close else ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -23,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import IO
 
-from synnav_cli.errors import UserError
+from synnav_cli.errors import UserError, one_line
 
 
 @lru_cache(maxsize=1)
@@ -115,6 +116,25 @@ def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
     :func:`atomic_path`)."""
     with atomic_path(path) as tmp:
         write(tmp)
+
+
+def save_tensors(path: Path, tensors: dict) -> None:
+    """``tensors`` as a safetensors file at ``path``, replaced atomically. safetensors raises its
+    own error type for a full disk; that is an ``OSError`` here (one line from the CLI), and the
+    temporary file goes as for any failed write."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp))
+        except SafetensorError as error:
+            code = re.search(r"\(os error (\d+)\)", str(error))
+            if code is None:
+                raise UserError(f"writing {path} failed: {one_line(error)}") from None
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
+
+    replace_atomically(path, write)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

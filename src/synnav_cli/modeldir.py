@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from synnav_cli import console, paths
 from synnav_cli.backbones.base import Backbone
-from synnav_cli.errors import UserError, quoted
+from synnav_cli.errors import UserError, did_you_mean, quoted
 from synnav_cli.files import replace_atomically, temporary_dir, write_json_atomic
 from synnav_cli.model import LocalizationModel
 from synnav_cli.resources import bundled_model_path
@@ -245,10 +245,14 @@ def resolve_model(name: str | None) -> tuple[ModelInfo, str]:
         bundled = bundled_model_path()
         if bundled is not None and name == BUNDLED_NAME:
             return read_model_info(bundled), "bundled"
-        known = ", ".join(info.name for info in list_models()) or "none"
+        names = [info.name for info in list_models()]
+        known = ", ".join(names) or "none"
+        if bundled is not None:
+            known += f"; and `{BUNDLED_NAME}`, the model that ships with synnav"
+            names.append(BUNDLED_NAME)
         raise UserError(
             f"no model {quoted(name)}: not a model directory, nor a name in "
-            f"{paths.models_dir()} (trained models: {known})"
+            f"{paths.models_dir()} (trained models: {known})." + did_you_mean(name, names)
         )
     chosen = read_default_model()
     if chosen is not None:

@@ -20,7 +20,7 @@ import pluggy
 
 from synnav_cli import hookspecs
 from synnav_cli.backbones.base import Backbone
-from synnav_cli.errors import UserError
+from synnav_cli.errors import UserError, did_you_mean, quoted
 
 ENTRY_POINT_GROUP = "synnav"
 LOAD_PLUGINS_ENV = "SYNNAV_LOAD_PLUGINS"
@@ -105,7 +105,11 @@ class Registry:
         key = self._by_name.get(name.lower())
         if key is None:
             known = ", ".join(sorted(self.backbones))
-            raise UserError(f"unknown backbone {name!r}; known backbones: {known}")
+            names = [*self.backbones, *(a for aliases in self.aliases.values() for a in aliases)]
+            raise UserError(
+                f"unknown backbone {quoted(name)}; known backbones: {known}."
+                + did_you_mean(name, names)
+            )
         return self.backbones[key]
 
 

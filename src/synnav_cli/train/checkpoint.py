@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from synnav_cli import console
 from synnav_cli.errors import UserError
-from synnav_cli.files import replace_atomically, write_json_atomic
+from synnav_cli.files import save_tensors, write_json_atomic
 
 STATE_FILE = "checkpoint.json"
 TENSORS_PREFIX = "checkpoint-"
@@ -84,7 +84,7 @@ def save(directory: Path, state: dict) -> None:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, tensors)
     staged = directory / f"{TENSORS_PREFIX}new{TENSORS_SUFFIX}"
-    replace_atomically(staged, lambda tmp: save_file(tensors, str(tmp)))
+    save_tensors(staged, tensors)
     digest = _sha256(staged)
     name = f"{TENSORS_PREFIX}{digest[:16]}{TENSORS_SUFFIX}"
     staged.replace(directory / name)
@@ -167,7 +167,7 @@ def restore_scaler(scaler: torch.amp.GradScaler, state: dict) -> None:
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     """A model's state dict as one safetensors file, replaced atomically."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    replace_atomically(path, lambda tmp: save_file(tensors, str(tmp)))
+    save_tensors(path, tensors)
 
 
 def load_weights(model: torch.nn.Module, path: Path, workspace: Path) -> None:
