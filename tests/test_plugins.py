@@ -187,3 +187,58 @@ def test_the_registry_is_built_once_per_process(monkeypatch):
     plugins.get_backbone("esmc600m")
     plugins.backbone_registry()
     assert first > 0 and len(calls) == first
+
+
+EXITS_AT_IMPORT = "import sys\nsys.exit(3)\n"
+EXITS_IN_HOOK = """
+    from synnav_cli import hookimpl
+
+    @hookimpl
+    def register_backbones(register):
+        raise SystemExit("leaving")
+"""
+
+
+def test_a_plugin_that_exits_costs_one_line(tmp_path):
+    """sys.exit at import, or SystemExit from the hook, is that plugin's error, not the command's
+    exit code: every command went on to exit 3 (or 1) without a word."""
+    site = make_distribution(tmp_path / "site", "synnav_exits", EXITS_AT_IMPORT, "exits = synnav_exits")
+    make_distribution(site, "synnav_hookexit", EXITS_IN_HOOK, "hookexit = synnav_hookexit")
+    make_distribution(site, "synnav_thirdparty", THIRD_PARTY.format(tests=str(TESTS)),
+                      "thirdparty = synnav_thirdparty")
+    result = run_synnav(["backbones", "--json"], site, tmp_path, load="exits,hookexit,thirdparty")
+    assert result.returncode == 0, result.stderr
+    assert {"esmc600m", "thirdparty"} <= {row["id"] for row in json.loads(result.stdout)}
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert errors == ['Error loading plugin "exits": SystemExit: 3',
+                      'Error loading plugin "hookexit": SystemExit: leaving'], result.stderr
+
+
+def test_a_slow_plugin_is_named_while_it_loads(tmp_path, monkeypatch, capsys):
+    """A plugin that takes long to import is named once while it does; the others load as ever.
+    (Python cannot stop an import from outside it, so a hang is named, not cut short.)"""
+    import importlib.metadata
+
+    import pluggy
+
+    from synnav_cli import hookspecs, plugins
+
+    (tmp_path / "synnav_sleepy_m5.py").write_text("import time\ntime.sleep(1.0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    manager = pluggy.PluginManager("synnav")
+    manager.add_hookspecs(hookspecs)
+    monkeypatch.setattr(plugins, "pm", manager)
+    monkeypatch.setattr(plugins, "_loaded", False)
+    monkeypatch.setattr(plugins, "_registry", None)
+    monkeypatch.setattr(plugins, "SLOW_PLUGIN_SECONDS", 0.2)
+    sleepy = importlib.metadata.EntryPoint("sleepy", "synnav_sleepy_m5", plugins.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [sleepy])
+    monkeypatch.setenv(plugins.LOAD_PLUGINS_ENV, "sleepy")
+    try:
+        plugins.load_plugins()
+    finally:
+        sys.modules.pop("synnav_sleepy_m5", None)
+    assert manager.get_plugin("sleepy") is not None and manager.get_plugin(plugins.DEFAULT_PLUGINS[0])
+    lines = capsys.readouterr().err.splitlines()
+    slow = 'Plugin "sleepy" is still loading after 0.2 s; set SYNNAV_LOAD_PLUGINS to the plugins'
+    assert lines == [f"{slow} you need to leave it out"], lines

@@ -1,7 +1,11 @@
 """The plugin manager: built-in backbone modules plus whatever the ``synnav`` entry points name.
 
 Each entry point is loaded on its own, so one broken distribution costs a line on stderr and
-nothing else (pluggy's ``load_setuptools_entrypoints`` would stop at the first failure).
+nothing else (pluggy's ``load_setuptools_entrypoints`` would stop at the first failure): any
+exception, ``SystemExit`` from ``sys.exit()`` included, except the user's Ctrl-C. An entry point
+whose import is still running after :data:`SLOW_PLUGIN_SECONDS` is named on stderr; it cannot be
+cut short (Python has no way to stop an import from outside it), only left out with
+``SYNNAV_LOAD_PLUGINS``.
 ``SYNNAV_LOAD_PLUGINS`` (a comma-separated list of entry-point or distribution names; empty for
 none) limits which installed plugins load, so a test run or a reproduction sees only those. The
 registry of backbones is built once per process and rebuilt only when the set of registered
@@ -13,6 +17,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
@@ -25,6 +31,8 @@ from synnav_cli.errors import UserError, did_you_mean, quoted
 ENTRY_POINT_GROUP = "synnav"
 LOAD_PLUGINS_ENV = "SYNNAV_LOAD_PLUGINS"
 DEFAULT_BACKBONE = "esmc600m"
+# An installed plugin's import still running after this long is named on stderr, once.
+SLOW_PLUGIN_SECONDS = 5.0
 
 # Built-in plugins, registered exactly like installed ones.
 DEFAULT_PLUGINS = (
@@ -44,6 +52,38 @@ def _report(name: str, error: BaseException) -> None:
     print(f'Error loading plugin "{name}": {type(error).__name__}: {error}', file=sys.stderr)
 
 
+def _slow(name: str) -> None:
+    print(
+        f'Plugin "{name}" is still loading after {SLOW_PLUGIN_SECONDS:g} s; set '
+        f"{LOAD_PLUGINS_ENV} to the plugins you need to leave it out",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _guarded(name: str, load: Callable[[], object], *, timed: bool = False) -> object:
+    """``load()`` (a plugin's import or hook), its failure reported as one line naming ``name``.
+
+    Any exception counts, ``SystemExit`` included (a plugin's ``sys.exit()`` must not end the
+    command); Ctrl-C still stops synnav. Returns None when it failed. ``timed``: name the plugin
+    on stderr if it is still at it after :data:`SLOW_PLUGIN_SECONDS`.
+    """
+    timer = threading.Timer(SLOW_PLUGIN_SECONDS, _slow, args=(name,)) if timed else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        return load()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:  # noqa: BLE001 - a plugin may fail in any way
+        _report(name, error)
+        return None
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
 def load_plugins() -> None:
     """Register the built-ins and every installed entry point, once."""
     global _loaded
@@ -51,17 +91,9 @@ def load_plugins() -> None:
         return
     _loaded = True
     for module_name in DEFAULT_PLUGINS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:  # a built-in not present in this build
-                continue
-            _report(module_name, error)
-            continue
-        except Exception as error:  # noqa: BLE001 - a plugin may fail in any way
-            _report(module_name, error)
-            continue
-        pm.register(module, name=module_name)
+        module = _guarded(module_name, lambda name=module_name: _import_builtin(name))
+        if module is not None:
+            pm.register(module, name=module_name)
     allowed = _allowed_plugins()
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         if pm.get_plugin(entry_point.name) is not None or pm.is_blocked(entry_point.name):
@@ -69,12 +101,22 @@ def load_plugins() -> None:
         distribution = entry_point.dist.name if entry_point.dist is not None else None
         if allowed is not None and entry_point.name not in allowed and distribution not in allowed:
             continue
-        try:
-            plugin = entry_point.load()
-            pm.register(plugin, name=entry_point.name)
-        except Exception as error:  # noqa: BLE001
-            _report(entry_point.name, error)
+        _guarded(
+            entry_point.name,
+            lambda point=entry_point: pm.register(point.load(), name=point.name),
+            timed=True,
+        )
     pm.check_pending()
+
+
+def _import_builtin(name: str) -> object:
+    """A built-in plugin's module, or None when this build leaves it out."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name == name:
+            return None
+        raise
 
 
 def _allowed_plugins() -> set[str] | None:
@@ -128,10 +170,10 @@ def backbone_registry() -> Registry:
         return _registry[1]
     registry = Registry()
     for implementation in pm.hook.register_backbones.get_hookimpls():
-        try:
-            implementation.function(register=registry.register)
-        except Exception as error:  # noqa: BLE001
-            _report(implementation.plugin_name, error)
+        _guarded(
+            implementation.plugin_name,
+            lambda hook=implementation: hook.function(register=registry.register),
+        )
     _registry = (registered, registry)
     return registry
 
