@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from checks import one_error_line
 from launch import normal_verbosity  # noqa: F401  (an autouse fixture)
 
 from synnav_cli.cli.main import cli
+from synnav_cli.predict import embed as embed_module
 from synnav_cli.predict.embed_read import read_embeddings
 from synnav_cli.predict.embed_store import input_digest
 
@@ -309,3 +311,131 @@ def test_sigterm_leaves_no_temporary_file(tmp_path, fasta, command):
             process.kill()
     assert process.returncode == 130 and "Traceback" not in stderr, stderr
     assert [p.name for p in tmp_path.glob("*all.npz*")] == (["all.npz.partial"] if command == "embed" else [])
+
+
+# --- H1, M2: embed's resume state is checked against the input and the options ---
+
+REAL_EMBED = embed_module.embed_sequences
+
+
+class Stop(Exception):
+    pass
+
+
+def _chunks_of_four(monkeypatch, calls: int) -> None:
+    """Chunks of 4 proteins; the run stops (as a kill would) once ``calls`` chunks are done."""
+    monkeypatch.setattr(embed_module, "CHUNK_RECORDS_PER_RESIDUE", 4)
+    done = []
+
+    def counted(*args, **kwargs):
+        if len(done) == calls:
+            raise Stop
+        done.append(1)
+        return REAL_EMBED(*args, **kwargs)
+
+    monkeypatch.setattr(embed_module, "embed_sequences", counted)
+
+
+@pytest.fixture
+def interrupted(runner, tmp_path, monkeypatch):
+    """10 proteins in chunks of 4, stopped after two: (command, --out, its partial folder, the
+    file an uninterrupted run writes)."""
+    ten = launch.write_fasta(tmp_path / "ten.fasta", 10, lengths=(20, 600))
+    args = ["embed", str(ten), "-b", "tiny", "--device", "cpu", "--per-residue", "--out"]
+    _chunks_of_four(monkeypatch, 10**6)
+    assert runner.invoke(cli, [*args, str(tmp_path / "whole.npz")]).exit_code == 0
+    out = tmp_path / "e.npz"
+    _chunks_of_four(monkeypatch, 2)
+    assert isinstance(runner.invoke(cli, [*args, str(out)]).exception, Stop)
+    _chunks_of_four(monkeypatch, 10**6)
+    return [*args, str(out)], out, tmp_path / "e.npz.partial", read_embeddings(tmp_path / "whole.npz")
+
+
+def _chunk(partial: Path, number: int, change) -> None:
+    path = partial / f"chunk-{number:06d}.npz"
+    with np.load(path) as saved:
+        arrays = dict(saved)
+    np.savez(path, **change(arrays))
+
+
+def _manifest(partial: Path, change) -> None:
+    path = partial / "manifest.json"
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+
+def _drop_last(arrays):
+    cut = arrays["offsets"][-2]
+    return {**arrays, "ids": arrays["ids"][:-1], "lengths": arrays["lengths"][:-1],
+            "embeddings": arrays["embeddings"][:-1], "offsets": arrays["offsets"][:-1],
+            "residue_embeddings": arrays["residue_embeddings"][:cut]}
+
+
+def _more_chunks(partial: Path) -> None:
+    """Four chunks of four for ten proteins (the 6,144 rows for 6,000 records of the report)."""
+    for number in (2, 3):
+        (partial / f"chunk-{number:06d}.npz").write_bytes((partial / "chunk-000001.npz").read_bytes())
+    _manifest(partial, lambda m: {**m, "chunks": m["chunks"] + m["chunks"]})
+
+
+def _shifted(a):
+    offsets = a["offsets"].copy()
+    offsets[1] += 1  # the first protein's last residue becomes the second's
+    return {**a, "offsets": offsets}
+
+
+CHUNKS = {
+    "width": lambda p: _chunk(p, 1, lambda a: {**a, "embeddings": a["embeddings"][:, :8]}),
+    "rank": lambda p: _chunk(p, 1, lambda a: {**a, "embeddings": a["embeddings"][:, :, None]}),
+    "dtype": lambda p: _chunk(p, 1, lambda a: {**a, "embeddings": a["embeddings"].astype(np.float64)}),
+    "residue-dtype": lambda p: _chunk(p, 1, lambda a: {
+        **a, "residue_embeddings": a["residue_embeddings"].astype(np.float16)}),
+    "ids-not-in-input": lambda p: _chunk(p, 1, lambda a: {**a, "ids": np.array(["x4", "x5", "x6", "x7"])}),
+    "chunk-0-again": lambda p: (p / "chunk-000001.npz").write_bytes((p / "chunk-000000.npz").read_bytes()),
+    "lengths": lambda p: _chunk(p, 1, lambda a: {**a, "lengths": a["lengths"] + 1}),
+    "shifted-offsets": lambda p: _chunk(p, 1, _shifted),
+    "fewer-than-listed": lambda p: _chunk(p, 1, _drop_last),
+    "no-residues": lambda p: _chunk(p, 1, lambda a: {k: v for k, v in a.items() if "residue" not in k
+                                                     and k != "offsets"}),
+    "more-chunks-than-input": _more_chunks,
+}
+
+
+@pytest.mark.parametrize("tamper", CHUNKS.values(), ids=CHUNKS.keys())
+def test_resume_embeds_again_a_chunk_that_does_not_fit(runner, interrupted, tamper):
+    args, out, partial, expected = interrupted
+    tamper(partial)
+    number = 2 if tamper is _more_chunks else 1
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("Warning: ")]
+    assert len(warnings) == 1 and f"chunk-{number:06d}.npz" in warnings[0], result.output
+    assert f"Resuming {out}: {4 * number} proteins already done" in result.output
+    got = read_embeddings(out)
+    for key in ("ids", "lengths", "embeddings", "offsets", "residue_embeddings"):
+        assert got[key].dtype == expected[key].dtype and np.array_equal(got[key], expected[key]), key
+    assert not partial.exists()
+
+
+MANIFESTS = {
+    "200k-deep": lambda p: (p / "manifest.json").write_text("[" * 200_000 + "]" * 200_000),
+    "not-an-object": lambda p: (p / "manifest.json").write_text("[]"),
+    "negative": lambda p: _manifest(p, lambda m: {**m, "chunks": [[-4, None]]}),
+    "huge": lambda p: _manifest(p, lambda m: {**m, "chunks": [[10**30, None]]}),
+    "chunks-an-object": lambda p: _manifest(p, lambda m: {**m, "chunks": {"ab": 1}}),
+    "text-sizes": lambda p: _manifest(p, lambda m: {**m, "chunks": [["4", "x"]]}),
+    "flat-list": lambda p: _manifest(p, lambda m: {**m, "chunks": [4, 4]}),
+    "binary": lambda p: (p / "manifest.json").write_bytes(os.urandom(64)),
+}
+
+
+@pytest.mark.parametrize("damage", MANIFESTS.values(), ids=MANIFESTS.keys())
+def test_a_damaged_manifest_starts_over_in_one_line(runner, interrupted, damage):
+    args, out, partial, expected = interrupted
+    damage(partial)
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("Warning: ")]
+    assert len(warnings) == 1 and "from scratch" in warnings[0], result.output
+    assert "Traceback" not in result.output
+    got = read_embeddings(out)
+    assert np.array_equal(got["embeddings"], expected["embeddings"]) and not partial.exists()

@@ -210,6 +210,8 @@ def run_embedding(
                 sha, _ = input_digest(source)
                 meta.update(input_sha256=sha, input_records=total)
                 store = EmbeddingStore(out, {**meta, "chunk_records": chunk_records})
+                records = distributed.take_shard(read_fasta(source), shard_index, shard_count)
+                store.check(records, loaded.backbone.embedding_dim)  # a chunk that misfits: redo
             except UserError as error:
                 refusal = str(error)
         # Every rank stops on a refusal, none waits for chunks that will never come.
