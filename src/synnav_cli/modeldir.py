@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from synnav_cli import console, paths
 from synnav_cli.backbones.base import Backbone
 from synnav_cli.errors import UserError, did_you_mean, quoted
-from synnav_cli.files import replace_atomically, temporary_dir, write_json_atomic
+from synnav_cli.files import save_tensors, temporary_dir, write_json_atomic
 from synnav_cli.model import LocalizationModel
 from synnav_cli.resources import bundled_model_path
 from synnav_cli.weights import integrity
@@ -96,7 +96,7 @@ def save_model_dir(
         state = model.head.state_dict() if encoder_frozen else model.state_dict()
         prefix = "head." if encoder_frozen else ""
         tensors = {prefix + k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-        replace_atomically(staging / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+        save_tensors(staging / WEIGHTS_FILE, tensors)
         meta = {**meta, "format_version": FORMAT_VERSION, "encoder_frozen": encoder_frozen}
         write_json_atomic(staging / METADATA_FILE, meta)
         if out.exists():
