@@ -130,7 +130,12 @@ def attribute(
     replacement: dict[str, torch.Tensor] = {}
 
     def swap(module, inputs, output):
-        return replacement["embeddings"].to(output.dtype)
+        replaced = replacement["embeddings"]
+        if output.dim() == 2:
+            # A packed forward (ESM C's varlen and split paths) embeds only the real tokens,
+            # flattened row by row: take the same tokens, in the same order, from the path.
+            replaced = replaced.flatten(0, 1)[replacement["mask"].flatten()]
+        return replaced.to(output.dtype)
 
     def integrate(chunk: torch.Tensor) -> torch.Tensor:
         """The gradients of one pass (path points ``chunk``), summed over its points."""
@@ -141,6 +146,7 @@ def attribute(
             batch.attention_mask.repeat(len(chunk), 1),
             batch.residue_mask.repeat(len(chunk), 1),
         )
+        replacement["mask"] = repeated.attention_mask.bool()
         with torch.enable_grad(), runtime.autocast():
             probabilities = torch.sigmoid(model(repeated).float())
         found = torch.zeros_like(gradients)
