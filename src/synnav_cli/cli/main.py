@@ -8,7 +8,6 @@ import sys
 
 import click
 
-from synnav_cli import __version__
 from synnav_cli.errors import UserError
 
 EXAMPLES = """
@@ -46,10 +45,27 @@ class SynnavGroup(click.Group):
             ctx.exit(1)
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """What click.version_option prints, with the version looked up only when asked for."""
+    if not value or ctx.resilient_parsing:
+        return
+    from synnav_cli import __version__
+
+    click.echo(f"synnav, version {__version__}")
+    ctx.exit()
+
+
 @click.group(
     cls=SynnavGroup, epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]}
 )
-@click.version_option(__version__, prog_name="synnav")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and exit.",
+)
 def cli() -> None:
     """Predict where proteins go in a neuron (cytosol, ER, mitochondrion, nucleus, excitatory and
     inhibitory synapse) with fine-tuned protein language models."""

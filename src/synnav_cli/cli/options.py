@@ -10,6 +10,10 @@ import click
 from synnav_cli import console
 from synnav_cli.errors import UserError
 
+# runtime.hardware.PRECISIONS, spelled out: importing hardware imports torch, which would make
+# `synnav --help` take seconds (tests/test_option_checks.py keeps the two equal).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 
 def _verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     if value:
@@ -79,7 +83,7 @@ def precision_option(function):
     return click.option(
         "--precision",
         default="auto",
-        metavar="[auto|fp32|bf16|fp16]",
+        metavar=f"[{'|'.join(PRECISIONS)}]",
         callback=_precision,
         help="Numeric precision. auto: fp32 on CPU (the official models' numbers), bf16 on GPUs "
         "that have it (else fp16). bf16 on a CPU with AVX512-BF16 or AMX: the ESM backbones run "

@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from synnav_cli import console
-from synnav_cli.cli.options import common_options, default_dataset
-from synnav_cli.runtime import hardware
+from synnav_cli.cli.options import PRECISIONS, common_options, default_dataset
 
 
 @click.command()
@@ -68,7 +67,7 @@ from synnav_cli.runtime import hardware
 )
 @click.option(
     "--precision",
-    type=click.Choice(hardware.PRECISIONS),
+    type=click.Choice(PRECISIONS),
     default=None,
     help="Numeric precision on GPUs (CPU runs fp32).  [default: auto]",
 )

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from synnav_cli.modeldir import ModelInfo
+if TYPE_CHECKING:  # modeldir imports torch; listing and showing models need none of it
+    from synnav_cli.modeldir import ModelInfo
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
