@@ -184,6 +184,21 @@ def test_a_progress_record_that_does_not_match_the_partial_file_starts_over(runn
     assert out.read_text() == (tmp_path / "whole.tsv").read_text()
 
 
+@pytest.mark.parametrize("content", ["[" * 200_000, "{", "[]", '{"rows": 1e999, "bytes": 1, "input_sha256": ""}',
+                                     '{"rows": "x"}'])
+def test_a_damaged_progress_record_starts_over_in_one_line(runner, tmp_path, small_chunks, content):
+    fasta = _fasta(tmp_path / "input.fasta", 25)
+    out = tmp_path / "out.tsv"
+    with pytest.MonkeyPatch.context() as patch:
+        interrupt_at(patch, 3)
+        assert runner.invoke(cli, ["predict", str(fasta), "-m", "bundled", "--out", str(out)]).exit_code == 130
+    out.with_name("out.tsv.partial.json").write_text(content)
+    again = runner.invoke(cli, ["predict", str(fasta), "-m", "bundled", "--out", str(out), "-q"])
+    assert again.exit_code == 0, again.output
+    assert again.stderr.count("\n") == 1 and "unreadable; starting" in again.stderr, again.stderr
+    assert len(out.read_text().splitlines()) == 26
+
+
 @pytest.mark.parametrize("change", ["input", "threshold", "format"])
 def test_partial_output_of_another_run_is_refused(runner, tmp_path, small_chunks, change):
     out = tmp_path / "out.tsv"
@@ -251,7 +266,8 @@ def test_more_shards_than_records_gives_header_only_parts(runner, tmp_path):
     assert "shard 3/3 holds no records" in result.stderr
 
 
-@pytest.mark.parametrize("value", ["0/3", "4/3", "a/b", "3", "1/0", "-1/2"])
+@pytest.mark.parametrize("value", ["0/3", "4/3", "a/b", "3", "1/0", "-1/2", "1/99999999999999999999",
+                                   "1/" + "9" * 5000])
 def test_bad_shard_is_one_line(runner, tmp_path, value):
     fasta = _fasta(tmp_path / "input.fasta", 2)
     result = runner.invoke(cli, ["predict", str(fasta), "-m", "bundled", "--shard", value, "-q"])

@@ -454,6 +454,11 @@ def test_a_real_sigterm_stops_within_a_step_and_resumes_exactly(tmp_path, small_
     "[]", "[[[[" * 10000, "{}", '{"backbone": "tiny", "labels": ["a"], "thresholds": {"a": 0.5}, '
     '"config": {"max_length": "abc"}}', '{"backbone": "tiny", "labels": ["a"], "thresholds": {}}',
     '{"backbone": "tiny", "labels": ["a"], "thresholds": {"a": 0.5}, "config": {"max_length": -5}}',
+    # What `models show` and `models list` read: a list, or numbers where text goes, was a traceback.
+    '{"backbone": "tiny", "labels": ["a"], "thresholds": {"a": 0.5}, "metrics": [1, 2]}',
+    '{"backbone": "tiny", "labels": ["a"], "thresholds": {"a": 0.5}, "metrics": {"test": {"labels": {"a": []}}}}',
+    '{"backbone": "tiny", "labels": ["a"], "thresholds": {"a": 0.5}, "data": {"path": 5}}',
+    '{"backbone": "tiny", "labels": ["a"], "thresholds": {"a": 0.5}, "created": 5, "versions": []}',
 ])
 def test_malformed_model_metadata_is_one_line_and_does_not_hide_other_models(runner, tmp_path, content):
     models = Path(os.environ["SYNNAV_DATA_DIR"]) / "models"
@@ -521,6 +526,18 @@ def test_a_full_disk_during_training_is_one_line_and_leaves_no_temporary_file(ru
     one_error_line(runner.invoke(cli, train_args(small_dataset, out)), "No space left on device")
     leftovers = [p.name for p in out.with_name("model.partial").iterdir() if ".tmp" in p.name or "-new" in p.name]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("args", [["predict", "{fasta}", "-m", "bundled", "--device", "cpu"], ["models", "list"]])
+def test_a_closed_standard_output_is_one_line(tmp_path, args):
+    # `synnav predict x.fa >&-`: Python then has no sys.stdout, and the first row was a traceback.
+    fasta = launch.write_fasta(tmp_path / "in.fasta", 3)
+    command = [sys.executable, "-m", "synnav_cli", *(a.format(fasta=fasta) for a in args)]
+    result = launch.run(["bash", "-c", '"$@" >&-', "bash", *command], launch.environment(tmp_path))
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "standard output is closed" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
 
 
 def test_a_deeply_nested_dataset_is_one_line(runner, tmp_path):

@@ -169,6 +169,35 @@ def metadata_problem(meta: object) -> str | None:
         isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
     ):
         return f"'max_length' must be a whole number of at least 1, not {quoted(max_length)}"
+    return _description_problem(meta)
+
+
+def _description_problem(meta: dict) -> str | None:
+    """What is wrong with the parts of the metadata that `models list` and `models show` print
+    (data, metrics, versions, when it was made), or None."""
+    for key in ("metrics", "data", "versions", "trained_on"):
+        if not isinstance(meta.get(key, {}), dict):
+            return f"'{key}' must be an object"
+    test = meta.get("metrics", {}).get("test", {})
+    if (
+        not isinstance(test, dict)
+        or not isinstance(test.get("mean") or {}, dict)
+        or not isinstance(test.get("labels", {}), dict)
+        or not all(isinstance(m, dict) for m in test.get("labels", {}).values())
+    ):
+        return "'metrics' must hold the test metrics as objects"
+    data = meta.get("data", {})
+    if not all(isinstance(data.get(key) or {}, dict) for key in ("proteins", "label_counts")):
+        return "'data' must count proteins and labels in objects"
+    texts = {
+        "created": meta.get("created"),
+        **{k: data.get(k) for k in ("path", "sha256", "split_sha256")},
+    }
+    wrong = next((k for k, v in texts.items() if v is not None and not isinstance(v, str)), None)
+    if wrong is not None:
+        return f"{quoted(wrong)} must be text"
+    if not isinstance(meta.get("history", []), list):
+        return "'history' must be a list"
     return None
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import sys
@@ -21,10 +23,37 @@ Examples:
 """
 
 
+class _ClosedOutput(io.TextIOBase):
+    """Standard output after ``>&-``: writing to it is the error a closed descriptor gives."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "standard output is closed; pass --out FILE or leave it open")
+
+
+def _guard_closed_stdout() -> None:
+    """With standard output closed (``synnav predict x.fa >&-``) Python has no ``sys.stdout``:
+    the first row written was a TypeError traceback, and the next file opened would take
+    descriptor 1. The descriptor is taken by /dev/null instead, and a write to standard output
+    is one line (an OSError, below)."""
+    if sys.stdout is not None:
+        return
+    try:
+        os.fstat(1)
+    except OSError:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        if fd != 1:
+            os.close(fd)
+    sys.stdout = _ClosedOutput()
+
+
 class SynnavGroup(click.Group):
     """Turns user errors into one line on stderr and exit code 1, never a traceback."""
 
     def invoke(self, ctx: click.Context):
+        _guard_closed_stdout()
         try:
             return super().invoke(ctx)
         except UserError as error:

@@ -76,7 +76,8 @@ class ResumableOutput:
             state = json.loads(self.state_path.read_text(encoding="utf-8"))
             rows, size, sha = int(state["rows"]), int(state["bytes"]), str(state["input_sha256"])
             written, header_lines = str(state["output_sha256"]), int(state["header_lines"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError, OverflowError):
+            # Not JSON, nested too deeply, not an object, a size of 1e999 or of another kind.
             console.warn(f"{self.state_path} is unreadable; starting {self.out} from scratch")
             return None
         if state.get("fingerprint") != self.fingerprint:

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from synnav_cli import console
-from synnav_cli.errors import UserError
+from synnav_cli.errors import UserError, quoted
 from synnav_cli.runtime import hardware
 
 # Ranks wait at barriers while rank 0 writes a model directory or scores a long test split.
@@ -274,15 +274,20 @@ def broadcast_chunks(items: Iterable | None, size: int) -> Iterator[list]:
         yield chunk
 
 
+MAX_SHARDS = 1_000_000_000
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """``"I/N"`` (1-based, as array-job task ids usually are) as ``(I - 1, N)``."""
     index, sep, count = text.partition("/")
     try:
         i, n = int(index), int(count)
     except ValueError:
-        raise UserError(f"--shard {text!r}: expected I/N, e.g. 3/8") from None
+        raise UserError(f"--shard {quoted(text)}: expected I/N, e.g. 3/8") from None
     if not sep or n < 1 or not 1 <= i <= n:
-        raise UserError(f"--shard {text!r}: expected I/N with 1 <= I <= N")
+        raise UserError(f"--shard {quoted(text)}: expected I/N with 1 <= I <= N")
+    if n > MAX_SHARDS:  # islice takes no step past sys.maxsize, and no job has that many parts
+        raise UserError(f"--shard {quoted(text)}: at most {MAX_SHARDS:,} shards")
     return i - 1, n
 
 
