@@ -4,11 +4,15 @@ A run lives in ``<out>.partial/`` until it completes; ``resume`` continues an in
 its last checkpoint and gives the model an uninterrupted run would have given. A resume writes
 only to the run's own location, and the data and configuration must be the ones the run started
 with. One run at a time holds the workspace (a lock file inside it). The finished model directory
-appears only when training completes.
+appears only when training completes. A run that fails before its first checkpoint (weights that
+cannot be fetched, say) removes the workspace it made: nothing in it could be resumed.
 """
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from synnav_cli.train import checkpoint, head_only
 from synnav_cli.train.config import TrainConfig, config_from_record
 from synnav_cli.train.loop import FineTuning
 from synnav_cli.train.setup import (
+    LOCK_FILE,
     PARTIAL_SUFFIX,
     RUN_FILE,
     RunSetup,
@@ -58,13 +63,13 @@ def train(
     config.validate()
     distributed.init()
     config.backbone = get_backbone(config.backbone).id
-    # Ranks would each stamp their own time; rank 0's name is the one used.
     if out is not None:
         check_output_folder(out)  # the models directory, the default's, is made when missing
+    # Ranks would each stamp their own time; rank 0's name is the one used.
     out = distributed.broadcast(Path(out) if out is not None else default_out_dir(config.backbone))
     check_replaceable(out, force)
     workspace = workspace_of(out)
-    with holding(workspace):
+    with _new_workspace(workspace):
         if checkpoint.exists(workspace):
             raise UserError(
                 f"an interrupted run is waiting in {workspace}; continue it with "
@@ -84,6 +89,31 @@ def train(
         return _train_prepared(
             prepare(workspace, record, config, dataset, device=device), offline=offline
         )
+
+
+@contextmanager
+def _new_workspace(workspace: Path) -> Iterator[None]:
+    """:func:`holding` the workspace of a new run; if this run made it and fails before its first
+    checkpoint, the workspace goes again (its files while the lock is held, then the folder)."""
+    made = distributed.is_main() and not (workspace.exists() or workspace.is_symlink())
+    discard = False
+    try:
+        with holding(workspace):
+            try:
+                yield
+            except BaseException:
+                discard = made and not checkpoint.exists(workspace)
+                if discard:
+                    for path in workspace.iterdir():
+                        if path.is_dir() and not path.is_symlink():
+                            shutil.rmtree(path, ignore_errors=True)
+                        elif path.name != LOCK_FILE:
+                            path.unlink(missing_ok=True)
+                raise
+    finally:
+        if discard:
+            with suppress(OSError):  # another run took it meanwhile: it is that run's now
+                workspace.rmdir()
 
 
 def resume(workspace: Path, *, device: str = "auto", offline: bool = False) -> TrainResult:
