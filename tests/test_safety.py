@@ -476,6 +476,21 @@ def test_malformed_model_metadata_is_one_line_and_does_not_hide_other_models(run
     assert good.exists()
 
 
+def test_a_model_of_a_newer_format_is_refused_naming_the_format_read(runner, tmp_path):
+    models = Path(os.environ["SYNNAV_DATA_DIR"]) / "models"
+    launch.tiny_model_dir(models / "good")
+    newer = launch.tiny_model_dir(models / "newer")
+    meta = json.loads((newer / "synnav-model.json").read_text())
+    (newer / "synnav-model.json").write_text(json.dumps({**meta, "format_version": 999}))
+    fasta = launch.write_fasta(tmp_path / "in.fasta", 3)
+    for args in (["predict", str(fasta), "--model", str(newer)], ["models", "show", str(newer)]):
+        one_error_line(runner.invoke(cli, args), "format 999", "format 1", "newer synnav")
+    listing = runner.invoke(cli, ["models", "list"])
+    assert listing.exit_code == 0 and "good" in listing.stdout and "format 999" in listing.stderr, listing.output
+    (newer / "synnav-model.json").write_text(json.dumps({**meta, "format_version": "2"}))
+    one_error_line(runner.invoke(cli, ["models", "show", str(newer)]), "damaged", "format_version")
+
+
 @pytest.mark.parametrize("label", ["\x1b[2Jcytosol", "ER\tlumen", "nucleus\x9b31m", "mito\u202echondrion",
                                    "a\nb"])
 def test_control_characters_in_label_names_are_refused_when_loading(runner, tmp_path, label):

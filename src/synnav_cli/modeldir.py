@@ -123,6 +123,13 @@ def read_model_info(path: Path) -> ModelInfo:
         raise UserError(f"{metadata} is damaged: {error}") from None
     except RecursionError:
         raise UserError(f"{metadata} is damaged: nested too deeply") from None
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if type(version) is int and version > FORMAT_VERSION:
+        # Read on, a newer layout's meaning would be guessed; refuse it instead, by name.
+        raise UserError(
+            f"{path} was saved in model format {version} by a newer synnav; this one reads "
+            f"format {FORMAT_VERSION}: upgrade synnav to use it"
+        )
     problem = metadata_problem(meta)
     if problem:
         raise UserError(f"{metadata} is damaged: {problem}")
@@ -169,6 +176,9 @@ def metadata_problem(meta: object) -> str | None:
         isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
     ):
         return f"'max_length' must be a whole number of at least 1, not {quoted(max_length)}"
+    version = meta.get("format_version", FORMAT_VERSION)
+    if type(version) is not int or version < 1:
+        return f"'format_version' must be a whole number of at least 1, not {quoted(version)}"
     return _description_problem(meta)
 
 
