@@ -657,3 +657,80 @@ def test_out_over_a_private_file_keeps_it_private(runner, tmp_path):
     finally:
         os.umask(previous)
         files._umask.cache_clear()
+
+
+# 12. Spreadsheets never run a cell ----------------------------------------------------------------
+
+FORMULAS = ["=1+1", "+SUM(1,2)", "-2+3", "@SUM(1)", '=HYPERLINK("http://example.com/x","open")', "'quoted"]
+
+
+def test_formula_ids_and_labels_are_text_in_csv_and_tsv(runner, tmp_path):
+    """OWASP's CSV-injection advice: a text cell starting with = + - @ (or ') gets a leading ',
+    always in csv, in tsv unless --raw-ids; jsonl is verbatim. Dropping one leading ' gives the id
+    back, for pandas or R."""
+    import csv
+
+    model = launch.tiny_model_dir(tmp_path / "m", labels=["=cmd|' /C calc'!A0", "nucleus"])
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text("".join(f">{name}\nMKVLAAGIVLLLSAAQGHWEDKRPTSNC\n" for name in [*FORMULAS, "P12345"]))
+    neutral = [f"'{name}" for name in FORMULAS] + ["P12345"]
+
+    def table(fmt: str, *extra: str) -> list[list[str]]:
+        result = runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "--format", fmt,
+                                     "--threshold", "0", *extra])
+        assert result.exit_code == 0, result.output
+        return list(csv.reader(result.stdout.splitlines(), delimiter="," if fmt == "csv" else "\t"))
+
+    for rows in (table("csv"), table("tsv")):
+        assert rows[0] == ["id", "length", "'=cmd|'_/C_calc'!A0", "nucleus", "predicted", "status"]
+        assert [row[0] for row in rows[1:]] == neutral
+        assert {row[4] for row in rows[1:]} == {"'=cmd|'_/C_calc'!A0;nucleus"}
+        assert [row[0].removeprefix("'") for row in rows[1:]] == [*FORMULAS, "P12345"]  # as pandas would
+        assert all(not cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row)
+    raw = table("tsv", "--raw-ids")
+    assert [row[0] for row in raw[1:]] == [*FORMULAS, "P12345"] and raw[0][2] == "=cmd|'_/C_calc'!A0"
+    jsonl = runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "--format", "jsonl"])
+    assert [json.loads(line)["id"] for line in jsonl.stdout.splitlines()] == [*FORMULAS, "P12345"]
+    one_error_line(runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "--format", "csv",
+                                       "--raw-ids"]), "--raw-ids is for --format tsv")
+
+
+def test_formula_ids_in_comparisons_and_merged_parts(runner, tmp_path):
+    import csv
+
+    model = launch.tiny_model_dir(tmp_path / "m")
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(">=1+1\nMKVLAAGIVLLLSAAQ\n>=1+1_mut_K2R\nMRVLAAGIVLLLSAAQ\n>@SUM(1)\nMKV\n")
+    result = runner.invoke(cli, ["predict", str(fasta), "--compare", "--model", str(model), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(result.stdout.splitlines()))
+    assert rows[1][:2] == ["'=1+1_mut_K2R", "'=1+1"]
+    parts = []
+    for shard in (1, 2):
+        parts.append(tmp_path / f"part-{shard}.tsv")
+        result = runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "--shard", f"{shard}/2",
+                                     "--out", str(parts[-1])])
+        assert result.exit_code == 0, result.output
+    merged = runner.invoke(cli, ["merge", *map(str, parts), "--fasta", str(fasta)])
+    assert merged.exit_code == 0, merged.output
+    assert [line.split("\t")[0] for line in merged.stdout.splitlines()] == ["id", "'=1+1", "'=1+1_mut_K2R",
+                                                                              "'@SUM(1)"]
+
+
+def test_spreadsheet_text_round_trips():
+    from synnav_cli.predict.writer import original_text, spreadsheet_text
+
+    for cell in ["=1", "+1", "-1", "@A", "\t=1", "\r=1", "'", "''x", "P12345", "", "a=b", "1-2"]:
+        assert original_text(spreadsheet_text(cell)) == cell
+        assert not spreadsheet_text(cell).startswith(("=", "+", "-", "@", "\t", "\r"))
+    assert spreadsheet_text("a=b") == "a=b" and spreadsheet_text("\t=1") == "'\t=1"
+
+
+def test_explain_tables_name_formula_labels_as_text(tmp_path):
+    import numpy as np
+
+    from synnav_cli.predict.explain import Explanation, write_tsv
+
+    explanation = Explanation("=1+1", "MK", ["=cmd", "nucleus"], [0.9, 0.8], True, np.zeros((2, 2)))
+    write_tsv(explanation, tmp_path / "x.tsv")
+    assert (tmp_path / "x.tsv").read_text().splitlines()[0] == "position\tresidue\t'=cmd\tnucleus"

@@ -28,6 +28,13 @@ from synnav_cli.errors import UserError
     help="Output format.",
 )
 @click.option(
+    "--raw-ids",
+    is_flag=True,
+    help="Write tsv ids and label names as they are. Without it, one that starts with = + - @ "
+    "or ' (a spreadsheet would run it as a formula) gets a leading ', as csv always does "
+    "(docs/safety.md).  [default: off]",
+)
+@click.option(
     "--out",
     "-o",
     type=click.Path(path_type=Path),
@@ -101,6 +108,7 @@ def predict(
     fasta: str,
     model: str | None,
     fmt: str,
+    raw_ids: bool,
     out: Path | None,
     thresholds: tuple[str, ...],
     long_policy: str,
@@ -124,6 +132,10 @@ def predict(
     """
     from synnav_cli.predict.run import run_prediction
 
+    if raw_ids and fmt == "csv":
+        raise UserError(
+            "--raw-ids is for --format tsv; csv, the spreadsheet format, always has the '"
+        )
     if explain_dir is None and not compare:
         run_prediction(
             fasta,
@@ -138,6 +150,7 @@ def predict(
             shard=shard,
             skip_invalid=skip_invalid,
             precision=precision,
+            raw_ids=raw_ids,
         )
         return
     if shard is not None:
@@ -165,7 +178,9 @@ def predict(
                 offline=offline,
                 precision=precision,
             )
-            run_comparison(loaded, source, fmt=fmt, out=out, long_policy=long_policy)
+            run_comparison(
+                loaded, source, fmt=fmt, out=out, long_policy=long_policy, raw_ids=raw_ids
+            )
         else:
             run_prediction(
                 source,
@@ -179,6 +194,7 @@ def predict(
                 offline=offline,
                 skip_invalid=skip_invalid,
                 precision=precision,
+                raw_ids=raw_ids,
             )
         if explain_dir is not None:
             from synnav_cli.predict.explain import write_explanations

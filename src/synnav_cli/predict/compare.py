@@ -20,6 +20,7 @@ from synnav_cli import console
 from synnav_cli.data.dataset import column_name
 from synnav_cli.data.fasta import FastaRecord
 from synnav_cli.errors import UserError
+from synnav_cli.predict.writer import text_cells
 from synnav_cli.scoring.load import LoadedModel
 
 MUTANT_MARKER = "_mut"
@@ -120,11 +121,17 @@ def compare_records(
 
 
 def write_comparisons(
-    comparisons: list[Comparison], handle: IO[str], fmt: str, label_names: list[str]
+    comparisons: list[Comparison],
+    handle: IO[str],
+    fmt: str,
+    label_names: list[str],
+    *,
+    raw_ids: bool = False,
 ) -> None:
     """``mutant, wild_type, delta_<label>..., predicted, gained, lost`` as tsv, csv or jsonl.
 
     Deltas are empty (null in jsonl) when the mutant or its wild type was skipped as too long.
+    Text cells are written as :func:`writer.text_cells` says for ``fmt`` and ``raw_ids``.
     """
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
@@ -150,6 +157,7 @@ def write_comparisons(
             )
         return
     writer = csv.writer(handle, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
+    text = text_cells(fmt, raw_ids)
     writer.writerow(
         [
             "mutant",
@@ -164,12 +172,12 @@ def write_comparisons(
         cells = [""] * len(label_names) if c.delta is None else [f"{d:+.4f}" for d in c.delta]
         writer.writerow(
             [
-                c.mutant,
-                c.wild_type,
+                text(c.mutant),
+                text(c.wild_type),
                 *cells,
-                ";".join(c.predicted),
-                ";".join(c.gained),
-                ";".join(c.lost),
+                text(";".join(c.predicted)),
+                text(";".join(c.gained)),
+                text(";".join(c.lost)),
             ]
         )
 
@@ -181,6 +189,7 @@ def run_comparison(
     fmt: str = "tsv",
     out: Path | None = None,
     long_policy: str = "truncate",
+    raw_ids: bool = False,
 ) -> int:
     """Compare the mutants in ``fasta`` with their wild types; write the table to ``out`` or stdout.
 
@@ -191,5 +200,5 @@ def run_comparison(
 
     comparisons = compare_records(loaded, read_fasta(fasta), long_policy=long_policy)
     with output_handle(out, inputs=[fasta]) as handle:
-        write_comparisons(comparisons, handle, fmt, loaded.info.label_names)
+        write_comparisons(comparisons, handle, fmt, loaded.info.label_names, raw_ids=raw_ids)
     return len(comparisons)

@@ -29,6 +29,7 @@ from synnav_cli.data.dataset import column_name
 from synnav_cli.data.fasta import FastaRecord, read_fasta
 from synnav_cli.errors import UserError
 from synnav_cli.files import replace_atomically
+from synnav_cli.predict.writer import spreadsheet_text
 from synnav_cli.runtime import hardware
 from synnav_cli.scoring.load import LoadedModel
 from synnav_cli.scoring.score import halve_budget
@@ -236,7 +237,8 @@ def write_tsv(explanation: Explanation, path: Path) -> None:
     def write(tmp: Path) -> None:
         with tmp.open("w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-            writer.writerow(["position", "residue", *explanation.labels])
+            labels = [spreadsheet_text(label) for label in explanation.labels]
+            writer.writerow(["position", "residue", *labels])
             for i, residue in enumerate(explanation.sequence):
                 writer.writerow(
                     [i + 1, residue, *(f"{v:.6g}" for v in explanation.attributions[i])]

@@ -36,6 +36,7 @@ from synnav_cli.files import (
     replacing_mode,
     write_json_atomic,
 )
+from synnav_cli.predict.writer import spreadsheet_text
 
 
 def digest_record(digest, record: FastaRecord) -> None:
@@ -306,7 +307,8 @@ def _interleave(
                 continue
             if expected is not None:
                 want, got = next(expected, None), _row_id(line, delimiter)
-                if want != got:
+                # A tsv or csv id may carry the ' that keeps a spreadsheet from running it.
+                if want != got and (want is None or got != spreadsheet_text(want)):
                     raise UserError(
                         f"{parts[r]} has {got!r} where the input has {want!r}: "
                         f"a part is missing, out of order or from another input"

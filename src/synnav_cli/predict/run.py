@@ -147,6 +147,7 @@ def run_prediction(
     shard: str | None = None,
     skip_invalid: bool = False,
     precision: str = "auto",
+    raw_ids: bool = False,
 ) -> int:
     """Predict every record of ``fasta`` (path or ``-``) to ``out`` or stdout; returns the count.
 
@@ -168,6 +169,8 @@ def run_prediction(
             why; without it an invalid record anywhere stops the run before anything is scored.
         precision: auto, fp32, bf16 or fp16 (see ``hardware.scoring_precision``); recorded in a
             resumable ``--out`` file's fingerprint, so a resumed run never mixes precisions.
+        raw_ids: tsv ids and label names as they are, without the ``'`` that keeps a
+            spreadsheet from running one as a formula (``writer.text_cells``; csv always has it).
     """
     shard_index, shard_count = distributed.parse_shard(shard) if shard else (0, 1)
     distributed.init()
@@ -207,6 +210,8 @@ def run_prediction(
                     info, fmt, thresholds, long_policy, limit, (shard_index, shard_count)
                 )
                 fingerprint["precision"] = runtime.precision
+                if raw_ids:
+                    fingerprint["raw_ids"] = True
                 resumable = ResumableOutput(out, fingerprint)
                 records = resumable.skip_done(records)
         # The validation pass counted the records: this run scores its shard's, less any a
@@ -242,6 +247,7 @@ def run_prediction(
             fmt,
             info.label_names,
             thresholds,
+            raw_ids,
         )
 
 
@@ -283,10 +289,11 @@ def _write_predictions(
     fmt: str,
     label_names: list[str],
     thresholds: list[float],
+    raw_ids: bool,
 ) -> int:
     count = 0
     if resumable is None:
-        writer = PredictionWriter(sys.stdout, fmt, label_names, thresholds)
+        writer = PredictionWriter(sys.stdout, fmt, label_names, thresholds, raw_ids=raw_ids)
         sys.stdout.write(writer.header)
         for chunk in chunks:
             for prediction in chunk:
@@ -295,9 +302,11 @@ def _write_predictions(
         sys.stdout.flush()
         console.detail(f"{count} proteins predicted")
         return count
-    header = PredictionWriter(io.StringIO(), fmt, label_names, thresholds).header
+    header = PredictionWriter(io.StringIO(), fmt, label_names, thresholds, raw_ids=raw_ids).header
     try:
-        writer = PredictionWriter(resumable.open(header), fmt, label_names, thresholds)
+        writer = PredictionWriter(
+            resumable.open(header), fmt, label_names, thresholds, raw_ids=raw_ids
+        )
         for chunk in chunks:
             for prediction in chunk:
                 writer.write(prediction)

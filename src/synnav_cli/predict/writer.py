@@ -1,6 +1,7 @@
 """Prediction rows as TSV, CSV or JSON lines.
 
-Columns: ``id, length, <one probability per label>, predicted, status``.
+Columns: ``id, length, <one probability per label>, predicted, status``. A text cell that a
+spreadsheet would run as a formula gets a leading ``'`` (see :func:`spreadsheet_text`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,30 @@ from synnav_cli.errors import UserError
 
 FORMATS = ("tsv", "csv", "jsonl")
 
+# Excel and LibreOffice run a cell that starts with one of these as a formula (=1+1, +SUM(1,2),
+# -2+3, @SUM(1), or a tab or carriage return ahead of one). OWASP's advice is a leading ' that
+# makes the cell text. ' itself is on the list, so that reading back is one rule for every cell:
+# one that starts with ' had one added (:func:`original_text`).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def spreadsheet_text(cell: str) -> str:
+    """``cell`` as a spreadsheet will show and never run: ``'`` ahead of a formula's first sign."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
+def original_text(cell: str) -> str:
+    """The text :func:`spreadsheet_text` was given (one leading ``'`` dropped)."""
+    return cell.removeprefix("'")
+
+
+def text_cells(fmt: str, raw_ids: bool = False):
+    """How a format writes text cells (ids, label names): csv always for spreadsheets, tsv too
+    unless ``raw_ids``, jsonl as they are (JSON strings are never formulas)."""
+    if fmt == "csv" or (fmt == "tsv" and not raw_ids):
+        return spreadsheet_text
+    return str
+
 
 @dataclass
 class Prediction:
@@ -34,10 +59,19 @@ class PredictionWriter:
     The tsv/csv header is :attr:`header`; the caller writes it (a resumed file already has it).
     """
 
-    def __init__(self, handle: IO[str], fmt: str, label_names: list[str], thresholds: list[float]):
+    def __init__(
+        self,
+        handle: IO[str],
+        fmt: str,
+        label_names: list[str],
+        thresholds: list[float],
+        *,
+        raw_ids: bool = False,
+    ):
         if fmt not in FORMATS:
             raise UserError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
         self.handle, self.fmt = handle, fmt
+        self._text = text_cells(fmt, raw_ids)
         # Output names have no spaces: ``excitatory synapse`` is written ``excitatory_synapse``.
         self.label_names = [column_name(name) for name in label_names]
         self.thresholds = np.asarray(thresholds)
@@ -47,7 +81,7 @@ class PredictionWriter:
         if fmt != "jsonl":
             dialect = {"delimiter": "\t" if fmt == "tsv" else ",", "lineterminator": "\n"}
             line = io.StringIO()
-            csv.writer(line, **dialect).writerow(self.columns)
+            csv.writer(line, **dialect).writerow([self._text(c) for c in self.columns])
             self.header = line.getvalue()
             self._csv = csv.writer(handle, **dialect)
 
@@ -64,9 +98,8 @@ class PredictionWriter:
             ]
         if self._csv is not None:
             cells = ["" if p is None else f"{p:.4f}" for p in probs]
-            self._csv.writerow(
-                [prediction.id, prediction.length, *cells, ";".join(predicted), prediction.status]
-            )
+            identifier, labels = self._text(prediction.id), self._text(";".join(predicted))
+            self._csv.writerow([identifier, prediction.length, *cells, labels, prediction.status])
         else:
             row = {
                 "id": prediction.id,
