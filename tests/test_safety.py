@@ -590,6 +590,22 @@ def test_a_nul_in_a_header_is_refused(runner, model_and_fasta, tmp_path):
     assert "\x00" not in result.output
 
 
+@pytest.mark.parametrize("char", ["\x85", "\x9b", "\u2028", "\u2029", "\u202e"])
+def test_c1_controls_and_line_or_bidi_separators_in_a_header_are_refused(runner, model_and_fasta, tmp_path, char):
+    # str.splitlines() breaks a row at U+0085, U+2028 and U+2029; U+009B starts a terminal escape
+    # sequence; U+202E reverses what a terminal or a spreadsheet shows.
+    model, _ = model_and_fasta
+    fasta = tmp_path / "c1.fasta"
+    fasta.write_text(f">p1{char}evil\nMKVLAAGIV\n>p2\nMKV\n", encoding="utf-8")
+    for args in (["predict", str(fasta), "--model", str(model)],
+                 ["embed", str(fasta), "-b", "tiny", "-o", str(tmp_path / "e.npz")]):
+        result = runner.invoke(cli, args)
+        one_error_line(result, "control characters")
+        assert char not in result.output
+    kept = runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "--skip-invalid"])
+    assert kept.exit_code == 0 and char not in kept.stdout and len(kept.stdout.splitlines()) == 3, kept.output
+
+
 def test_a_byte_order_mark_is_accepted(runner, model_and_fasta, tmp_path, small_dataset):
     model, fasta = model_and_fasta
     marked = tmp_path / "bom.fasta"

@@ -1,7 +1,8 @@
 """Reading FASTA for prediction: validated records, one at a time, so memory stays flat.
 
 A record's identifier is the header up to its first space; identifiers must be unique and free of
-control characters, and sequences hold amino-acid codes only.
+control characters (C0, C1, line separators, bidirectional overrides: see :func:`_printable`),
+and sequences hold amino-acid codes only.
 """
 
 from __future__ import annotations
@@ -160,7 +161,11 @@ def _parse_fasta(handle: IO[str], label: str, *, keep_invalid: bool) -> Iterator
 
 
 def _printable(record_id: str) -> bool:
-    return not any(ord(c) < 32 or ord(c) == 127 for c in record_id)
+    """No C0 or C1 control character (U+009B starts a terminal escape), line or paragraph
+    separator (``str.splitlines()`` breaks a row at U+0085, U+2028, U+2029), bidirectional
+    override or other invisible format character: what ``str.isprintable`` refuses, as for
+    label names."""
+    return record_id.isprintable()
 
 
 def _check_record(record_id: str, raw: str, seen: set[str]) -> str:
