@@ -19,7 +19,6 @@ import socket
 from pathlib import Path
 
 import pytest
-
 from hub_weights import (  # noqa: F401 - re-exported for the tests
     LFS_SUFFIXES,
     blob_of,
@@ -36,7 +35,6 @@ from hub_weights import (  # noqa: F401 - re-exported for the tests
     tiny_esm2_files,
     tiny_esmc_checkpoint,
 )
-
 
 # --- fixtures -----------------------------------------------------------------------------------
 

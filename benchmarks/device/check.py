@@ -45,7 +45,6 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +91,7 @@ GPU = Profile(
 SMOKE = Profile(
     kind="smoke", device="cpu", tiny=True, gpu_check=("--smoke",),
     proteins=(24, 6, 6), median_length=60, max_length=150, long_length=300,
-    explain_steps=4, epochs=2, stop_after_steps=1, budget_s=270.0,
+    explain_steps=4, epochs=1, stop_after_steps=1, budget_s=270.0,
     limits={"install": 60, "environment": 60, "gpu_check": 150, "weights": 60,
             "train_interrupted": 60, "train_resume": 60, "predict_explain": 60,
             "train_esm2": 60, "torchrun_train": 120},
@@ -139,10 +138,18 @@ class Launch:
         }
         if self.probes:
             out["processes"] = self.probes
-            peaks = [p["peak_gpu_allocated_bytes"] for p in self.probes if "peak_gpu_allocated_bytes" in p]
+            peaks = [
+                p["peak_gpu_allocated_bytes"]
+                for p in self.probes
+                if "peak_gpu_allocated_bytes" in p
+            ]
             if peaks:
                 out["peak_gpu_allocated_bytes"] = max(peaks)
-                out["peak_gpu_reserved_bytes"] = max(p["peak_gpu_reserved_bytes"] for p in self.probes if "peak_gpu_reserved_bytes" in p)
+                out["peak_gpu_reserved_bytes"] = max(
+                    p["peak_gpu_reserved_bytes"]
+                    for p in self.probes
+                    if "peak_gpu_reserved_bytes" in p
+                )
         return out
 
 
@@ -160,10 +167,13 @@ class Check:
         self.data = self.work / "data.json"
         self.long_fasta = self.work / "long.fasta"
         self.model = self.work / "models" / "esmc"
-        self.stem = f"{dt.date.today().isoformat()}-{'cpu-smoke' if profile.kind == 'smoke' else 'gpu'}"
+        self.stem = (
+            f"{dt.date.today().isoformat()}-{'cpu-smoke' if profile.kind == 'smoke' else 'gpu'}"
+        )
         self.deadline = time.monotonic() + (args.budget_s or profile.budget_s)
         self.results: dict = {"kind": profile.kind, "started": _now(), "steps": {}}
-        self._step_limit = 0.0
+        self._step_start = self._step_limit = 0.0
+        self._launches = 0
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -194,8 +204,14 @@ class Check:
         env.update(extra)
         return env
 
-    def launch(self, command: list[str], *, probe: str | None = None, env: dict | None = None,
-               stop_after_steps: int | None = None) -> Launch:
+    def launch(
+        self,
+        command: list[str],
+        *,
+        probe: str | None = None,
+        env: dict | None = None,
+        stop_after_steps: int | None = None,
+    ) -> Launch:
         """Run ``command`` in its own process group within the step's time left; with ``probe``
         (a folder name), collect probe.py's records; with ``stop_after_steps``, send SIGTERM once
         the process has taken that many optimiser steps."""
@@ -207,8 +223,20 @@ class Check:
             env["SYNNAV_PROBE_DIR"] = str(probe_dir)
         limit = max(1.0, self._step_limit - (time.monotonic() - self._step_start))
         started = time.monotonic()
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+        # Output goes to files, not pipes: nothing can block on a full pipe while this waits.
+        logs = self.work / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self._launches += 1
+        out_file, err_file = (logs / f"{self._launches}.{kind}" for kind in ("out", "err"))
+        with out_file.open("w") as stdout, err_file.open("w") as stderr:
+            process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+            )
         timed_out = False
         if stop_after_steps is not None and probe_dir is not None:
             steps_file = probe_dir / "steps-0"
@@ -218,16 +246,25 @@ class Check:
                     break
                 time.sleep(0.02)
         try:
-            stdout, stderr = process.communicate(timeout=max(1.0, limit - (time.monotonic() - started)))
+            process.wait(timeout=max(1.0, limit - (time.monotonic() - started)))
         except subprocess.TimeoutExpired:
             timed_out = True
             os.killpg(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
+            process.wait()
+        stdout = out_file.read_text(errors="replace")
+        stderr = err_file.read_text(errors="replace")
         probes = []
         if probe_dir is not None and probe_dir.exists():
             probes = [json.loads(p.read_text()) for p in sorted(probe_dir.glob("probe-*.json"))]
-        return Launch(command, process.returncode, stdout, stderr, time.monotonic() - started,
-                      timed_out, probes)
+        return Launch(
+            command,
+            process.returncode,
+            stdout,
+            stderr,
+            time.monotonic() - started,
+            timed_out,
+            probes,
+        )
 
     def synnav(self, args: list[str], probe: str, **options) -> Launch:
         return self.launch([sys.executable, str(PROBE), *args], probe=probe, **options)
@@ -240,8 +277,11 @@ class Check:
 
     def run(self) -> int:
         wanted = [s for s in STEPS if not self.args.only or s in self.args.only.split(",")]
-        print(f"device check ({self.profile.kind}): steps {', '.join(wanted)}; results in {self.out}",
-              file=sys.stderr, flush=True)
+        print(
+            f"device check ({self.profile.kind}): steps {', '.join(wanted)}; results in {self.out}",
+            file=sys.stderr,
+            flush=True,
+        )
         if self.work.exists() and not self.args.keep_work:
             shutil.rmtree(self.work)
         self.model.parent.mkdir(parents=True, exist_ok=True)  # train --out's folder must exist
@@ -257,25 +297,36 @@ class Check:
                     record.update(getattr(self, name)())
                     record["status"] = "ok"
                 except (StepSkipped, StepFailed, TimeoutError) as why:
-                    status = {StepSkipped: "skipped", StepFailed: "failed"}.get(type(why), "timeout")
+                    status = {StepSkipped: "skipped", StepFailed: "failed"}.get(
+                        type(why), "timeout"
+                    )
                     record.update(getattr(why, "record", {}), status=status, error=str(why))
                 except Exception as error:  # noqa: BLE001 - recorded; the next step still runs
-                    record.update(status="failed", error=f"{type(error).__name__}: {error}",
-                                  traceback=traceback.format_exc(limit=4)[-TAIL:])
+                    record.update(
+                        status="failed",
+                        error=f"{type(error).__name__}: {error}",
+                        traceback=traceback.format_exc(limit=4)[-TAIL:],
+                    )
             record = {"status": record.pop("status"), **record}
             record["seconds_total"] = round(time.monotonic() - self._step_start, 2)
             self.results["steps"][name] = record
             self.results["finished"] = _now()
             self.write()
-            print(f"  {name:18s} {record['status']:8s} {record['seconds_total']:7.1f} s"
-                  f"{'  ' + record.get('error', '')[:300] if record.get('error') else ''}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {name:18s} {record['status']:8s} {record['seconds_total']:7.1f} s"
+                f"{'  ' + record.get('error', '')[:300] if record.get('error') else ''}",
+                file=sys.stderr,
+                flush=True,
+            )
         if not self.args.keep_work:
             shutil.rmtree(self.work, ignore_errors=True)
         bad = [n for n, r in self.results["steps"].items() if r["status"] not in ("ok", "skipped")]
-        print(f"device check: {len(self.results['steps']) - len(bad)} of "
-              f"{len(self.results['steps'])} steps ok or skipped; {self.results_path}",
-              file=sys.stderr, flush=True)
+        print(
+            f"device check: {len(self.results['steps']) - len(bad)} of "
+            f"{len(self.results['steps'])} steps ok or skipped; {self.results_path}",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1 if bad else 0
 
     def _checked(self, launch: Launch, what: str) -> dict:
@@ -284,8 +335,10 @@ class Check:
         if launch.timed_out:
             raise _with(TimeoutError(f"{what} ran past the step's time limit"), record)
         if launch.returncode != 0:
-            raise _with(StepFailed(f"{what} exited {launch.returncode}: {_last_line(launch.stderr)}"),
-                        record)
+            raise _with(
+                StepFailed(f"{what} exited {launch.returncode}: {_last_line(launch.stderr)}"),
+                record,
+            )
         return record
 
     # --- steps --------------------------------------------------------------------------------
@@ -297,23 +350,40 @@ class Check:
         out: dict = {"wheels_folder": _short_path(str(folder)), "wheels": [w.name for w in wheels]}
         missing = [w for w in wheels if not _installed(_wheel_distribution(w))]
         out["already_installed"] = {
-            _wheel_distribution(w): _installed(_wheel_distribution(w)) for w in wheels if w not in missing
+            _wheel_distribution(w): _installed(_wheel_distribution(w))
+            for w in wheels
+            if w not in missing
         }
         out["installed"] = [w.name for w in missing]
         if missing:
             self.site.mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
-                       "--no-compile", "--no-cache-dir", "--target", str(self.site), *map(str, missing)]
+            command = [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-index",
+                "--no-deps",
+                "--no-compile",
+                "--no-cache-dir",
+                "--target",
+                str(self.site),
+                *map(str, missing),
+            ]
             out.update(self._checked(self.launch(command), "pip install"))
         dependencies = _dependencies()
-        out["still_missing"] = [
-            d for d in dependencies if not _installed(d, [str(self.site)])
-        ]
+        out["still_missing"] = [d for d in dependencies if not _installed(d, [str(self.site)])]
         if not wheels:
-            raise StepSkipped(f"no wheels in {folder} (fetch_wheels.sh makes them); "
-                              f"missing here: {', '.join(out['still_missing']) or 'nothing'}")
+            raise StepSkipped(
+                f"no wheels in {folder} (fetch_wheels.sh makes them); "
+                f"missing here: {', '.join(out['still_missing']) or 'nothing'}"
+            )
         if out["still_missing"]:
-            raise _with(StepFailed("still missing after the install: " + ", ".join(out["still_missing"])), out)
+            raise _with(
+                StepFailed("still missing after the install: " + ", ".join(out["still_missing"])),
+                out,
+            )
         return out
 
     def environment(self) -> dict:
@@ -322,7 +392,8 @@ class Check:
         code = f"""
 import importlib, json, platform, sys
 import torch
-info = {{"python": platform.python_version(), "executable": sys.executable, "torch": torch.__version__,
+info = {{"python": platform.python_version(), "executable": sys.executable,
+        "torch": torch.__version__,
         "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(), "imports": {{}}}}
 for name in {modules!r}:
     try:
@@ -333,7 +404,8 @@ for name in {modules!r}:
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     info.update(gpu=p.name, gpus=torch.cuda.device_count(), gpu_memory_bytes=p.total_memory,
-                capability=f"{{p.major}}.{{p.minor}}", bf16_supported=torch.cuda.is_bf16_supported())
+                capability=f"{{p.major}}.{{p.minor}}",
+                bf16_supported=torch.cuda.is_bf16_supported())
 from synnav_cli.plugins import get_backbone
 info["esmc600m"] = type(get_backbone("esmc600m")).__name__
 print(json.dumps(info))
@@ -344,16 +416,26 @@ print(json.dumps(info))
         info = json.loads(launch.stdout.strip().splitlines()[-1])
         record.update(info)
         if shutil.which("nvidia-smi"):
-            smi = self.launch(["nvidia-smi", "--query-gpu=name,memory.total,compute_mode,driver_version",
-                               "--format=csv,noheader"])
+            smi = self.launch(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=name,memory.total,compute_mode,driver_version",
+                    "--format=csv,noheader",
+                ]
+            )
             record["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()[-300:]
-        with_git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        with_git = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+        )
         record["git_commit"] = with_git.stdout.strip() or None
         if info.get("gpu"):
             slug = re.sub(r"[^a-z0-9]+", "-", info["gpu"].lower()).strip("-")
+            self.results_path.unlink(missing_ok=True)  # written under the provisional name
             self.stem = f"{dt.date.today().isoformat()}-{slug}"
             self.results["device"] = info["gpu"]
-        self.results["environment"] = {k: record[k] for k in ("python", "torch", "cuda", "git_commit")}
+        self.results["environment"] = {
+            k: record[k] for k in ("python", "torch", "cuda", "git_commit")
+        }
         failed = {k: v for k, v in info["imports"].items() if str(v).startswith("failed")}
         if self.profile.device == "cuda" and not info["cuda_available"]:
             raise _with(StepFailed("torch sees no CUDA device"), record)
@@ -363,43 +445,54 @@ print(json.dumps(info))
 
     def gpu_check(self) -> dict:
         path = self.out / f"{self.stem}-gpu-check.json"
-        launch = self.launch([sys.executable, "benchmarks/gpu_check.py", "--out", str(path),
-                              *self.profile.gpu_check])
+        launch = self.launch(
+            [sys.executable, "benchmarks/gpu_check.py", "--out", str(path), *self.profile.gpu_check]
+        )
         record = launch.record()
         record["results_file"] = path.name
         sections = {}
         if path.exists():
-            sections = {k: v.get("status") for k, v in json.loads(path.read_text())["sections"].items()}
+            sections = {
+                k: v.get("status") for k, v in json.loads(path.read_text())["sections"].items()
+            }
         record["sections"] = sections
         bad = {k: v for k, v in sections.items() if v not in ("ok", "skipped")}
         if launch.timed_out:
             raise _with(TimeoutError("gpu_check ran past its time limit"), record)
         if launch.returncode != 0 or bad or not sections:
-            raise _with(StepFailed(f"gpu_check exited {launch.returncode}; sections not ok: {bad}"), record)
+            raise _with(
+                StepFailed(f"gpu_check exited {launch.returncode}; sections not ok: {bad}"), record
+            )
         return record
 
     def weights(self) -> dict:
         """Random weights where the backbones look, and the data the CLI steps train on."""
         self._write_data()
-        code = """
+        # ESM C weights are drawn on the GPU where there is one: seconds faster at 600M.
+        code = (
+            f"DEVICE = {self.profile.device!r}\n"
+            + """
 import json, time
 from hub_weights import cache_random_weights
 from synnav_cli.plugins import get_backbone
 out = {}
 for name in ("esmc600m", "esm2_8m"):
     start = time.monotonic()
-    snapshot = cache_random_weights(name, seed=0)
+    snapshot = cache_random_weights(name, seed=0, device=DEVICE)
     size = sum(p.stat().st_size for p in snapshot.rglob("*") if p.is_file())
     out[name] = {"seconds": round(time.monotonic() - start, 2), "bytes": size,
                  "repo": get_backbone(name).weights_repo}
 print(json.dumps(out))
 """
+        )
         launch = self.launch([sys.executable, "-c", code])
         record = self._checked(launch, "making the weights")
         record.pop("stderr_tail", None)
         record["backbones"] = json.loads(launch.stdout.strip().splitlines()[-1])
-        record["data"] = {"proteins": dict(zip(("train", "dev", "test"), self.profile.proteins)),
-                          "long_protein_residues": self.profile.long_length}
+        record["data"] = {
+            "proteins": dict(zip(("train", "dev", "test"), self.profile.proteins)),
+            "long_protein_residues": self.profile.long_length,
+        }
         return record
 
     def _write_data(self) -> None:
@@ -408,40 +501,73 @@ print(json.dumps(out))
         records = []
         for split, count in zip(("train", "dev", "test"), p.proteins):
             for _ in range(count):
-                length = int(min(p.max_length, max(30, rng.lognormvariate(0, 0.6) * p.median_length)))
+                length = int(
+                    min(p.max_length, max(30, rng.lognormvariate(0, 0.6) * p.median_length))
+                )
                 sequence = "M" + "".join(rng.choices(RESIDUES, k=length - 1))
                 labels = {}
                 for j, name in enumerate(LABELS):
                     draw = rng.random()
                     # Some unknown labels, and a signal to learn (residue content).
-                    labels[name] = None if draw < 0.1 else int(sequence.count(RESIDUES[j]) > length / 20)
-                records.append({"entry": f"P{len(records):05d}", "sequence": sequence,
-                                "labels": labels, "split": split})
+                    labels[name] = (
+                        None if draw < 0.1 else int(sequence.count(RESIDUES[j]) > length / 20)
+                    )
+                records.append(
+                    {
+                        "entry": f"P{len(records):05d}",
+                        "sequence": sequence,
+                        "labels": labels,
+                        "split": split,
+                    }
+                )
         self.data.write_text(json.dumps(records))
         long = "M" + "".join(rng.choices(RESIDUES, k=p.long_length - 1))
         self.long_fasta.write_text(f">long_protein\n{long}\n")
 
     def _train_args(self, backbone: str, out: Path, epochs: int) -> list[str]:
-        return ["train", "--backbone", backbone, "--data", str(self.data), "--out", str(out),
-                "--epochs", str(epochs), "--batch-size", "8", "--seed", "0",
-                "--device", self.profile.device, "-v"]
+        return [
+            "train",
+            "--backbone",
+            backbone,
+            "--data",
+            str(self.data),
+            "--out",
+            str(out),
+            "--epochs",
+            str(epochs),
+            "--batch-size",
+            "8",
+            "--seed",
+            "0",
+            "--device",
+            self.profile.device,
+            "-v",
+        ]
 
     @property
     def partial(self) -> Path:
         return self.model.with_name(self.model.name + ".partial")
 
     def train_interrupted(self) -> dict:
-        launch = self.synnav(self._train_args("esmc600m", self.model, self.profile.epochs),
-                             "train_interrupted", stop_after_steps=self.profile.stop_after_steps)
+        launch = self.synnav(
+            self._train_args("esmc600m", self.model, self.profile.epochs),
+            "train_interrupted",
+            stop_after_steps=self.profile.stop_after_steps,
+        )
         record = launch.record()
-        record["checkpoint"] = sorted(p.name for p in self.partial.iterdir()) if self.partial.is_dir() else []
+        record["checkpoint"] = (
+            sorted(p.name for p in self.partial.iterdir()) if self.partial.is_dir() else []
+        )
         if launch.timed_out:
             raise _with(TimeoutError("train ran past the step's time limit"), record)
         problems = []
         if launch.returncode == 0 or self.model.exists():
             problems.append(f"it finished (exit {launch.returncode}) before the SIGTERM landed")
         if "training stopped" not in launch.stderr:
-            problems.append(f"no 'training stopped' line (exit {launch.returncode}: {_last_line(launch.stderr)})")
+            problems.append(
+                f"no 'training stopped' line "
+                f"(exit {launch.returncode}: {_last_line(launch.stderr)})"
+            )
         if "checkpoint.json" not in record["checkpoint"]:
             problems.append(f"no checkpoint in {self.partial.name}")
         if problems:
@@ -452,39 +578,72 @@ print(json.dumps(out))
     def train_resume(self) -> dict:
         if not (self.partial / "checkpoint.json").exists():
             raise StepSkipped("no interrupted run to resume")
-        launch = self.synnav(["train", "--resume", str(self.partial), "--device", self.profile.device, "-v"],
-                             "train_resume")
+        launch = self.synnav(
+            ["train", "--resume", str(self.partial), "--device", self.profile.device, "-v"],
+            "train_resume",
+        )
         record = self._checked(launch, "train --resume")
         meta = json.loads((self.model / "synnav-model.json").read_text())
         record["history_epochs"] = len(meta.get("history", []))
         record["best_epoch"] = meta.get("best_epoch")
-        record["test_metrics"] = {k: v for k, v in (meta.get("metrics") or {}).items()
-                                  if not isinstance(v, (dict, list))}
+        record["test_metrics"] = {
+            k: v for k, v in (meta.get("metrics") or {}).items() if not isinstance(v, (dict, list))
+        }
         if record["history_epochs"] != self.profile.epochs:
-            raise _with(StepFailed(f"the model's history has {record['history_epochs']} epochs, "
-                                   f"not {self.profile.epochs}"), record)
+            raise _with(
+                StepFailed(
+                    f"the model's history has {record['history_epochs']} epochs, "
+                    f"not {self.profile.epochs}"
+                ),
+                record,
+            )
         if self.partial.exists():
-            raise _with(StepFailed(f"{self.partial.name} is still there after the model was saved"), record)
+            raise _with(
+                StepFailed(f"{self.partial.name} is still there after the model was saved"), record
+            )
         return record
 
     def predict_explain(self) -> dict:
         if not (self.model / "synnav-model.json").exists():
             raise StepSkipped("no trained model")
         explain, table = self.work / "explain", self.work / "long.tsv"
-        launch = self.synnav(["predict", str(self.long_fasta), "--model", str(self.model),
-                              "--out", str(table), "--explain", str(explain),
-                              "--explain-steps", str(self.profile.explain_steps),
-                              "--device", self.profile.device, "-v"], "predict_explain")
+        launch = self.synnav(
+            [
+                "predict",
+                str(self.long_fasta),
+                "--model",
+                str(self.model),
+                "--out",
+                str(table),
+                "--explain",
+                str(explain),
+                "--explain-steps",
+                str(self.profile.explain_steps),
+                "--device",
+                self.profile.device,
+                "-v",
+            ],
+            "predict_explain",
+        )
         record = self._checked(launch, "predict --explain")
         rows = table.read_text().splitlines()
-        record["prediction"] = dict(zip(rows[0].split("\t"), rows[1].split("\t"))) if len(rows) > 1 else None
+        record["prediction"] = (
+            dict(zip(rows[0].split("\t"), rows[1].split("\t"))) if len(rows) > 1 else None
+        )
         files = sorted(p.name for p in explain.iterdir()) if explain.is_dir() else []
         record["explain_files"] = files
         attributions = explain / "long_protein.tsv"
-        record["attribution_rows"] = len(attributions.read_text().splitlines()) - 1 if attributions.exists() else 0
+        record["attribution_rows"] = (
+            len(attributions.read_text().splitlines()) - 1 if attributions.exists() else 0
+        )
         if record["attribution_rows"] != self.profile.long_length:
-            raise _with(StepFailed(f"{record['attribution_rows']} attribution rows for a "
-                                   f"{self.profile.long_length}-residue protein ({files})"), record)
+            raise _with(
+                StepFailed(
+                    f"{record['attribution_rows']} attribution rows for a "
+                    f"{self.profile.long_length}-residue protein ({files})"
+                ),
+                record,
+            )
         if not any(f.endswith(".png") for f in files):
             raise _with(StepFailed(f"no attribution track (.png) among {files}"), record)
         return record
@@ -502,10 +661,20 @@ print(json.dumps(out))
             smi = self.results["steps"].get("environment", {}).get("nvidia_smi", "")
             record["nvidia_smi"] = smi
             if "exclusive" in smi.lower():
-                raise _with(StepSkipped(f"the GPU's compute mode lets one process at a time: {smi}"), record)
+                raise _with(
+                    StepSkipped(f"the GPU's compute mode lets one process at a time: {smi}"), record
+                )
         out = self.work / "models" / "torchrun"
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                   str(PROBE), *self._train_args("esmc600m", out, 1)]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(PROBE),
+            *self._train_args("esmc600m", out, 1),
+        ]
         env = self.env(OMP_NUM_THREADS="1") if self.profile.device == "cpu" else self.env()
         launch = self.launch(command, probe="torchrun_train", env=env)
         record.update(self._checked(launch, "torchrun train (2 processes)"))
@@ -552,24 +721,36 @@ def _installed(distribution: str, extra_paths: list[str] | None = None) -> str |
 
 def _dependencies() -> list[str]:
     """synnav's runtime dependencies (pyproject.toml) and the extras the steps use."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    names = [re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0] for spec in project["dependencies"]]
+    # Read as text: tomllib is Python 3.11+, and synnav allows 3.10.
+    text = (ROOT / "pyproject.toml").read_text()
+    block = re.search(r"^dependencies = \[(.*?)^\]", text, re.DOTALL | re.MULTILINE).group(1)
+    specs = re.findall(r'^\s*"([^"]+)"', block, re.MULTILINE)
+    names = [re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0] for spec in specs]
     return [*names, *EXTRA_DEPENDENCIES]
 
 
 def markdown(results: dict) -> str:
     """The summary table of a results file, for docs/benchmarks.md."""
     env = results.get("environment", {})
-    head = (f"{results['kind']} run, {results['started']}: {results.get('device', 'CPU')}, "
-            f"torch {env.get('torch', '-')} (CUDA {env.get('cuda') or '-'}), "
-            f"commit {str(env.get('git_commit') or '-')[:10]}")
-    lines = [head, "", "| step | status | seconds | peak GPU memory | note |", "|---|---|---|---|---|"]
+    head = (
+        f"{results['kind']} run, {results['started']}: {results.get('device', 'CPU')}, "
+        f"torch {env.get('torch', '-')} (CUDA {env.get('cuda') or '-'}), "
+        f"commit {str(env.get('git_commit') or '-')[:10]}"
+    )
+    lines = [
+        head,
+        "",
+        "| step | status | seconds | peak GPU memory | note |",
+        "|---|---|---|---|---|",
+    ]
     for name, record in results["steps"].items():
         peak = record.get("peak_gpu_allocated_bytes")
         memory = f"{peak / 2**30:.1f} GiB" if peak else "-"
         note = record.get("error") or _note(name, record)
         note = note.replace("|", "\\|").replace("\n", " ")[:200]
-        lines.append(f"| {name} | {record['status']} | {record['seconds_total']:.0f} | {memory} | {note} |")
+        lines.append(
+            f"| {name} | {record['status']} | {record['seconds_total']:.0f} | {memory} | {note} |"
+        )
     return "\n".join(lines)
 
 
@@ -577,7 +758,9 @@ def _note(name: str, record: dict) -> str:
     if name == "install":
         return f"installed {', '.join(record.get('installed', [])) or 'nothing'}"
     if name == "gpu_check":
-        return f"{record.get('results_file')}: " + ", ".join(f"{k} {v}" for k, v in record.get("sections", {}).items())
+        return f"{record.get('results_file')}: " + ", ".join(
+            f"{k} {v}" for k, v in record.get("sections", {}).items()
+        )
     if name == "train_interrupted":
         return record.get("stopped", "")
     if name == "train_resume":
@@ -592,19 +775,38 @@ def _note(name: str, record: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny backbones on CPU (CI)")
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "device-check-out"),
-                        help="results folder (default: $OUT, else ./device-check-out)")
-    parser.add_argument("--work", type=Path,
-                        default=Path(os.environ.get("TMPDIR", "/tmp")) / "synnav-device-check",
-                        help="scratch folder: weights, checkpoints, models (removed at the end)")
-    parser.add_argument("--wheels", type=Path, default=ROOT / ".device-wheels",
-                        help="carried wheels (fetch_wheels.sh)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(os.environ.get("OUT") or ROOT / "device-check-out"),
+        help="results folder (default: $OUT, else ./device-check-out)",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path(os.environ.get("TMPDIR", "/tmp")) / "synnav-device-check",
+        help="scratch folder: weights, checkpoints, models (removed at the end)",
+    )
+    parser.add_argument(
+        "--wheels",
+        type=Path,
+        default=ROOT / ".device-wheels",
+        help="carried wheels (fetch_wheels.sh)",
+    )
     parser.add_argument("--only", help="comma-separated steps: " + ", ".join(STEPS))
-    parser.add_argument("--budget-s", type=float, help="seconds for every step together "
-                        f"(default: {GPU.budget_s:.0f}; --smoke {SMOKE.budget_s:.0f})")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        help="seconds for every step together "
+        f"(default: {GPU.budget_s:.0f}; --smoke {SMOKE.budget_s:.0f})",
+    )
     parser.add_argument("--keep-work", action="store_true", help="keep the scratch folder")
-    parser.add_argument("--markdown", type=Path, metavar="RESULTS",
-                        help="print the summary table of a results file and exit")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        metavar="RESULTS",
+        help="print the summary table of a results file and exit",
+    )
     args = parser.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))
