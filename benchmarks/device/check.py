@@ -424,10 +424,7 @@ print(json.dumps(info))
                 ]
             )
             record["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()[-300:]
-        with_git = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-        )
-        record["git_commit"] = with_git.stdout.strip() or None
+        record["git_commit"] = _git_commit()
         if info.get("gpu"):
             slug = re.sub(r"[^a-z0-9]+", "-", info["gpu"].lower()).strip("-")
             self.results_path.unlink(missing_ok=True)  # written under the provisional name
@@ -691,6 +688,17 @@ def _with(error: Exception, record: dict) -> Exception:
     """``error``, carrying ``record`` into the step's results (see Check.run)."""
     error.record = record  # type: ignore[attr-defined]
     return error
+
+
+def _git_commit() -> str | None:
+    """HEAD of this checkout; where the copy has no git (a device machine's), $SYNNAV_GIT_COMMIT."""
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        found = ""
+    return found or os.environ.get("SYNNAV_GIT_COMMIT") or None
 
 
 def _now() -> str:
