@@ -236,6 +236,38 @@ def test_only_rank_0_receives_the_mapped_arrays_in_pieces(tmp_path):
     assert main["arrays_received"] == 2 * 11 and main["gathers"] == other["gathers"] > 2
 
 
+LONE_RANK_SCRIPT = """
+from datetime import timedelta
+from synnav_cli.errors import UserError
+from synnav_cli.runtime import distributed
+
+distributed.WAIT_NOTICE_SECONDS = 1
+distributed.TIMEOUT = timedelta(seconds=6)
+try:
+    distributed.init()
+except UserError as error:
+    print(f"Error: {error}")
+"""
+
+
+def test_a_lone_rank_0_says_once_what_it_waits_for(tmp_path):
+    """torchrun with a rank missing: rank 0 blocks in the rendezvous; after a few seconds it says
+    in one line that it waits for the others, and where (it used to wait in silence)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = launch.environment(tmp_path)
+    env.update(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
+    result = launch.run([sys.executable, "-c", LONE_RANK_SCRIPT], env, timeout=120)
+    notices = [line for line in result.stderr.splitlines() if "waiting for" in line]
+    assert len(notices) == 1 and "1 of 2" in notices[0] and f"127.0.0.1:{port}" in notices[0], result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.startswith("Error: ") and result.stdout.count("\n") == 1, result.stdout
+
+
 def test_pieces_hold_a_bounded_number_of_bytes_in_order():
     items = [(np.zeros(n, np.float32), np.zeros((n, 2), np.float32)) for n in (5, 5, 10, 2, 1, 1)]
     runs = distributed.pieces(items, limit=120)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from itertools import islice
@@ -27,11 +28,13 @@ import torch
 import torch.distributed as dist
 
 from synnav_cli import console
-from synnav_cli.errors import UserError, quoted
+from synnav_cli.errors import UserError, one_line, quoted
 from synnav_cli.runtime import hardware
 
 # Ranks wait at barriers while rank 0 writes a model directory or scores a long test split.
 TIMEOUT = timedelta(hours=2)
+# How long a rank waits in the rendezvous before it says what it waits for.
+WAIT_NOTICE_SECONDS = 10.0
 # Results go to rank 0 in pieces of about this many bytes of arrays (see :func:`gather_to_main`).
 PIECE_BYTES = 64 << 20
 
@@ -71,15 +74,42 @@ def init() -> None:
     if use_cuda:
         device_id = torch.device("cuda", local_rank())
         torch.cuda.set_device(device_id)
-    # device_id binds this rank's nccl communicator to its own GPU at once, instead of letting
-    # the first collective guess the device.
-    dist.init_process_group(
-        backend_spec(use_cuda), init_method="env://", timeout=TIMEOUT, device_id=device_id
-    )
+    # The rendezvous blocks until every rank has joined: a rank torchrun did not start (or one
+    # that died) would leave the others waiting in silence, so say so once, after a while.
+    notice = threading.Timer(WAIT_NOTICE_SECONDS, _say_waiting)
+    notice.daemon = True
+    notice.start()
+    try:
+        # device_id binds this rank's nccl communicator to its own GPU at once, instead of
+        # letting the first collective guess the device.
+        dist.init_process_group(
+            backend_spec(use_cuda), init_method="env://", timeout=TIMEOUT, device_id=device_id
+        )
+    except getattr(dist, "DistStoreError", ()) as error:
+        raise UserError(
+            f"{_rendezvous()} gave up after {TIMEOUT} waiting for the other processes "
+            f"({one_line(error)}); start all WORLD_SIZE ranks"
+        ) from None
+    finally:
+        notice.cancel()
     atexit.register(teardown)
     if dist.get_rank() != 0:
         console.set_verbosity(quiet=True)
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115  (for the process's life)
+
+
+def _rendezvous() -> str:
+    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    return f"rank {os.environ.get('RANK', '?')} (rendezvous at {where})"
+
+
+def _say_waiting() -> None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    console.warn(
+        f"{_rendezvous()} is waiting for the other {world - 1} of {world} processes to join "
+        f"({WAIT_NOTICE_SECONDS:g} s so far; it gives up after {TIMEOUT}): if a rank was not "
+        "started or has died, start it or stop this run"
+    )
 
 
 def teardown() -> None:
