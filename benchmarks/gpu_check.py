@@ -688,7 +688,7 @@ class Check:
         return out
 
     def train_bf16(self) -> dict:
-        if self.cuda and not torch.cuda.is_bf16_supported():
+        if self.cuda and not hardware.cuda_has_native_bf16():
             raise SkipSection("this GPU has no bf16")
         return self._train("bf16")
 

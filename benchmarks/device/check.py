@@ -402,10 +402,12 @@ for name in {modules!r}:
     except Exception as error:
         info["imports"][name] = "failed: " + type(error).__name__ + ": " + str(error)[:200]
 if torch.cuda.is_available():
+    from synnav_cli.runtime.hardware import cuda_has_native_bf16
     p = torch.cuda.get_device_properties(0)
     info.update(gpu=p.name, gpus=torch.cuda.device_count(), gpu_memory_bytes=p.total_memory,
                 capability=f"{{p.major}}.{{p.minor}}",
-                bf16_supported=torch.cuda.is_bf16_supported())
+                bf16_supported=torch.cuda.is_bf16_supported(),
+                bf16_native=cuda_has_native_bf16())
 from synnav_cli.plugins import get_backbone
 info["esmc600m"] = type(get_backbone("esmc600m")).__name__
 print(json.dumps(info))

@@ -349,7 +349,7 @@ def load_model(
         target = model.head
     else:
         target = model
-    # synnav saves the module's own tensors: another dtype or shape means a converted file.
+    # synnav saves the module's own tensors: another dtype means a converted file.
     problem = integrity.tensor_mismatch(state, target.state_dict())
     if problem is not None:
         raise UserError(f"{weights} is damaged: {problem}")

@@ -137,18 +137,18 @@ def load_torch_state_dict(path: Path, *, repo_id: str, filename: str) -> dict[st
 def tensor_mismatch(
     state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
 ) -> str | None:
-    """The tensors of ``state`` whose dtype or shape is not the one the module declares
-    (``expected``: a freshly built module's ``state_dict()``), said in a few words, or None.
+    """The tensors of ``state`` whose dtype is not the one the module declares (``expected``: a
+    freshly built module's ``state_dict()``), said in a few words, or None.
 
     ``load_state_dict`` copies an int32 tensor into a float parameter without a word, and the
-    model then scores every protein alike; names the module lacks, or that ``state`` lacks, are
-    left to its strict loading.
+    model then scores every protein alike. Shapes, and names the module lacks or that ``state``
+    lacks, are left to its strict loading, which refuses them (a shape that differs means weights
+    of another model, not a converted file).
     """
     wrong = [
         f"tensor {quoted(key)} is {_kind(value)} where the model has {_kind(expected[key])}"
         for key, value in state.items()
-        if key in expected
-        and (value.dtype != expected[key].dtype or value.shape != expected[key].shape)
+        if key in expected and value.dtype != expected[key].dtype
     ]
     if not wrong:
         return None
