@@ -26,7 +26,7 @@ from launch import normal_verbosity  # noqa: F401  (an autouse fixture)
 from synnav_cli.cli.main import cli
 from synnav_cli.predict import embed as embed_module
 from synnav_cli.predict.embed_read import read_embeddings
-from synnav_cli.predict.embed_store import input_digest
+from synnav_cli.predict.resumable import input_digest
 
 RECORDS, DIM = 6, 8
 

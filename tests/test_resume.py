@@ -21,6 +21,7 @@ from pathlib import Path
 
 import launch
 import pytest
+from checks import one_error_line
 from launch import normal_verbosity  # noqa: F401  (an autouse fixture)
 
 from synnav_cli.cli.main import cli
@@ -251,11 +252,58 @@ def test_shards_merge_to_the_unsharded_output(runner, tmp_path, small_chunks):
 
     checked = runner.invoke(cli, ["merge", *map(str, parts), "--fasta", str(fasta)])
     assert checked.exit_code == 0 and checked.output == whole.output
-    # 6, 6, 5 rows fit three shards of 17 records: only the identifiers show that part 2 is gone.
+    missing = runner.invoke(cli, ["merge", str(parts[0]), str(parts[2]), str(parts[3])])
+    assert missing.exit_code == 1 and missing.output == "Error: shard 2/4 is missing: give all 4 parts\n"
+    shuffled = runner.invoke(cli, ["merge", str(parts[3]), str(parts[0]), str(parts[1]), str(parts[2])])
+    assert shuffled.exit_code == 1 and "is shard 4/4 but is given as part 1" in shuffled.output
+    # Parts without their shard records: 6, 6, 5 rows fit three shards of 17 records, and only the
+    # identifiers show that part 2 is gone.
+    for part in parts:
+        part.with_name(part.name + ".shard.json").unlink()
     missing = runner.invoke(cli, ["merge", str(parts[0]), str(parts[2]), str(parts[3]), "--fasta", str(fasta)])
     assert missing.exit_code == 1 and missing.output.startswith("Error: ") and "'p2'" in missing.output
-    shuffled = runner.invoke(cli, ["merge", str(parts[3]), str(parts[0]), str(parts[1]), str(parts[2])])
+    shuffled = runner.invoke(cli, ["merge", str(parts[3]), str(parts[0]), str(parts[1]), str(parts[2]),
+                                   "--fasta", str(fasta)])
     assert shuffled.exit_code == 1 and "shards 1..N" in shuffled.output
+
+
+def test_merge_refuses_a_missing_or_duplicated_tsv_part_without_fasta(runner, tmp_path):
+    """Parts 1 and 2 of 3 have row counts that fit 2 shards: only the shard each part records
+    (``PART.shard.json``) shows that part 3 is missing. The part stays a plain TSV."""
+    import csv
+    import shutil
+
+    fasta = _fasta(tmp_path / "input.fasta", 23)
+    parts = [tmp_path / f"part-{i}.tsv" for i in range(1, 4)]
+    for i, part in enumerate(parts, 1):
+        result = runner.invoke(cli, ["predict", str(fasta), "-m", "bundled", "-q", "--shard", f"{i}/3",
+                                     "--out", str(part)])
+        assert result.exit_code == 0, result.output
+        assert json.loads(part.with_name(part.name + ".shard.json").read_text())["shard"] == f"{i}/3"
+        rows = list(csv.reader(part.read_text().splitlines(), delimiter="\t"))
+        assert rows[0][:2] == ["id", "length"] and len(rows) == 1 + len(range(i - 1, 23, 3))
+
+    def merge(*given):
+        return runner.invoke(cli, ["merge", *map(str, given)])
+
+    assert merge(*parts).exit_code == 0
+    one_error_line(merge(parts[0], parts[1]), "shard 3/3 is missing")
+    one_error_line(merge(parts[0], parts[2]), "shard 2/3 is missing")
+    twin = tmp_path / "part-2-again.tsv"
+    shutil.copy(parts[1], twin)
+    shutil.copy(parts[1].with_name("part-2.tsv.shard.json"), twin.with_name(twin.name + ".shard.json"))
+    one_error_line(merge(parts[0], parts[1], twin), str(parts[1]), str(twin), "both shard 2/3")
+    one_error_line(merge(parts[1], parts[0], parts[2]), str(parts[1]), "is shard 2/3 but is given as part 1")
+    # A part whose rows changed after it was written no longer matches its record.
+    parts[2].write_text(parts[2].read_text().rsplit("\n", 2)[0] + "\n")
+    one_error_line(merge(*parts), str(parts[2]))
+    # A part that records no shard (predict --shard to stdout) is merged only with --fasta.
+    bare = tmp_path / "bare-3.tsv"
+    bare.write_text(runner.invoke(cli, ["predict", str(fasta), "-m", "bundled", "-q", "--shard", "3/3"]).stdout)
+    one_error_line(merge(parts[0], parts[1], bare), str(bare), "--fasta")
+    checked = merge(parts[0], parts[1], bare, "--fasta", str(fasta))
+    assert checked.exit_code == 0, checked.output
+    assert len(checked.stdout.splitlines()) == 24
 
 
 def test_more_shards_than_records_gives_header_only_parts(runner, tmp_path):

@@ -657,12 +657,12 @@ def test_out_over_a_private_file_keeps_it_private(runner, tmp_path):
         fasta = tmp_path / "in.fasta"
         fasta.write_text(">P1\nMKVLAAGIVLLLSAAQ\n>P1_mut_K2R\nMRVLAAGIVLLLSAAQ\n")
         part = tmp_path / "part.tsv"
-        part.write_text("id\tx\na\t1\n")
+        part.write_text("id\tx\nP1\t1\nP1_mut_K2R\t1\n")
         modes = {}
         for name, args in (("p.tsv", ["predict", str(fasta), "--model", str(model)]),
                            ("c.tsv", ["predict", str(fasta), "--compare", "--model", str(model)]),
                            ("e.npz", ["embed", str(fasta), "-b", "tiny"]),
-                           ("m.tsv", ["merge", str(part)])):
+                           ("m.tsv", ["merge", str(part), "--fasta", str(fasta)])):
             out = tmp_path / name
             out.write_text("private")
             out.chmod(0o600)

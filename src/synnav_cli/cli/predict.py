@@ -223,16 +223,19 @@ def predict(
     "--fasta",
     "fasta",
     default=None,
-    help="The FASTA the parts were predicted from: every row's id is checked against it, which "
-    "catches a missing or misplaced part whatever the row counts.  [default: counts only]",
+    help="The FASTA the parts were predicted from: every row's id is checked against it. Needed "
+    "for parts that do not record their shard (written to stdout).  [default: the shard records]",
 )
 def merge(parts: tuple[Path, ...], out: Path | None, fasta: str | None) -> None:
     """Join `synnav predict --shard I/N` or `synnav embed --shard I/N` outputs into one file in
     input order.
 
     Give the PARTS in shard order, 1/N first (name them so that a glob sorts them, e.g. part-01
-    ... part-12). tsv and csv parts keep one header. Row counts are checked, and with --fasta
-    every row's id: a missing or misplaced part is an error, never a silently wrong file.
+    ... part-12). tsv and csv parts keep one header. `predict --shard I/N --out PART` writes
+    PART.shard.json beside each part (its shard, hashes of the input and of the part, the model
+    and options), so a missing, repeated, changed or misplaced part, or one of another run, is
+    refused in one line. Parts without it (predicted to stdout) need --fasta, which checks every
+    row's id: a missing part is an error, never a silently wrong file.
 
     Embedding parts (.npz, .h5, .parquet) need --out, whose suffix picks the merged file's
     format. Each part records its shard and a hash of the input, so parts of different inputs,

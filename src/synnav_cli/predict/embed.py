@@ -33,8 +33,8 @@ from synnav_cli.files import (
 )
 from synnav_cli.plugins import get_backbone
 from synnav_cli.predict.embed_files import EmbeddingChunk, format_of, require, write_embeddings
-from synnav_cli.predict.embed_store import EmbeddingStore, input_digest
-from synnav_cli.predict.resumable import ResumableOutput
+from synnav_cli.predict.embed_store import EmbeddingStore
+from synnav_cli.predict.resumable import ResumableOutput, input_digest
 from synnav_cli.predict.run import model_identity, validate_input
 from synnav_cli.runtime import distributed
 from synnav_cli.scoring.embed import embed_sequences

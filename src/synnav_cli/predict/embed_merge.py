@@ -27,7 +27,7 @@ from synnav_cli.predict.embed_files import (
     write_embeddings,
 )
 from synnav_cli.predict.embed_read import READ_ROWS, EmbeddingFile, open_embeddings
-from synnav_cli.predict.embed_store import input_digest
+from synnav_cli.predict.resumable import input_digest
 
 # Metadata that differs from part to part, or that the writer fills in.
 _PER_PART = {"shard", "proteins", "residues"}

@@ -18,7 +18,6 @@ numbers, never read from the manifest, and nothing but those names is deleted.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import zipfile
@@ -28,27 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from synnav_cli import console
-from synnav_cli.data.fasta import FastaRecord, read_fasta
+from synnav_cli.data.fasta import FastaRecord
 from synnav_cli.errors import UserError
 from synnav_cli.files import make_real_folder, real_folder, replace_atomically, write_json_atomic
 from synnav_cli.predict.embed_files import EmbeddingChunk, EmbeddingSource
 from synnav_cli.predict.embed_layout import check_layout, npy_shapes
-from synnav_cli.predict.resumable import digest_record
 
 MANIFEST = "manifest.json"
 VERSION = 1
-
-
-def input_digest(source: str) -> tuple[str, int]:
-    """sha256 of every record's identifier and sequence, and the record count.
-
-    The records, not the file's bytes: the same proteins gzipped or re-wrapped are the same input.
-    """
-    digest, count = hashlib.sha256(), 0
-    for record in read_fasta(source):
-        digest_record(digest, record)
-        count += 1
-    return digest.hexdigest(), count
 
 
 class EmbeddingStore:

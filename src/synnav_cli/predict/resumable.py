@@ -12,8 +12,9 @@ there, reads past the records already done (checking they are the same records) 
 rest. A record the partial file does not match starts the file from scratch, with one warning; a
 different model, options or input is refused, never mixed in.
 
-Parts written with ``--shard I/N`` hold records ``I-1, I-1+N, ...``; :func:`merge_parts`
-interleaves them back into input order.
+Parts written with ``--shard I/N`` hold records ``I-1, I-1+N, ...`` and have a shard record
+beside them (:mod:`.parts`); :func:`merge_parts` checks the records and interleaves the parts back
+into input order.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from synnav_cli import console
-from synnav_cli.data.fasta import FastaRecord
+from synnav_cli.data.fasta import FastaRecord, read_fasta
 from synnav_cli.errors import UserError
 from synnav_cli.files import (
     check_output_file,
@@ -36,6 +37,7 @@ from synnav_cli.files import (
     replacing_mode,
     write_json_atomic,
 )
+from synnav_cli.predict.parts import check_parts, record_path, write_record
 from synnav_cli.predict.writer import spreadsheet_text
 
 
@@ -43,6 +45,18 @@ def digest_record(digest, record: FastaRecord) -> None:
     """Add ``record`` to a running sha256 of an input's records (resume checks of predict and
     embed: the records, not the file's bytes)."""
     digest.update(f"{record.id}\t{record.sequence}\n".encode())
+
+
+def input_digest(source: str, *, keep_invalid: bool = False) -> tuple[str, int]:
+    """sha256 of every record's identifier and sequence, and the record count.
+
+    The records, not the file's bytes: the same proteins gzipped or re-wrapped are the same input.
+    """
+    digest, count = hashlib.sha256(), 0
+    for record in read_fasta(source, keep_invalid=keep_invalid):
+        digest_record(digest, record)
+        count += 1
+    return digest.hexdigest(), count
 
 
 class ResumableOutput:
@@ -62,6 +76,9 @@ class ResumableOutput:
         self.header_lines = 0
         self.rows = 0
         self.handle: IO[str] | None = None
+        # For a --shard part: (index, count), the whole input's sha256 and record count, written
+        # beside the finished part (parts.write_record) for merge to check.
+        self.shard_of: tuple[tuple[int, int], str, int] | None = None
         self._state = self._read_state()
 
     @staticmethod
@@ -207,6 +224,14 @@ class ResumableOutput:
         self.handle.flush()
         os.fsync(self.handle.fileno())
         self.handle.close()
+        if self.shard_of is not None:  # before the rename: a finished part always has its record
+            shard, sha, records = self.shard_of
+            # The model's path may differ from node to node; its metadata and weights may not.
+            run = {k: v for k, v in self.fingerprint.items() if k not in {"shard", "model"}}
+            write_record(
+                self.out, shard=shard, input_sha256=sha, input_records=records, rows=self.rows,
+                sha256=self.output_digest.hexdigest(), run=run,
+            )
         os.replace(self.partial, self.out)
         self.state_path.unlink(missing_ok=True)
 
@@ -245,10 +270,11 @@ def merge_parts(
     """Interleave ``--shard 1/N`` ... ``N/N`` outputs (given in that order) into input order.
 
     Parts are tsv or csv (one header, identical in every part) or jsonl. Rows are copied byte
-    for byte, one line at a time, so memory does not grow with the parts. Row counts must fit
-    round-robin shards of one input; ``expected_ids`` (the input's identifiers, in order) checks
-    every row as well, which catches a part that is missing or out of place whatever the counts.
-    Returns the row count.
+    for byte, one line at a time, so memory does not grow with the parts. Each part's shard
+    record (``PART.shard.json``) must show shards 1..N of one run, whole and in order; a part
+    without one is merged only with ``expected_ids`` (the input's identifiers, in order), which
+    check every row. Row counts must fit round-robin shards of one input either way. Returns the
+    row count.
     """
     if not parts:
         raise UserError("merge needs the part files, in shard order")
@@ -257,6 +283,14 @@ def merge_parts(
         for part in parts:
             if not Path(part).is_file():
                 raise UserError(f"part not found: {part}")
+        unrecorded = check_parts(parts)
+        if unrecorded and expected_ids is None:
+            raise UserError(
+                f"{unrecorded[0]} does not record its shard (no {record_path(unrecorded[0]).name}"
+                ", which predict --shard I/N --out writes): give --fasta to check every row "
+                "against the input"
+            )
+        for part in parts:
             files.append(Path(part).open(encoding="utf-8", newline="\n"))
         return _interleave(parts, files, handle, expected_ids)
     except UnicodeDecodeError as error:

@@ -30,7 +30,7 @@ from synnav_cli.errors import UserError
 from synnav_cli.files import check_output_file, exclusive_lock, input_name, readable_twice
 from synnav_cli.model import LocalizationModel
 from synnav_cli.modeldir import METADATA_FILE, WEIGHTS_FILE, ModelInfo
-from synnav_cli.predict.resumable import ResumableOutput
+from synnav_cli.predict.resumable import ResumableOutput, input_digest
 from synnav_cli.predict.writer import Prediction, PredictionWriter
 from synnav_cli.runtime import distributed
 from synnav_cli.scoring.load import load_for_scoring
@@ -213,6 +213,9 @@ def run_prediction(
                 if raw_ids:
                     fingerprint["raw_ids"] = True
                 resumable = ResumableOutput(out, fingerprint)
+                if shard_count > 1:  # merge checks the part against this (parts.write_record)
+                    sha, _ = input_digest(source, keep_invalid=skip_invalid)
+                    resumable.shard_of = ((shard_index, shard_count), sha, total)
                 records = resumable.skip_done(records)
         # The validation pass counted the records: this run scores its shard's, less any a
         # resumed --out file already holds.
