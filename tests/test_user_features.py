@@ -100,6 +100,20 @@ def test_models_show_text_and_json(runner, installed):
     assert shown["config"] == meta["config"] and shown["versions"] == meta["versions"]
 
 
+def test_models_show_marks_the_default_as_list_does(runner, installed):
+    def shown(name):
+        result = runner.invoke(cli, ["models", "show", name, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)["default"]
+
+    listed = {m["name"]: m["default"] for m in json.loads(runner.invoke(cli, ["models", "list", "--json"]).output)}
+    assert listed == {installed.name: False, "bundled": True}
+    assert shown("bundled") is True and shown(installed.name) is False
+    assert "name:           bundled (default)\n" in runner.invoke(cli, ["models", "show", "bundled"]).output
+    assert runner.invoke(cli, ["models", "default", installed.name]).exit_code == 0
+    assert shown("bundled") is False and shown(str(installed)) is True
+
+
 def test_models_show_unknown_name_is_one_line(runner, installed):
     result = runner.invoke(cli, ["models", "show", "nope"])
     assert result.exit_code == 1

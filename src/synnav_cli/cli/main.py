@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -136,18 +137,24 @@ def models_list(as_json: bool) -> None:
     """Trained models, newest first, then the bundled one; the default is marked: backbone, data
     and split hashes, test mean F1 and ROC-AUC."""
     from synnav_cli.cli.views import format_model_list
-    from synnav_cli.modeldir import list_models, read_model_info, resolve_model
+    from synnav_cli.modeldir import list_models, read_model_info
     from synnav_cli.resources import bundled_model_path
 
     infos = list_models()
     bundled = bundled_model_path()
     if bundled is not None:
         infos.append(read_model_info(bundled))
+    click.echo(format_model_list(infos, default=_default_path(), as_json=as_json), nl=False)
+
+
+def _default_path() -> Path | None:
+    """The default model's directory (what `list` and `show` mark), None when it cannot be read."""
+    from synnav_cli.modeldir import resolve_model
+
     try:
-        default = resolve_model(None)[0].path.resolve()
+        return resolve_model(None)[0].path.resolve()
     except UserError:
-        default = None
-    click.echo(format_model_list(infos, default=default, as_json=as_json), nl=False)
+        return None
 
 
 @models.command("default")
@@ -179,7 +186,7 @@ def models_show(name: str, as_json: bool) -> None:
     from synnav_cli.modeldir import resolve_model
 
     info, _how = resolve_model(name)
-    click.echo(format_model_details(info, as_json=as_json), nl=False)
+    click.echo(format_model_details(info, default=_default_path(), as_json=as_json), nl=False)
 
 
 # Each verb lives in the module of its stage; the group gathers them here.

@@ -89,7 +89,7 @@ def model_summary(info: ModelInfo, default: Path | None = None) -> dict:
     }
 
 
-def model_details(info: ModelInfo) -> dict:
+def model_details(info: ModelInfo, default: Path | None = None) -> dict:
     """Everything meaningful about one model, as `synnav models show --json` prints it.
 
     The training history and the command line are left out of the table view (they are long)
@@ -97,10 +97,11 @@ def model_details(info: ModelInfo) -> dict:
 
     Arguments:
         info: the model directory's metadata.
+        default: the directory of the default model, to mark it (as `models list` does).
     """
     meta = info.meta
     return {
-        **model_summary(info),
+        **model_summary(info, default),
         "labels": info.label_names,
         "thresholds": dict(zip(info.label_names, info.thresholds)),
         "threshold_metric": meta.get("threshold_metric"),
@@ -174,13 +175,15 @@ def format_model_list(
     return "\n".join([*_table(headers, rows), footer]) + "\n"
 
 
-def format_model_details(info: ModelInfo, *, as_json: bool = False) -> str:
+def format_model_details(
+    info: ModelInfo, *, default: Path | None = None, as_json: bool = False
+) -> str:
     """One model in full: identity, data, thresholds, per-label test metrics, config, versions."""
-    details = model_details(info)
+    details = model_details(info, default)
     if as_json:
         return json.dumps(details, indent=2) + "\n"
     lines = [
-        f"name:           {details['name']}",
+        f"name:           {details['name']}" + (" (default)" if details["default"] else ""),
         f"path:           {details['path']}",
         f"backbone:       {details['backbone']}"
         + (" (encoder frozen)" if details["encoder_frozen"] else ""),
