@@ -74,6 +74,18 @@ def test_skip_invalid_keeps_every_record_in_order_with_its_status(runner, model,
     assert "2 of 7 records are invalid" in result.stderr
 
 
+def test_skip_invalid_rows_give_the_length_of_the_record_as_it_was_given(runner, model, tmp_path):
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(">p1\nMKVLAAGIVGLLLAAQPAMAEELKKW\n>p2\nMKV1LL\nAAG\n>p3\n>p1\nMKVLAAGIVGLLLAAQPAMA*\n")
+    result = runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "--skip-invalid",
+                                 "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["status"].split(":")[0] for r in rows] == ["ok", "invalid", "invalid", "invalid"]
+    # The residues the record holds, bad ones included; a duplicate's as it would be scored.
+    assert [r["length"] for r in rows] == [26, 9, 0, 20]
+
+
 def test_standard_input_is_validated_whole_too(runner, model):
     result = runner.invoke(cli, ["predict", "-", "--model", str(model)], input=_proteins(3000, {2999: "MK1"}))
     assert result.exit_code == 1 and result.stdout == "" and "record 2,999" in result.stderr

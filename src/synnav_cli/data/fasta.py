@@ -31,6 +31,13 @@ class FastaRecord:
     sequence: str
     # Why the record cannot be scored; set only when invalid records are kept (``keep_invalid``).
     problem: str | None = None
+    # The residues an invalid record holds as given (its ``sequence`` is left empty).
+    given_length: int = 0
+
+    @property
+    def length(self) -> int:
+        """Residues, for the output's length column: an invalid record's as it was given."""
+        return len(self.sequence) if self.problem is None else self.given_length
 
 
 # A record this long or longer made of these letters is DNA or RNA, not protein (A, C, G, T, U
@@ -153,7 +160,11 @@ def _parse_fasta(handle: IO[str], label: str, *, keep_invalid: bool) -> Iterator
             if not keep_invalid:
                 raise UserError(f"record {number:,} of {label}: {error}") from None
             yield FastaRecord(
-                record_id if _printable(record_id) else "", description.strip(), "", str(error)
+                record_id if _printable(record_id) else "",
+                description.strip(),
+                "",
+                str(error),
+                len("".join(raw.split()).removesuffix("*")),
             )
             continue
         seen.add(record_id)

@@ -115,7 +115,7 @@ def predict_chunks(
             if sequences:
                 probs = probabilities[offset : offset + len(sequences)].mean(axis=0)
                 offset += len(sequences)
-            predictions.append(Prediction(record.id, len(record.sequence), probs, status))
+            predictions.append(Prediction(record.id, record.length, probs, status))
         if moved is not None:
             moved.finish()
         yield predictions
