@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from checks import one_error_line
 
 from synnav_cli import paths
 from synnav_cli.cli.main import cli
@@ -121,6 +122,31 @@ def test_models_show_unknown_name_is_one_line(runner, installed):
 
 
 # synnav evaluate --plots
+
+
+def test_evaluate_data_without_some_labels_treats_them_as_unknown(runner, model_dir, dataset_path, tmp_path):
+    """docs/data-format.md: a label missing from the data is unknown, not a reason to refuse."""
+    records = json.loads(dataset_path.read_text())
+    for record in records:
+        del record["labels"]["nucleus"], record["labels"]["inhibitory synapse"]
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps(records))
+    args = ["evaluate", "--model", str(model_dir), "--split", "all", "--format", "json"]
+    full = runner.invoke(cli, [*args, "--data", str(dataset_path)])
+    result = runner.invoke(cli, [*args, "--data", str(partial)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("lacks the model's labels nucleus, inhibitory synapse") == 1
+    metrics, reference = json.loads(result.stdout)["labels"], json.loads(full.stdout)["labels"]
+    assert metrics["nucleus"]["known"] == metrics["inhibitory synapse"]["known"] == 0
+    assert metrics["nucleus"]["roc_auc"] is None and metrics["nucleus"]["f1"] is None
+    assert metrics["cytosol"] == reference["cytosol"]
+    table = runner.invoke(cli, [*args[:-2], "--data", str(partial), "--plots", str(tmp_path / "figures")])
+    assert table.exit_code == 0, table.output
+    assert any(line.startswith("nucleus") and "n/a" in line for line in table.stdout.splitlines())
+    for record in records:
+        record["labels"] = {"golgi": 1}
+    partial.write_text(json.dumps(records))
+    one_error_line(runner.invoke(cli, [*args, "--data", str(partial)]), "none of the model's labels")
 
 
 def test_evaluate_plots(runner, model_dir, dataset_path, tmp_path):

@@ -34,7 +34,8 @@ def evaluate(
 
     Arguments:
         info: the model to evaluate.
-        data_path: labelled dataset; its labels must include the model's labels.
+        data_path: labelled dataset; a model label it lacks is unknown for every protein (no
+            metrics for it, said in one line), as a label missing from a record is.
         split: train, dev, test, or all.
         device: auto, cpu, cuda, cuda:N or mps.
         max_tokens: padded tokens per batch; None derives it from the device.
@@ -75,14 +76,20 @@ def evaluate_with_scores(
         for name in info.label_names
     }
     missing = [name for name, j in found.items() if j is None]
-    if missing:
-        raise UserError(f"{data_path} lacks the model's labels: {', '.join(missing)}")
+    if len(missing) == len(found):
+        raise UserError(
+            f"{data_path} has none of the model's labels ({', '.join(info.label_names)})"
+        )
+    if missing and distributed.is_main():
+        console.warn(
+            f"{data_path} lacks the model's labels {', '.join(missing)}: they are unknown for "
+            "every protein and get no metrics"
+        )
     if split != "all":
         config = info.meta.get("config", {})
         dataset = assign_splits(dataset, seed=int(config.get("seed", 0))).subset(split)
         if len(dataset) == 0:
             raise UserError(f"the {split} split of {data_path} is empty")
-    columns = [found[name] for name in info.label_names]
     loaded = open_model(
         info, device=device, max_tokens=max_tokens, offline=offline, precision=precision
     )
@@ -95,7 +102,11 @@ def evaluate_with_scores(
 
     probs = distributed.score_sharded(score, sequences)
     progress.close()
-    labels = dataset.labels[:, columns]
+    # A label the data lacks is unknown (NaN) for every protein, as docs/data-format.md says.
+    labels = np.full((len(dataset), len(info.label_names)), np.nan, dtype=np.float32)
+    for k, name in enumerate(info.label_names):
+        if found[name] is not None:
+            labels[:, k] = dataset.labels[:, found[name]]
     result = evaluate_predictions(labels, probs, info.label_names, info.thresholds)
     result["model"] = str(info.path)
     result["name"] = info.name
