@@ -87,10 +87,10 @@ def test_unknown_suffix_and_missing_extras_are_one_line(runner, tmp_path, fasta,
     assert "'.txt'" in line
     monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py raises ImportError
     one_error_line(runner.invoke(cli, ["embed", str(fasta), "-b", "tiny", "--out", str(tmp_path / "e.h5")]),
-                   "pip install 'synnav[hdf5]'")
+                   'pip install ".[hdf5]"` in the synnav repository', 'pip install "h5py>=3.8"')
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     one_error_line(runner.invoke(cli, ["embed", str(fasta), "-b", "tiny", "--out", str(tmp_path / "e.parquet")]),
-                   "pip install 'synnav[parquet]'")
+                   'pip install ".[parquet]"`', 'pip install "pyarrow>=15"')
     assert not any(p.name.startswith("e.") for p in tmp_path.iterdir())
 
 

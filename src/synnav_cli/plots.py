@@ -1,6 +1,6 @@
 """Evaluation figures: ROC and precision-recall curves per label, and a per-label metrics bar chart.
 
-matplotlib is the optional extra ``synnav[plots]``; it is imported only when figures are asked
+matplotlib is the optional extra ``plots``; it is imported only when figures are asked
 for, so the core install stays small.
 """
 
@@ -14,6 +14,7 @@ import numpy as np
 
 from synnav_cli.errors import UserError
 from synnav_cli.metrics import Scores
+from synnav_cli.resources import install_hint
 
 BAR_METRICS = ("f1", "roc_auc", "pr_auc", "mcc")
 
@@ -34,7 +35,7 @@ def pyplot():
     except ModuleNotFoundError:
         raise UserError(
             "figures need matplotlib, which is not installed; install it with "
-            "`pip install 'synnav[plots]'` (or `pip install matplotlib`)"
+            f"{install_hint('plots')}"
         ) from None
     # Agg draws to files only: works on servers without a display and never opens windows.
     matplotlib.use("Agg", force=True)

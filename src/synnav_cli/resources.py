@@ -1,4 +1,5 @@
-"""Files that ship inside the package: the dataset and the bundled model."""
+"""Files that ship inside the package: the dataset and the bundled model; how to install the
+optional extras."""
 
 from __future__ import annotations
 
@@ -6,6 +7,16 @@ from importlib import resources
 from pathlib import Path
 
 BUNDLED_PACKAGE = "synnav_cli.bundled"
+
+# The optional extras of pyproject.toml and what each installs.
+EXTRAS = {"plots": "matplotlib>=3.7", "hdf5": "h5py>=3.8", "parquet": "pyarrow>=15"}
+
+
+def install_hint(extra: str) -> str:
+    """How to install ``extra``. synnav is installed from its repository until a release, so
+    ``pip install 'synnav[extra]'`` would find nothing: the hint names the repository's form and
+    the package itself."""
+    return f'`pip install ".[{extra}]"` in the synnav repository, or `pip install "{EXTRAS[extra]}"`'
 
 
 def _bundled_dir() -> Path | None:

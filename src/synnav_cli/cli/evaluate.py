@@ -8,6 +8,7 @@ import click
 
 from synnav_cli import console
 from synnav_cli.cli.options import common_options, default_dataset, precision_option
+from synnav_cli.resources import install_hint
 
 
 @click.command()
@@ -53,7 +54,7 @@ from synnav_cli.cli.options import common_options, default_dataset, precision_op
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
     help="Also write ROC and precision-recall curves per label and a metrics bar chart "
-    "(PNG) to this directory; needs `pip install 'synnav[plots]'`.  [default: no figures]",
+    f"(PNG) to this directory; needs {install_hint('plots')}.  [default: no figures]",
 )
 @precision_option
 @common_options

@@ -8,6 +8,7 @@ import click
 
 from synnav_cli.cli.options import common_options, precision_option
 from synnav_cli.errors import UserError
+from synnav_cli.resources import install_hint
 
 
 @click.command()
@@ -84,8 +85,8 @@ from synnav_cli.errors import UserError
     default=None,
     help="Also write per-residue attributions (integrated gradients) of each protein's predicted "
     "labels to this directory: <id>.tsv and an <id>.png track; proteins over the model's "
-    "maximum are explained over their N-terminal part. Needs `pip install 'synnav[plots]'`.  "
-    "[default: no attributions]",
+    "maximum are explained over their N-terminal part. Needs matplotlib: "
+    f"{install_hint('plots')}.  [default: no attributions]",
 )
 @click.option(
     "--explain-steps",
@@ -274,8 +275,8 @@ def merge(parts: tuple[Path, ...], out: Path | None, fasta: str | None) -> None:
     "-o",
     type=click.Path(path_type=Path),
     required=True,
-    help="The file to write; its suffix picks the format: .npz, .h5 (or .hdf5; needs "
-    "`pip install 'synnav[hdf5]'`) or .parquet (needs `pip install 'synnav[parquet]'`). Run the "
+    help="The file to write; its suffix picks the format: .npz, .h5 (or .hdf5; needs h5py: "
+    f"{install_hint('hdf5')}) or .parquet (needs pyarrow: {install_hint('parquet')}). Run the "
     "same command again after an interruption to continue.  [default: none; required]",
 )
 @click.option(

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from synnav_cli.errors import UserError
+from synnav_cli.resources import install_hint
 
 FORMATS = {".npz": "npz", ".h5": "hdf5", ".hdf5": "hdf5", ".parquet": "parquet"}
 # Format -> (module it needs, the extra that installs it).
@@ -76,7 +77,7 @@ def require(fmt: str):
     except ImportError:
         name = module.split(".")[0]
         raise UserError(
-            f"{fmt} embedding files need {name}: pip install 'synnav[{extra}]'"
+            f"{fmt} embedding files need {name}: {install_hint(extra)}"
         ) from None
 
 
