@@ -59,3 +59,19 @@ def test_embed_refuses_what_it_cannot_do(runner, tmp_path):
     one_error_line(runner.invoke(cli, ["embed", str(bad), "-b", "tiny", "--out", str(tmp_path / "e.npz")]),
                    "record 2")
     assert not (tmp_path / "e.npz").exists()
+
+
+def test_embed_says_when_the_backbone_has_no_pretrained_weights(runner, tmp_path):
+    """aacnn's "pretrained" encoder is a seeded random initialisation: its vectors carry nothing
+    learned, and embed says so in one line. A backbone with learned weights, or a trained
+    model's encoder (the bundled model is a trained aacnn), gets no such line."""
+    fasta = launch.write_fasta(tmp_path / "in.fasta", 3, lengths=(20, 40))
+    random = runner.invoke(cli, ["embed", str(fasta), "-b", "aacnn", "--out", str(tmp_path / "a.npz")])
+    assert random.exit_code == 0, random.output
+    lines = [line for line in random.stderr.splitlines() if "random initialisation" in line]
+    assert len(lines) == 1 and "aacnn" in lines[0] and "--model" in lines[0]
+    for args in (["-b", "tiny"], ["--model", "bundled"]):
+        result = runner.invoke(cli, ["embed", str(fasta), *args, "--out", str(tmp_path / "b.npz")])
+        assert result.exit_code == 0, result.output
+        assert "random initialisation" not in result.stderr
+    assert get_backbone("aacnn").random_encoder and not get_backbone("esm2-8m").random_encoder

@@ -316,6 +316,7 @@ class AACNNBackbone(Backbone):
     license = "MIT"
     description = "small dilated residual CNN over amino acids, trained from scratch (no download)"
     weights_repo = None
+    random_encoder = True  # the "pretrained" encoder is a fixed-seed initialisation
 
     def tokenize(self, sequences: Sequence[str]) -> TokenBatch:
         return ESM_VOCABULARY.batch(sequences)

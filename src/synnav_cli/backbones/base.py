@@ -159,6 +159,9 @@ class Backbone(abc.ABC):
     license: str  # the licence the weights carry
     description: str = ""
     weights_repo: str | None = None  # where pretrained weights come from; None: none needed
+    # True when build_encoder(pretrained=True) is a seeded random initialisation, not learned
+    # weights (aacnn has none to publish): `synnav embed --backbone` says so in one line.
+    random_encoder: bool = False
     # Tokens tokenize() adds to every protein (ESM's <cls> and <eos>); batch budgets count them.
     special_tokens: int = 2
 

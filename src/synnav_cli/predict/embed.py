@@ -79,6 +79,12 @@ def load_encoder(
             {"backbone": backbone.id, **identity},
         )
     backbone = get_backbone(backbone_name)
+    if backbone.random_encoder and distributed.is_main():
+        console.warn(
+            f"backbone {backbone.id} has no pretrained weights: these embeddings come from a "
+            "random initialisation and carry nothing learned; --model NAME embeds with a "
+            "trained model's encoder"
+        )
     runtime = scoring_runtime(backbone, device, backbone.max_length, max_tokens, precision)
     encoder = backbone.build_encoder(pretrained=True, offline=offline).to(runtime.device)
     cast_encoder(encoder, runtime)
