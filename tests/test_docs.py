@@ -64,3 +64,14 @@ def test_backbone_interface_is_documented():
     public += list(Backbone.__annotations__)
     for name in public:
         assert f"`{name}" in plugins_doc, f"Backbone.{name} is not documented in docs/plugins.md"
+
+
+def test_the_files_the_readme_commands_write_are_ignored_by_git():
+    """Running the README's main job in a checkout leaves `git status` clean."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    written = set(re.findall(r"^synnav [^\n#]*> (\S+)", readme, flags=re.MULTILINE))
+    assert "out.tsv" in written
+    ignored = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert not [name for name in written if f"/{name}" not in ignored and name not in ignored]
