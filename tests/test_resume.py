@@ -306,6 +306,27 @@ def test_merge_refuses_a_missing_or_duplicated_tsv_part_without_fasta(runner, tm
     assert len(checked.stdout.splitlines()) == 24
 
 
+def test_a_damaged_shard_record_is_one_line(runner, tmp_path):
+    fasta = _fasta(tmp_path / "input.fasta", 5)
+    parts = [tmp_path / f"part-{i}.tsv" for i in (1, 2)]
+    for i, part in enumerate(parts, 1):
+        result = runner.invoke(cli, ["predict", str(fasta), "-m", "bundled", "-q", "--shard", f"{i}/2",
+                                     "--out", str(part)])
+        assert result.exit_code == 0, result.output
+    record = parts[1].with_name("part-2.tsv.shard.json")
+    genuine = json.loads(record.read_text())
+    damaged = ["", "{", "[]", "[" * 100_000, " " * (2 << 20), json.dumps({**genuine, "shard": "2/" + "9" * 5000}),
+               json.dumps({**genuine, "shard": "3/2"}), json.dumps({**genuine, "shard": "²/2"}),
+               json.dumps({**genuine, "rows": -1}), json.dumps({**genuine, "rows": True}),
+               json.dumps({**genuine, "run": None}), json.dumps({k: v for k, v in genuine.items() if k != "sha256"})]
+    for content in damaged:
+        record.write_text(content)
+        one_error_line(runner.invoke(cli, ["merge", *map(str, parts)]), str(record), "not a shard record")
+    record.unlink()
+    record.symlink_to(parts[0].with_name("part-1.tsv.shard.json"))
+    one_error_line(runner.invoke(cli, ["merge", *map(str, parts)]), str(record), "not a shard record")
+
+
 def test_more_shards_than_records_gives_header_only_parts(runner, tmp_path):
     fasta = _fasta(tmp_path / "input.fasta", 2)
     result = runner.invoke(cli, ["predict", str(fasta), "-m", "bundled", "--shard", "3/3", "-q"])
