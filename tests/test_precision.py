@@ -40,7 +40,8 @@ def no_native_bf16(monkeypatch):
 
 def probabilities(output: str) -> np.ndarray:
     rows = list(csv.reader(io.StringIO(output), delimiter="\t"))
-    return np.array([[float(x) for x in row[2:-2]] for row in rows[1:]])
+    labels = slice(2, rows[0].index("predicted"))  # the probability columns
+    return np.array([[float(x) for x in row[labels]] for row in rows[1:]])
 
 
 def test_cpu_resolution(native_bf16, capsys):

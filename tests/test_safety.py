@@ -699,9 +699,12 @@ def test_formula_ids_and_labels_are_text_in_csv_and_tsv(runner, tmp_path):
         return list(csv.reader(result.stdout.splitlines(), delimiter="," if fmt == "csv" else "\t"))
 
     for rows in (table("csv"), table("tsv")):
-        assert rows[0] == ["id", "length", "'=cmd|'_/C_calc'!A0", "nucleus", "predicted", "status"]
+        assert rows[0] == ["id", "length", "'=cmd|'_/C_calc'!A0", "nucleus", "predicted", "status", "top",
+                           "top_probability"]
         assert [row[0] for row in rows[1:]] == neutral
         assert {row[4] for row in rows[1:]} == {"'=cmd|'_/C_calc'!A0;nucleus"}
+        # The most likely label is a text cell too.
+        assert {row[6] for row in rows[1:]} <= {"'=cmd|'_/C_calc'!A0", "nucleus"}
         assert [row[0].removeprefix("'") for row in rows[1:]] == [*FORMULAS, "P12345"]  # as pandas would
         assert all(not cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row)
     raw = table("tsv", "--raw-ids")

@@ -126,10 +126,11 @@ def predict(
     """Predict localizations for the proteins in FASTA (a file, or - for stdin).
 
     Writes one row per record, in input order: id, length, one probability per label, the
-    predicted labels and a status (ok, truncated, windowed:N, skipped, short for peptides under 20
-    residues, nucleotide for DNA/RNA, or invalid: why). With --compare the
-    output (stdout or --out, in --format) is the mutant comparison table instead; --explain adds
-    files and leaves the output as it is.
+    predicted labels (those at or over their threshold), a status (ok, truncated, windowed:N,
+    skipped, short for peptides under 20 residues, nucleotide for DNA/RNA, or invalid: why), and
+    top and top_probability, the most likely label of every scored record, called or not. The
+    thresholds in use are one line on stderr. With --compare the output (stdout or --out) is the
+    mutant comparison table instead; --explain adds files and leaves the output as it is.
     """
     from synnav_cli.predict.run import run_prediction
 

@@ -20,7 +20,7 @@ from synnav_cli import console
 from synnav_cli.data.dataset import column_name
 from synnav_cli.data.fasta import FastaRecord
 from synnav_cli.errors import UserError
-from synnav_cli.predict.writer import text_cells
+from synnav_cli.predict.writer import text_cells, threshold_line
 from synnav_cli.scoring.load import LoadedModel
 
 MUTANT_MARKER = "_mut"
@@ -198,6 +198,7 @@ def run_comparison(
     from synnav_cli.data.fasta import read_fasta
     from synnav_cli.files import output_handle
 
+    console.info(threshold_line(loaded.info.label_names, loaded.thresholds))
     comparisons = compare_records(loaded, read_fasta(fasta), long_policy=long_policy)
     with output_handle(out, inputs=[fasta]) as handle:
         write_comparisons(comparisons, handle, fmt, loaded.info.label_names, raw_ids=raw_ids)

@@ -31,7 +31,7 @@ from synnav_cli.files import check_output_file, exclusive_lock, input_name, read
 from synnav_cli.model import LocalizationModel
 from synnav_cli.modeldir import METADATA_FILE, WEIGHTS_FILE, ModelInfo
 from synnav_cli.predict.resumable import ResumableOutput, input_digest
-from synnav_cli.predict.writer import Prediction, PredictionWriter
+from synnav_cli.predict.writer import Prediction, PredictionWriter, threshold_line
 from synnav_cli.runtime import distributed
 from synnav_cli.scoring.load import load_for_scoring
 from synnav_cli.scoring.score import Runtime, score_sequences
@@ -197,6 +197,8 @@ def run_prediction(
         thresholds, limit = loaded.thresholds, loaded.max_length
 
         writes = distributed.is_main()
+        if writes:  # the calls' thresholds where the calls are made, out of the table's way
+            console.info(threshold_line(info.label_names, thresholds))
         records = None
         resumable = None
         if writes:
@@ -338,6 +340,8 @@ def _fingerprint(
     return {
         **model_identity(info),
         "format": fmt,
+        # A partial file with other columns (an older synnav's) is not continued with these.
+        "columns": PredictionWriter(io.StringIO(), fmt, info.label_names, thresholds).columns,
         "thresholds": [round(t, 6) for t in thresholds],
         "labels": info.label_names,
         "long_policy": long_policy,

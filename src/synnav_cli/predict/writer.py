@@ -1,7 +1,8 @@
 """Prediction rows as TSV, CSV or JSON lines.
 
-Columns: ``id, length, <one probability per label>, predicted, status``. A text cell that a
-spreadsheet would run as a formula gets a leading ``'`` (see :func:`spreadsheet_text`).
+Columns: ``id, length, <one probability per label>, predicted, status, top, top_probability``.
+A text cell that a spreadsheet would run as a formula gets a leading ``'`` (see
+:func:`spreadsheet_text`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,21 @@ from synnav_cli.data.dataset import column_name
 from synnav_cli.errors import UserError
 
 FORMATS = ("tsv", "csv", "jsonl")
+
+
+def threshold_line(label_names: list[str], thresholds: list[float]) -> str:
+    """The thresholds behind the ``predicted`` calls, as one line for stderr."""
+    shown = [
+        f"{column_name(name)} {round(t, 4):g}"
+        if np.isfinite(t)
+        else f"{column_name(name)} never (no training data)"
+        for name, t in zip(label_names, thresholds)
+    ]
+    return (
+        f"Thresholds: {', '.join(shown)}; `predicted` holds the labels at or over theirs, "
+        "`top` the most likely label."
+    )
+
 
 # Excel and LibreOffice run a cell that starts with one of these as a formula (=1+1, +SUM(1,2),
 # -2+3, @SUM(1), or a tab or carriage return ahead of one). OWASP's advice is a leading ' that
@@ -54,7 +70,10 @@ class Prediction:
 
 
 class PredictionWriter:
-    """Rows as tsv, csv or jsonl: ``id, length, <one probability per label>, predicted, status``.
+    """Rows as tsv, csv or jsonl: ``id, length, <one probability per label>, predicted, status,
+    top, top_probability``. ``top`` is the most likely label a scored record has (a label
+    without training data never is), whether or not it reaches its threshold; empty (null) for
+    a record not scored.
 
     The tsv/csv header is :attr:`header`; the caller writes it (a resumed file already has it).
     """
@@ -75,7 +94,18 @@ class PredictionWriter:
         # Output names have no spaces: ``excitatory synapse`` is written ``excitatory_synapse``.
         self.label_names = [column_name(name) for name in label_names]
         self.thresholds = np.asarray(thresholds)
-        self.columns = ["id", "length", *self.label_names, "predicted", "status"]
+        # Columns added later go last, so that every earlier column keeps its place.
+        self.columns = [
+            "id",
+            "length",
+            *self.label_names,
+            "predicted",
+            "status",
+            "top",
+            "top_probability",
+        ]
+        # Labels that can be the top: those with training data (an infinite threshold: none).
+        self._ranked = np.isfinite(self.thresholds)
         self.header = ""
         self._csv = None
         if fmt != "jsonl":
@@ -86,6 +116,7 @@ class PredictionWriter:
             self._csv = csv.writer(handle, **dialect)
 
     def write(self, prediction: Prediction) -> None:
+        top, top_probability = None, None
         if prediction.probabilities is None:
             probs = [None] * len(self.label_names)
             predicted: list[str] = []
@@ -96,10 +127,16 @@ class PredictionWriter:
                 for n, p, t in zip(self.label_names, prediction.probabilities, self.thresholds)
                 if p >= t
             ]
+            if self._ranked.any():
+                best = int(np.argmax(np.where(self._ranked, prediction.probabilities, -np.inf)))
+                top, top_probability = self.label_names[best], probs[best]
         if self._csv is not None:
             cells = ["" if p is None else f"{p:.4f}" for p in probs]
             identifier, labels = self._text(prediction.id), self._text(";".join(predicted))
-            self._csv.writerow([identifier, prediction.length, *cells, labels, prediction.status])
+            best_cells = ["", ""] if top is None else [self._text(top), f"{top_probability:.4f}"]
+            self._csv.writerow(
+                [identifier, prediction.length, *cells, labels, prediction.status, *best_cells]
+            )
         else:
             row = {
                 "id": prediction.id,
@@ -107,5 +144,7 @@ class PredictionWriter:
                 "probabilities": dict(zip(self.label_names, probs)),
                 "predicted": predicted,
                 "status": prediction.status,
+                "top": top,
+                "top_probability": top_probability,
             }
             self.handle.write(json.dumps(row) + "\n")
