@@ -1,18 +1,23 @@
-"""What predict writes: every scored protein names its most likely label (`top`), and the
-thresholds behind the calls are said on stderr."""
+"""What predict writes: every scored protein names its most likely label (`top`), the thresholds
+behind the calls are said on stderr, and `--out`'s suffix picks the format and the compression."""
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import io
 import json
+import lzma
 
 import launch
 import pytest
+from checks import one_error_line
 from launch import normal_verbosity  # noqa: F401  (an autouse fixture)
 
 from synnav_cli.cli.main import cli
 from synnav_cli.modeldir import METADATA_FILE
+from synnav_cli.predict import run as predict_run
 
 LABELS = ["ER", "excitatory synapse", "nucleus"]
 PROTEINS = {
@@ -123,3 +128,94 @@ def test_the_thresholds_in_use_are_one_line_on_stderr_and_the_table_stays_a_tabl
     assert "Thresholds: ER 0.91, excitatory_synapse 0.93, nucleus 0.97" in compare.stderr
     quiet = runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "-q"])
     assert quiet.exit_code == 0 and "Thresholds" not in quiet.stderr
+
+
+# Item 5: --out's suffix picks the format and the compression
+
+
+def _read(path) -> str:
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix, open)
+    with opener(path, "rt", encoding="utf-8", newline="") as handle:
+        return handle.read()
+
+
+def test_the_out_suffix_picks_the_format_and_the_compression(runner, model, fasta, tmp_path):
+    stdout = {fmt: runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "--format", fmt]).stdout
+              for fmt in ("tsv", "csv", "jsonl")}
+    assert stdout["csv"].startswith("id,length,") and json.loads(stdout["jsonl"].splitlines()[0])["id"] == "p1"
+    cases = {
+        "out.tsv": "tsv", "OUT.CSV": "csv", "out.jsonl": "jsonl", "out.ndjson": "jsonl", "out.txt": "tsv",
+        "out": "tsv", "out.tsv.gz": "tsv", "out.csv.gz": "csv", "out.jsonl.gz": "jsonl",
+        "out.csv.bz2": "csv", "out.tsv.xz": "tsv",
+    }
+    for name, fmt in cases.items():
+        out = tmp_path / name
+        result = runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "-o", str(out)])
+        assert result.exit_code == 0, (name, result.output)
+        assert result.stdout == ""
+        assert _read(out) == stdout[fmt], name
+        magic = {".gz": b"\x1f\x8b", ".bz2": b"BZh", ".xz": b"\xfd7zXZ"}.get(out.suffix)
+        if magic is not None:
+            assert out.read_bytes().startswith(magic), name
+        assert not list(tmp_path.glob(f"{name}.partial*")), name
+    # No temporary file name inside the gzip header.
+    assert b".partial" not in (tmp_path / "out.tsv.gz").read_bytes()[:64]
+
+    # --format agrees with the suffix, or names what an unknown suffix holds.
+    for name, fmt in (("agree.csv", "csv"), ("agree.jsonl.gz", "jsonl"), ("results.dat", "jsonl")):
+        out = tmp_path / name
+        result = runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "--format", fmt, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        assert _read(out) == stdout[fmt], name
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["--format", "csv", "-o", "{tmp}/out.tsv"], ["--format csv", "out.tsv", "tsv"]),
+    (["--format", "tsv", "-o", "{tmp}/out.jsonl.gz"], ["--format tsv", "jsonl"]),
+    (["-o", "{tmp}/out.json"], ["out.json", "JSON lines", ".jsonl"]),
+    (["-o", "{tmp}/out.csv", "--raw-ids"], ["--raw-ids", "csv"]),
+    (["--compare", "--format", "jsonl", "-o", "{tmp}/out.csv"], ["--format jsonl", "csv"]),
+    (["--shard", "1/2", "-o", "{tmp}/part-1.tsv.gz"], ["--shard", "synnav merge", "compression"]),
+])
+def test_a_format_the_out_suffix_contradicts_is_one_line_before_the_model_loads(
+        runner, model, fasta, tmp_path, monkeypatch, args, needles):
+    def never(*a, **k):
+        raise AssertionError("the model loaded")
+
+    monkeypatch.setattr(predict_run, "load_for_scoring", never)
+    monkeypatch.setattr("synnav_cli.scoring.load.load_for_scoring", never)
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    result = runner.invoke(cli, ["predict", str(fasta), "--model", str(model), *args])
+    one_error_line(result, *needles)
+    assert result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.fasta", "m"]
+
+
+def test_an_interrupted_compressed_out_resumes_to_the_same_file(runner, model, tmp_path, monkeypatch):
+    fasta = launch.write_fasta(tmp_path / "many.fasta", 45, lengths=(20, 60))
+    whole = tmp_path / "whole.tsv.gz"
+    result = runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "-o", str(whole)])
+    assert result.exit_code == 0, result.output
+
+    monkeypatch.setattr(predict_run, "CHUNK_RECORDS", 10)
+    original, calls = predict_run.score_sequences, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    out = tmp_path / "out.tsv.gz"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(predict_run, "score_sequences", interrupted)
+        first = runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "-o", str(out)])
+    assert first.exit_code == 130 and not out.exists()
+    partial = out.with_name("out.tsv.gz.partial")
+    assert len(partial.read_text().splitlines()) == 1 + 20  # plain rows until the run completes
+    second = runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "-o", str(out)])
+    assert second.exit_code == 0, second.output
+    assert "20 records already done" in second.output
+    assert out.read_bytes() == whole.read_bytes()
+    assert gzip.decompress(out.read_bytes()).decode().count("\n") == 46
+    assert not partial.exists() and not out.with_name("out.tsv.gz.partial.json").exists()

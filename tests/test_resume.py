@@ -202,12 +202,14 @@ def test_a_damaged_progress_record_starts_over_in_one_line(runner, tmp_path, sma
 
 @pytest.mark.parametrize("change", ["input", "threshold", "format"])
 def test_partial_output_of_another_run_is_refused(runner, tmp_path, small_chunks, change):
-    out = tmp_path / "out.tsv"
+    # A name whose suffix names no format, so that --format may change between the runs.
+    out = tmp_path / ("out.results" if change == "format" else "out.tsv")
+    partial = out.with_name(out.name + ".partial")
     broken = _fasta(tmp_path / "input.fasta", 25)
     with pytest.MonkeyPatch.context() as patch:
         interrupt_at(patch, 3)
         assert runner.invoke(cli, ["predict", str(broken), "-m", "bundled", "--out", str(out)]).exit_code == 130
-    before = out.with_name("out.tsv.partial").read_bytes()
+    before = partial.read_bytes()
     args = ["predict", str(broken), "-m", "bundled", "--out", str(out), "-q"]
     if change == "input":
         _fasta(broken, 25, seed=1)
@@ -218,7 +220,7 @@ def test_partial_output_of_another_run_is_refused(runner, tmp_path, small_chunks
     result = runner.invoke(cli, args)
     assert result.exit_code == 1
     assert result.output.startswith("Error: ") and "delete it" in result.output
-    assert out.with_name("out.tsv.partial").read_bytes() == before  # kept for the right command
+    assert partial.read_bytes() == before  # kept for the right command
     assert not out.exists()
 
 

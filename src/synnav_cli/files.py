@@ -10,6 +10,7 @@ by the group, as any other file the user creates would be.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import re
@@ -343,9 +344,33 @@ def readable_twice(fasta: str) -> Iterator[str]:
         Path(tmp).unlink(missing_ok=True)
 
 
+# Output suffix -> compression (:func:`compressing_writer`); input is told by its bytes instead.
+OUTPUT_COMPRESSIONS = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz"}
+
+
+def compressing_writer(raw: IO[bytes], compression: str) -> IO[bytes]:
+    """A binary stream that writes ``compression`` (a value of :data:`OUTPUT_COMPRESSIONS`) into
+    ``raw``; closing it leaves ``raw`` open. The gzip header holds no file name and no time, so
+    the same rows always give the same bytes."""
+    import bz2
+    import gzip
+    import lzma
+
+    if compression == "gzip":
+        return gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
+    if compression == "bzip2":
+        return bz2.BZ2File(raw, mode="wb")
+    if compression == "xz":
+        return lzma.LZMAFile(raw, mode="wb")
+    raise ValueError(f"unknown compression {compression!r}")
+
+
 @contextmanager
-def output_handle(out: Path | None, *, inputs: Iterable[str | Path] = ()) -> Iterator[IO[str]]:
-    """stdout, or ``out`` written to a temporary sibling and renamed into place when complete.
+def output_handle(
+    out: Path | None, *, inputs: Iterable[str | Path] = (), compression: str | None = None
+) -> Iterator[IO[str]]:
+    """stdout, or ``out`` written to a temporary sibling and renamed into place when complete,
+    compressed with ``compression`` (gzip, bzip2 or xz) when given.
 
     ``out`` must be a new name or a regular file, and none of ``inputs``.
     """
@@ -355,5 +380,14 @@ def output_handle(out: Path | None, *, inputs: Iterable[str | Path] = ()) -> Ite
         return
     out = Path(out)
     check_output_file(out, inputs=inputs)
-    with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8", newline="") as handle:
-        yield handle
+    with atomic_path(out) as tmp:
+        if compression is None:
+            with tmp.open("w", encoding="utf-8", newline="") as handle:
+                yield handle
+            return
+        with (
+            tmp.open("wb") as raw,
+            compressing_writer(raw, compression) as packed,
+            io.TextIOWrapper(packed, encoding="utf-8", newline="") as handle,
+        ):
+            yield handle

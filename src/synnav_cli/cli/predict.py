@@ -24,9 +24,9 @@ from synnav_cli.resources import install_hint
     "--format",
     "fmt",
     type=click.Choice(["tsv", "csv", "jsonl"]),
-    default="tsv",
-    show_default=True,
-    help="Output format.",
+    default=None,
+    help="Output format; with --out it must agree with the file's suffix.  "
+    "[default: from --out's suffix, else tsv]",
 )
 @click.option(
     "--raw-ids",
@@ -40,7 +40,10 @@ from synnav_cli.resources import install_hint
     "-o",
     type=click.Path(path_type=Path),
     default=None,
-    help="Write to this file (atomically) instead of stdout.  [default: stdout]",
+    help="Write to this file (atomically) instead of stdout. Its suffix picks the format (.tsv, "
+    ".txt, .csv, .jsonl) and a compression (.gz, .bz2 or .xz after it: out.tsv.gz); .json is "
+    "refused (the rows are JSON lines), another suffix is tsv unless --format says.  "
+    "[default: stdout]",
 )
 @click.option(
     "--threshold",
@@ -108,7 +111,7 @@ from synnav_cli.resources import install_hint
 def predict(
     fasta: str,
     model: str | None,
-    fmt: str,
+    fmt: str | None,
     raw_ids: bool,
     out: Path | None,
     thresholds: tuple[str, ...],
@@ -133,7 +136,9 @@ def predict(
     mutant comparison table instead; --explain adds files and leaves the output as it is.
     """
     from synnav_cli.predict.run import run_prediction
+    from synnav_cli.predict.writer import output_format
 
+    fmt, compression = output_format(fmt, out)
     if raw_ids and fmt == "csv":
         raise UserError(
             "--raw-ids is for --format tsv; csv, the spreadsheet format, always has the '"
@@ -153,6 +158,7 @@ def predict(
             skip_invalid=skip_invalid,
             precision=precision,
             raw_ids=raw_ids,
+            compression=compression,
         )
         return
     if shard is not None:
@@ -181,7 +187,13 @@ def predict(
                 precision=precision,
             )
             run_comparison(
-                loaded, source, fmt=fmt, out=out, long_policy=long_policy, raw_ids=raw_ids
+                loaded,
+                source,
+                fmt=fmt,
+                out=out,
+                long_policy=long_policy,
+                raw_ids=raw_ids,
+                compression=compression,
             )
         else:
             run_prediction(
@@ -197,6 +209,7 @@ def predict(
                 skip_invalid=skip_invalid,
                 precision=precision,
                 raw_ids=raw_ids,
+                compression=compression,
             )
         if explain_dir is not None:
             from synnav_cli.predict.explain import write_explanations

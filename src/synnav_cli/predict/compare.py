@@ -190,8 +190,10 @@ def run_comparison(
     out: Path | None = None,
     long_policy: str = "truncate",
     raw_ids: bool = False,
+    compression: str | None = None,
 ) -> int:
-    """Compare the mutants in ``fasta`` with their wild types; write the table to ``out`` or stdout.
+    """Compare the mutants in ``fasta`` with their wild types; write the table to ``out`` or stdout
+    (compressed with ``compression``, gzip, bzip2 or xz, when given).
 
     Returns the number of mutants compared.
     """
@@ -200,6 +202,6 @@ def run_comparison(
 
     console.info(threshold_line(loaded.info.label_names, loaded.thresholds))
     comparisons = compare_records(loaded, read_fasta(fasta), long_policy=long_policy)
-    with output_handle(out, inputs=[fasta]) as handle:
+    with output_handle(out, inputs=[fasta], compression=compression) as handle:
         write_comparisons(comparisons, handle, fmt, loaded.info.label_names, raw_ids=raw_ids)
     return len(comparisons)

@@ -4,7 +4,8 @@ While ``synnav predict --out FILE`` runs, rows go to ``FILE.partial``; after eve
 are flushed to disk and ``FILE.partial.json`` records how many records and bytes are complete, a
 sha256 of those bytes and of those records (identifiers and sequences) and a fingerprint of the
 model and options. Only a finished run renames ``FILE.partial`` to ``FILE``, so ``FILE`` is
-always whole.
+always whole. A compressed ``FILE`` (``out.tsv.gz``) is built the same way: ``FILE.partial``
+holds the plain rows, compressed into ``FILE`` when the run completes.
 
 Run the same command again after a crash, a kill or a full disk and it checks the partial file's
 first ``bytes`` against the record (their sha256, whole rows, as many as recorded), truncates it
@@ -24,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
@@ -32,7 +34,9 @@ from synnav_cli import console
 from synnav_cli.data.fasta import FastaRecord, read_fasta
 from synnav_cli.errors import UserError
 from synnav_cli.files import (
+    atomic_path,
     check_output_file,
+    compressing_writer,
     open_for_writing,
     replacing_mode,
     write_json_atomic,
@@ -66,8 +70,9 @@ class ResumableOutput:
     hand, :meth:`checkpoint` after each chunk's rows are written, :meth:`finish` at the end.
     """
 
-    def __init__(self, out: Path, fingerprint: dict) -> None:
+    def __init__(self, out: Path, fingerprint: dict, compression: str | None = None) -> None:
         self.out = Path(out)
+        self.compression = compression  # gzip, bzip2 or xz for FILE; FILE.partial is plain
         self.partial = self.out.with_name(self.out.name + ".partial")
         self.state_path = self.out.with_name(self.out.name + ".partial.json")
         self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from disk
@@ -232,7 +237,19 @@ class ResumableOutput:
                 self.out, shard=shard, input_sha256=sha, input_records=records, rows=self.rows,
                 sha256=self.output_digest.hexdigest(), run=run,
             )
-        os.replace(self.partial, self.out)
+        if self.compression is None:
+            os.replace(self.partial, self.out)
+        else:
+            # A crash while this runs leaves the partial file and its record: the next run
+            # finds every row done and compresses again.
+            with (
+                atomic_path(self.out) as tmp,
+                tmp.open("wb") as raw,
+                compressing_writer(raw, self.compression) as packed,
+                self.partial.open("rb") as rows,
+            ):
+                shutil.copyfileobj(rows, packed, 1 << 20)
+            self.partial.unlink()
         self.state_path.unlink(missing_ok=True)
 
     def close_unfinished(self) -> None:

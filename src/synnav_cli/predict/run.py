@@ -148,6 +148,7 @@ def run_prediction(
     skip_invalid: bool = False,
     precision: str = "auto",
     raw_ids: bool = False,
+    compression: str | None = None,
 ) -> int:
     """Predict every record of ``fasta`` (path or ``-``) to ``out`` or stdout; returns the count.
 
@@ -156,9 +157,12 @@ def run_prediction(
     Arguments:
         fasta: FASTA path, or ``-`` for standard input.
         model_name: model directory or name; None: the default model, else the bundled one.
-        fmt: tsv, csv or jsonl.
+        fmt: tsv, csv or jsonl (``writer.output_format`` picks it from ``--out``'s suffix).
         out: file to write; built in ``out.partial`` and renamed when complete. Running the same
             command again after an interruption continues the partial file.
+        compression: gzip, bzip2 or xz for ``out``: the partial file holds the plain rows, and
+            the finished run compresses them into ``out``. Not with ``shard``: merge reads
+            plain parts.
         threshold_values: overrides of the model's thresholds (``0.4`` or ``LABEL=0.4``).
         long_policy: truncate, window or skip for proteins over the maximum length.
         max_tokens: padded tokens per batch; None derives it from the device.
@@ -173,6 +177,11 @@ def run_prediction(
             spreadsheet from running one as a formula (``writer.text_cells``; csv always has it).
     """
     shard_index, shard_count = distributed.parse_shard(shard) if shard else (0, 1)
+    if compression is not None and shard_count > 1:
+        raise UserError(
+            f"--out {out}: --shard parts are plain files for `synnav merge`; drop the "
+            "compression suffix"
+        )
     distributed.init()
     check_input(fasta)  # a mistyped path is the only message, not one after the model's
     if out is not None:
@@ -214,7 +223,7 @@ def run_prediction(
                 fingerprint["precision"] = runtime.precision
                 if raw_ids:
                     fingerprint["raw_ids"] = True
-                resumable = ResumableOutput(out, fingerprint)
+                resumable = ResumableOutput(out, fingerprint, compression)
                 if shard_count > 1:  # merge checks the part against this (parts.write_record)
                     sha, _ = input_digest(source, keep_invalid=skip_invalid)
                     resumable.shard_of = ((shard_index, shard_count), sha, total)

@@ -2,7 +2,8 @@
 
 Columns: ``id, length, <one probability per label>, predicted, status, top, top_probability``.
 A text cell that a spreadsheet would run as a formula gets a leading ``'`` (see
-:func:`spreadsheet_text`).
+:func:`spreadsheet_text`). ``--out``'s suffix names the format and the compression
+(:func:`output_format`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,51 @@ import csv
 import io
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 import numpy as np
 
 from synnav_cli.data.dataset import column_name
 from synnav_cli.errors import UserError
+from synnav_cli.files import OUTPUT_COMPRESSIONS
 
 FORMATS = ("tsv", "csv", "jsonl")
+# --out suffix -> format. ``.json`` is not here: JSON lines are not one JSON document.
+SUFFIX_FORMATS = {
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".txt": "tsv",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+
+
+def output_format(fmt: str | None, out: Path | None) -> tuple[str, str | None]:
+    """The format (``fmt``, else what ``out``'s suffix names, else tsv) and the compression
+    (gzip, bzip2 or xz for ``.gz``, ``.bz2``, ``.xz``; None on stdout) of predict's output.
+
+    A ``fmt`` that ``out``'s suffix contradicts (``--format csv -o out.tsv``) is an error, as is
+    ``.json``; an unknown suffix takes ``fmt`` or tsv.
+    """
+    if out is None:
+        return fmt or "tsv", None
+    name = Path(out)
+    compression = OUTPUT_COMPRESSIONS.get(name.suffix.lower())
+    suffix = (name.with_suffix("") if compression else name).suffix.lower()
+    if suffix == ".json":
+        raise UserError(
+            f"--out {out}: predict writes JSON lines (one object a line), not one JSON document; "
+            f"name the file .jsonl{name.suffix if compression else ''}"
+        )
+    named = SUFFIX_FORMATS.get(suffix)
+    if fmt is not None and named is not None and fmt != named:
+        raise UserError(
+            f"--format {fmt} but --out {out} names {named} ({suffix}); drop --format or rename "
+            "the file"
+        )
+    return fmt or named or "tsv", compression
 
 
 def threshold_line(label_names: list[str], thresholds: list[float]) -> str:
