@@ -32,7 +32,7 @@ from synnav_cli.files import replace_atomically
 from synnav_cli.predict.writer import spreadsheet_text
 from synnav_cli.runtime import hardware
 from synnav_cli.scoring.load import LoadedModel
-from synnav_cli.scoring.score import halve_budget
+from synnav_cli.scoring.score import halve_budget, retryable
 
 DEFAULT_STEPS = 32
 
@@ -168,11 +168,9 @@ def attribute(
             try:
                 found = integrate(alphas[done : done + count])
             except RuntimeError as error:
-                if not hardware.is_out_of_memory(error):
-                    raise
-                # Without its traceback the error no longer holds the failed pass's tensors, so
-                # the memory they took is free before the retry.
-                out_of_memory = error.with_traceback(None)
+                # Kept without its traceback, so the failed pass's tensors are free before the
+                # retry; any other error is raised.
+                out_of_memory = retryable(error)
             else:
                 gradients += found
                 done += count
