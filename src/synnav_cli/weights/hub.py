@@ -130,6 +130,7 @@ def fetch(
     # `synnav cache clear` removes them.
     local_only = is_offline or all(is_cached(repo_id, f, revision) for f in filenames)
     if not local_only:
+        _fail_fast_when_unreachable(repo_id, filenames, revision)
         _announce(repo_id, filenames, licence=licence, backbone=backbone, cache=cache)
 
     snapshot: Path | None = None
@@ -159,6 +160,21 @@ def fetch(
             verify(local, repo_id=repo_id, filename=filename)
     assert snapshot is not None
     return snapshot
+
+
+def _fail_fast_when_unreachable(repo_id: str, filenames: Sequence[str], revision: str | None):
+    """One request without retries first: a Hub that cannot be connected to is reported in
+    seconds, not after huggingface_hub's 24 s of retries (see :mod:`~synnav_cli.weights.reach`)."""
+    from synnav_cli.weights.reach import unreachable
+
+    missing = next(f for f in filenames if not is_cached(repo_id, f, revision))
+    failure = unreachable(repo_id, missing, revision)
+    if failure is not None:
+        raise UserError(
+            f"could not download {repo_id} ({missing}): the Hugging Face Hub could not be "
+            f"reached ({one_line(failure)}) and the file is not cached; check the connection "
+            f"(and HTTPS_PROXY), or set {OFFLINE_ENV}=1 to use cached weights only"
+        ) from failure
 
 
 class RemoteFileMissing(UserError):
