@@ -18,7 +18,7 @@ FLOORS = {
     "weights": 2,
     "backbones": 3,
     "plugins": 4, "model": 4, "metrics": 4, "data": 4,
-    "runtime": 5,
+    "runtime": 5, "sharing": 5,
     "modeldir": 6,
     "scoring": 7, "plots": 7,
     "evaluate": 8, "predict": 8, "train": 8,

@@ -267,13 +267,18 @@ def set_default_model(name: str | None) -> ModelInfo | None:
     return info
 
 
-def resolve_model(name: str | None) -> tuple[ModelInfo, str]:
+def resolve_model(name: str | None, *, offline: bool = False) -> tuple[ModelInfo, str]:
     """Find a model by directory, by name under the models directory, or the default.
 
     Without a name: the model set with `synnav models default`, else the bundled one; a newly
-    trained model never becomes the default by itself. Returns the model and how it was chosen
-    ("given", "default" or "bundled"), so the caller can tell the user.
+    trained model never becomes the default by itself. ``hf:ORG/NAME[@REV]`` is a model on the
+    Hugging Face Hub, pulled on first use (``offline``: only one pulled before). Returns the
+    model and how it was chosen ("given", "default" or "bundled"), so the caller can tell the user.
     """
+    if name and name.startswith("hf:"):
+        from synnav_cli.sharing.pull import resolve_hf
+
+        return read_model_info(resolve_hf(name, validate=read_model_info, offline=offline)), "given"
     if name:
         candidate = Path(name).expanduser()
         if _holds_metadata(candidate):

@@ -17,7 +17,8 @@ from synnav_cli.resources import install_hint
     "-m",
     "models",
     multiple=True,
-    help="Model directory or name; repeat to compare models.  "
+    help="Model directory or name, or hf:ORG/NAME[@REVISION] (pulled on first use); repeat to "
+    "compare models.  "
     "[default: the one set with `synnav models default`, else the bundled one]",
 )
 @click.option(
@@ -81,7 +82,7 @@ def evaluate(
     data = data or default_dataset()
     results, scored = [], []
     for name in models or (None,):
-        info, _how = resolve_model(name)
+        info, _how = resolve_model(name, offline=offline)
         result, scores = evaluate_with_scores(
             info,
             data,

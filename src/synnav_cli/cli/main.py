@@ -123,7 +123,7 @@ def backbones(as_json: bool) -> None:
 @cli.group()
 def models() -> None:
     """Trained models in the models directory (SYNNAV_DATA_DIR/models): list them, show one,
-    choose the default."""
+    choose the default, push one to the Hugging Face Hub or pull one from it."""
 
 
 @models.command("list")
@@ -135,7 +135,8 @@ def models() -> None:
 )
 def models_list(as_json: bool) -> None:
     """Trained models, newest first, then the bundled one; the default is marked: backbone, data
-    and split hashes, test mean F1 and ROC-AUC."""
+    and split hashes, test mean F1 and ROC-AUC, and where each came from (trained here, pulled
+    from which Hub repository and revision, bundled)."""
     from synnav_cli.cli.views import format_model_list
     from synnav_cli.modeldir import list_models, read_model_info
     from synnav_cli.resources import bundled_model_path
@@ -192,7 +193,10 @@ def models_show(name: str, as_json: bool) -> None:
 # Each verb lives in the module of its stage; the group gathers them here.
 from synnav_cli.cli import evaluate, predict, train  # noqa: E402
 from synnav_cli.cli.cache import cache_group  # noqa: E402
+from synnav_cli.cli.sharing import models_pull, models_push  # noqa: E402
 
+models.add_command(models_push)
+models.add_command(models_pull)
 for command in (
     train.train,
     evaluate.evaluate,

@@ -17,7 +17,8 @@ from synnav_cli.resources import install_hint
     "--model",
     "-m",
     default=None,
-    help="Model directory or name.  "
+    help="Model directory or name, or hf:ORG/NAME[@REVISION] (a model on the Hugging Face Hub, "
+    "pulled on first use).  "
     "[default: the one set with `synnav models default`, else the bundled one]",
 )
 @click.option(
@@ -306,7 +307,7 @@ def merge(parts: tuple[Path, ...], out: Path | None, fasta: str | None) -> None:
     "-m",
     "model_name",
     default=None,
-    help="Embed with the encoder of this trained model (name or directory).  "
+    help="Embed with the encoder of this trained model (name, directory, or hf:ORG/NAME[@REV]).  "
     "[default: none; give --backbone or --model]",
 )
 @click.option(

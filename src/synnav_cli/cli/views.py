@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from synnav_cli.sharing.pull import describe_source
+
 if TYPE_CHECKING:  # modeldir imports torch; listing and showing models need none of it
     from synnav_cli.modeldir import ModelInfo
 
@@ -86,6 +88,7 @@ def model_summary(info: ModelInfo, default: Path | None = None) -> dict:
         "test_mean_f1": _mean_test(info, "f1"),
         "test_mean_roc_auc": _mean_test(info, "roc_auc"),
         "created": info.meta.get("created"),
+        "source": describe_source(info.path, bundled=info.name == "bundled"),
     }
 
 
@@ -157,6 +160,7 @@ def format_model_list(
         "test F1",
         "test ROC-AUC",
         "created",
+        "source",
     ]
     rows = [
         [
@@ -168,6 +172,7 @@ def format_model_list(
             _number(s["test_mean_f1"]),
             _number(s["test_mean_roc_auc"]),
             s["created"] or "?",
+            s["source"],
         ]
         for s in summaries
     ]

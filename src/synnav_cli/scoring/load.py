@@ -45,7 +45,7 @@ def load_for_scoring(
 ) -> LoadedModel:
     """Find a model by name or directory (None: the default set with `synnav models default`,
     else the bundled one), say which on stderr, and load it with :func:`open_model`."""
-    info, how = resolve_model(model_name)
+    info, how = resolve_model(model_name, offline=offline)
     if how == "bundled":
         console.info(
             f"Using the bundled model ({info.meta.get('description', info.meta['backbone'])}); "

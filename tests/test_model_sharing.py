@@ -1,0 +1,316 @@
+"""synnav models push / pull and --model hf:ORG/NAME, without a network.
+
+A push runs with HfApi's calls replaced by a recorder that keeps exactly what would be uploaded;
+those files are then laid out the way huggingface_hub lays out its cache, and the pull path reads
+them from there, offline, through the same code as a download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import huggingface_hub
+import pytest
+import torch
+from checks import one_error_line
+from hub_fixture import cache_repo, no_network, tiny_hub  # noqa: F401 - fixtures
+
+from synnav_cli import modeldir, paths
+from synnav_cli.cli.main import cli
+from synnav_cli.sharing import files as sharing_files
+from synnav_cli.sharing.card import card_header
+from synnav_cli.train.config import TrainConfig
+from synnav_cli.train.run import train
+
+DATA = Path(__file__).parent / "data"
+REPO = "my-lab/tiny-synnav"
+PROTEINS = {
+    "P1": "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV",
+    "P2": "MSDNELNQSLNELAAKLSEEEARLLELIRRAVDERRKNPSYQLVPEEIQRLLAERGY",
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_plugin) -> Path:
+    records = json.loads((DATA / "small.json").read_text())[:60]
+    data = tmp_path_factory.mktemp("data") / "small60.json"
+    data.write_text(json.dumps(records))
+    out = tmp_path_factory.mktemp("models") / "tiny-shared"
+    train(TrainConfig(backbone="tiny", epochs=1, batch_size=16, learning_rate=3e-3), data, out,
+          device="cpu")
+    return out
+
+
+@pytest.fixture
+def model(trained) -> Path:
+    """The trained model in this test's own models directory."""
+    target = paths.models_dir() / trained.name
+    shutil.copytree(trained, target)
+    return target
+
+
+class Recorder:
+    """Stands in for the Hub: records the repository made and the files one commit uploads."""
+
+    def __init__(self, held=()):
+        self.held = set(held)
+        self.created = []
+        self.commits = []
+
+    def install(self, monkeypatch):
+        for name in ("create_repo", "list_repo_files", "create_branch", "upload_folder"):
+            monkeypatch.setattr(huggingface_hub.HfApi, name, getattr(self, name))
+        monkeypatch.setenv("HF_TOKEN", "hf_recorder")
+        return self
+
+    def create_repo(self, repo_id, private=False, exist_ok=False, **kwargs):
+        self.created.append((repo_id, private))
+
+    def list_repo_files(self, repo_id, **kwargs):
+        return sorted(self.held)
+
+    def create_branch(self, repo_id, branch, exist_ok=False, **kwargs):
+        self.created.append((repo_id, f"branch {branch}"))
+
+    def upload_folder(self, *, repo_id, folder_path, revision=None, delete_patterns=None, **kwargs):
+        uploaded = {p.name: p.read_bytes() for p in Path(folder_path).rglob("*") if p.is_file()}
+        self.commits.append(SimpleNamespace(repo_id=repo_id, files=uploaded, revision=revision,
+                                            delete_patterns=delete_patterns))
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{'c' * 40}")
+
+    @property
+    def files(self) -> dict[str, bytes]:
+        return self.commits[-1].files
+
+
+def _fasta(path: Path) -> Path:
+    path.write_text("".join(f">{k}\n{v}\n" for k, v in PROTEINS.items()))
+    return path
+
+
+def _push(runner, monkeypatch, model: Path, *args, recorder=None):
+    recorder = (recorder or Recorder()).install(monkeypatch)
+    return runner.invoke(cli, ["models", "push", model.name, REPO, *args]), recorder
+
+
+def _manifest(files: dict[str, bytes]) -> bytes:
+    entries = {n: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in files.items()}
+    return json.dumps({"synnav_files": 1, "files": entries}).encode()
+
+
+def test_names_agree_with_model_directories():
+    assert sharing_files.METADATA_FILE == modeldir.METADATA_FILE
+    assert sharing_files.WEIGHTS_FILE == modeldir.WEIGHTS_FILE
+
+
+def test_push_uploads_exactly_the_listed_files_and_a_card(runner, monkeypatch, model):
+    meta = json.loads((model / "synnav-model.json").read_text())
+    meta["files"] = ["extra-index.json"]  # a file another part of synnav lists
+    (model / "synnav-model.json").write_text(json.dumps(meta))
+    (model / "extra-index.json").write_text('{"domains": []}')
+    (model / "notes.pt").write_bytes(b"not listed, not uploaded")
+
+    result, recorder = _push(runner, monkeypatch, model, "--private")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"https://huggingface.co/{REPO}/commit/{'c' * 40}"
+    assert "notes.pt" in result.stderr
+    assert recorder.created == [(REPO, True)]
+    commit = recorder.commits[0]
+    assert commit.delete_patterns == "*" and commit.revision is None
+    assert sorted(commit.files) == sorted(
+        ["synnav-model.json", "model.safetensors", "extra-index.json", "synnav-files.json", "README.md"]
+    )
+    for name in ("synnav-model.json", "model.safetensors", "extra-index.json"):
+        assert commit.files[name] == (model / name).read_bytes()
+    manifest = json.loads(commit.files["synnav-files.json"])["files"]
+    assert manifest["model.safetensors"]["sha256"] == hashlib.sha256(
+        (model / "model.safetensors").read_bytes()).hexdigest()
+
+    card = huggingface_hub.ModelCard(commit.files["README.md"].decode())
+    assert card.data.license == "mit" and card.data.library_name == "synnav"
+    assert "synnav" in card.data.tags
+    text = card.text
+    for label, threshold in meta["thresholds"].items():
+        assert f"| {label} | {threshold:.3f} |" in text
+    test_mean = meta["metrics"]["test"]["mean"]
+    assert f"| test | {test_mean['f1']:.3f} | {test_mean['roc_auc']:.3f} |" in text
+    assert meta["data"]["sha256"] in text and meta["data"]["split_sha256"] in text
+    assert f"torch {meta['versions']['torch']}" in text
+    assert f"--model hf:{REPO}" in text and f"| batch_size | {meta['config']['batch_size']} |" in text
+
+
+def test_push_to_a_branch_creates_it(runner, monkeypatch, model):
+    result, recorder = _push(runner, monkeypatch, model, "--revision", "v1")
+    assert result.exit_code == 0, result.output
+    assert (REPO, "branch v1") in recorder.created and recorder.commits[0].revision == "v1"
+
+
+@pytest.mark.parametrize(
+    "backbone, licence, base",
+    [
+        ("esmc600m", "cambrian-non-commercial-license-agreement", "EvolutionaryScale/esmc-600m-2024-12"),
+        ("esmc300m", "cambrian-open-license-agreement", "EvolutionaryScale/esmc-300m-2024-12"),
+        ("esm2_8m", None, "facebook/esm2_t6_8M_UR50D"),
+    ],
+)
+def test_card_states_the_licence_of_the_weights(backbone, licence, base):
+    header = card_header({"backbone": backbone})
+    assert header["base_model"] == base
+    if licence is None:
+        assert header["license"] == "mit"
+    else:
+        assert header["license"] == "other" and header["license_name"] == licence
+        assert header["license_link"].startswith("https://www.evolutionaryscale.ai/policies/")
+
+
+def test_push_refuses_a_pickle_posing_as_safetensors(runner, monkeypatch, model):
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buffer)
+    (model / "model.safetensors").write_bytes(buffer.getvalue())
+    result, recorder = _push(runner, monkeypatch, model)
+    one_error_line(result, "model.safetensors is a zip archive")
+    assert recorder.commits == []
+
+
+def test_push_refuses_unlisted_kinds_and_needs_a_token(runner, monkeypatch, model):
+    meta = json.loads((model / "synnav-model.json").read_text())
+    (model / "synnav-model.json").write_text(json.dumps({**meta, "files": ["calibration.pkl"]}))
+    result, _ = _push(runner, monkeypatch, model)
+    one_error_line(result, "'calibration.pkl' is not one of the kinds shared")
+
+    (model / "synnav-model.json").write_text(json.dumps(meta))
+    recorder = Recorder().install(monkeypatch)
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("HF_HOME", str(model.parent / "no-hf-home"))
+    result = runner.invoke(cli, ["models", "push", model.name, REPO])
+    one_error_line(result, "no Hugging Face token", "hf auth login")
+    assert recorder.commits == []
+
+
+def test_push_refuses_a_repository_holding_something_else(runner, monkeypatch, model):
+    result, recorder = _push(runner, monkeypatch, model, recorder=Recorder({"config.json", "README.md"}))
+    one_error_line(result, "not a synnav model", "config.json")
+    assert recorder.commits == []
+
+
+def test_round_trip_push_pull_predict_gives_the_same_tsv(runner, monkeypatch, model, tiny_hub, tmp_path):
+    fasta = _fasta(tmp_path / "p.fasta")
+    local = runner.invoke(cli, ["predict", str(fasta), "--model", model.name, "--device", "cpu"])
+    assert local.exit_code == 0, local.output
+
+    result, recorder = _push(runner, monkeypatch, model)
+    assert result.exit_code == 0, result.output
+    cache_repo(tiny_hub, REPO, recorder.files)
+
+    pulled = runner.invoke(cli, ["predict", str(fasta), "--model", f"hf:{REPO}", "--device", "cpu"])
+    assert pulled.exit_code == 0, pulled.output
+    assert pulled.stdout == local.stdout
+    registered = paths.models_dir() / "my-lab--tiny-synnav"
+    assert (registered / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
+    assert not (registered / "README.md").exists()
+
+    # Second use: the registered copy, even with the hub cache gone.
+    shutil.rmtree(tiny_hub)
+    again = runner.invoke(cli, ["predict", str(fasta), "--model", f"hf:{REPO}", "--device", "cpu"])
+    assert again.exit_code == 0 and again.stdout == local.stdout and "Pulling" not in again.stderr
+
+    listing = json.loads(runner.invoke(cli, ["models", "list", "--json"]).stdout)
+    sources = {entry["name"]: entry["source"] for entry in listing}
+    assert sources[model.name] == "trained here" and sources["bundled"] == "bundled"
+    assert sources["my-lab--tiny-synnav"].startswith(f"hf:{REPO}@main (")
+
+
+def test_pull_command_registers_under_a_name(runner, monkeypatch, model, tiny_hub):
+    _result, recorder = _push(runner, monkeypatch, model)
+    snapshot = cache_repo(tiny_hub, REPO, recorder.files, ref="v2")
+    result = runner.invoke(cli, ["models", "pull", f"{REPO}@v2", "--name", "shared"])
+    assert result.exit_code == 0, result.output
+    folder = paths.models_dir() / "shared"
+    assert result.stdout == f"shared\t{folder}\n"
+    source = json.loads((folder / "synnav-source.json").read_text())
+    assert source == {**source, "repo": REPO, "revision": "v2", "commit": snapshot.name}
+    shown = runner.invoke(cli, ["models", "show", "shared", "--json"])
+    assert json.loads(shown.stdout)["labels"] == json.loads((model / "synnav-model.json").read_text())["labels"]
+    # A name that holds a model of another origin is never replaced.
+    clash = runner.invoke(cli, ["models", "pull", f"{REPO}@v2", "--name", model.name])
+    one_error_line(clash, "already exists", "--name")
+    assert (model / "synnav-model.json").is_file() and not (model / "synnav-source.json").exists()
+
+
+def test_offline_without_a_pull_names_the_command(runner, tiny_hub, tmp_path):
+    fasta = _fasta(tmp_path / "p.fasta")
+    for args in (["predict", str(fasta)], ["evaluate"], ["embed", str(fasta), "-o", str(tmp_path / "e.npz")]):
+        result = runner.invoke(cli, [*args, "--model", "hf:my-lab/absent@v3"])
+        one_error_line(result, "offline", "`synnav models pull my-lab/absent@v3`")
+
+
+def _good_files(runner, monkeypatch, model) -> dict[str, bytes]:
+    _result, recorder = _push(runner, monkeypatch, model)
+    return dict(recorder.files)
+
+
+def _zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buffer)
+    return buffer.getvalue()
+
+
+def _crafted(kind: str, files: dict[str, bytes]) -> tuple[dict[str, bytes], str]:
+    """A repository built to be refused, and a phrase of the one line that refuses it."""
+    weights = {n: d for n, d in files.items() if n not in ("synnav-files.json", "README.md")}
+    if kind == "pickle file":
+        weights["model.pkl"] = b"\x80\x04K\x01."
+        return {**weights, "synnav-files.json": _manifest(weights)}, "'model.pkl' is not one of the kinds"
+    if kind == "pickle as safetensors":
+        weights["model.safetensors"] = b"\x80\x04\x95" + b"\x00" * 64
+        return {**weights, "synnav-files.json": _manifest(weights)}, "model.safetensors is a pickle"
+    if kind == "path traversal":
+        manifest = json.loads(_manifest(weights))
+        manifest["files"]["../../escape.json"] = {"size": 2, "sha256": "0" * 64}
+        return {**weights, "synnav-files.json": json.dumps(manifest).encode()}, "not a plain file name"
+    if kind == "zip as safetensors":
+        weights["model.safetensors"] = _zip_bytes()
+        return {**weights, "synnav-files.json": _manifest(weights)}, "is a zip archive"
+    if kind == "10 GB header":
+        weights["model.safetensors"] = (10 * 10**9).to_bytes(8, "little") + b"{}"
+        return {**weights, "synnav-files.json": _manifest(weights)}, "declares a 10,000,000,000-byte header"
+    if kind == "huge declared size":
+        manifest = json.loads(_manifest(weights))
+        manifest["files"]["model.safetensors"]["size"] = 100 << 30
+        return {**weights, "synnav-files.json": json.dumps(manifest).encode()}, "over the"
+    if kind == "wrong hash":
+        manifest = json.loads(_manifest(weights))
+        manifest["files"]["model.safetensors"]["sha256"] = "f" * 64
+        return {**weights, "synnav-files.json": json.dumps(manifest).encode()}, "does not match the sha256"
+    if kind == "unlisted by the metadata":
+        weights["stray.json"] = b"{}"
+        return {**weights, "synnav-files.json": _manifest(weights)}, "but its metadata lists"
+    if kind == "damaged metadata":
+        meta = json.loads(weights["synnav-model.json"])
+        weights["synnav-model.json"] = json.dumps({**meta, "labels": []}).encode()
+        return {**weights, "synnav-files.json": _manifest(weights)}, "'labels' must be a non-empty list"
+    assert kind == "not a synnav model"
+    return {"config.json": b"{}", "pytorch_model.bin": _zip_bytes()}, "is not a synnav model"
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["pickle file", "pickle as safetensors", "path traversal", "zip as safetensors", "10 GB header",
+     "huge declared size", "wrong hash", "unlisted by the metadata", "damaged metadata",
+     "not a synnav model"],
+)
+def test_crafted_repository_is_refused_in_one_line(runner, monkeypatch, model, tiny_hub, tmp_path, kind):
+    files, phrase = _crafted(kind, _good_files(runner, monkeypatch, model))
+    cache_repo(tiny_hub, REPO, files)
+    before = sorted(p.name for p in paths.models_dir().iterdir())
+    result = runner.invoke(cli, ["models", "pull", REPO])
+    one_error_line(result, phrase)
+    assert sorted(p.name for p in paths.models_dir().iterdir()) == before
+    assert not (tmp_path / "escape.json").exists()
+    fasta = _fasta(tmp_path / "p.fasta")
+    one_error_line(runner.invoke(cli, ["predict", str(fasta), "--model", f"hf:{REPO}"]), phrase)
