@@ -100,7 +100,7 @@ def test_no_module_is_too_long():
 
 @pytest.mark.parametrize("verb, package", [
     ("predict", "predict"), ("train", "train"), ("evaluate", "evaluate"), ("merge", "predict"),
-    ("split", "data"),
+    ("split", "data"), ("variants", "predict"),
 ])
 def test_each_verb_reaches_its_own_package(verb, package):
     """The CLI function of a verb imports its own package (below it, everything is lower floors)."""

@@ -191,7 +191,7 @@ def models_show(name: str, as_json: bool) -> None:
 
 
 # Each verb lives in the module of its stage; the group gathers them here.
-from synnav_cli.cli import evaluate, predict, train  # noqa: E402
+from synnav_cli.cli import evaluate, predict, train, variants  # noqa: E402
 from synnav_cli.cli.cache import cache_group  # noqa: E402
 from synnav_cli.cli.sharing import models_pull, models_push  # noqa: E402
 
@@ -201,6 +201,7 @@ for command in (
     train.train,
     evaluate.evaluate,
     predict.predict,
+    variants.variants,
     train.split,
     predict.merge,
     predict.embed,

@@ -1,0 +1,184 @@
+"""``synnav variants`` rows: reference and variant probabilities, their difference, the largest
+change, a status; ranked on request; written as TSV, CSV or JSON lines.
+
+Columns: ``id, variant, length, variant_length, reference_<label>..., variant_<label>...,
+delta_<label>..., largest_change, largest_change_label, status``. ``delta`` is variant minus
+reference; ``largest_change`` is the delta of largest size (sign kept) among the labels the
+model had training data for, ``largest_change_label`` its label (the first on a tie; empty
+when nothing changed).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from typing import IO
+
+import numpy as np
+
+from synnav_cli.data.dataset import column_name
+from synnav_cli.data.variants import Variant
+from synnav_cli.errors import UserError
+from synnav_cli.predict.writer import FORMATS, Prediction, text_cells
+
+SORTS = ("input", "delta")
+
+
+@dataclass
+class VariantRow:
+    variant: Variant
+    reference: Prediction | None  # None for an invalid variant
+    changed: Prediction | None
+    site: int | None = None  # the first position changed
+
+    @property
+    def delta(self) -> np.ndarray | None:
+        """Variant minus reference per label; None unless both were scored."""
+        if self.reference is None or self.changed is None:
+            return None
+        if self.reference.probabilities is None or self.changed.probabilities is None:
+            return None
+        return self.changed.probabilities - self.reference.probabilities
+
+    def status(self, max_length: int) -> str:
+        """ok; invalid: why; a status predict would give either sequence (short, skipped,
+        truncated, windowed:N), said once when both share it; and for a truncated protein
+        whose change lies past the part scored, that the site was not scored."""
+        if self.variant.problem is not None:
+            return f"invalid: {self.variant.problem}"
+        ref, var = self.reference.status, self.changed.status  # type: ignore[union-attr]
+        status = ref if ref == var else f"reference {ref}; variant {var}"
+        if "truncated" in status and self.site is not None and self.site > max_length:
+            status += f": the change at {self.site} is past residue {max_length}, not scored"
+        return status
+
+
+def largest_change(
+    delta: np.ndarray | None, thresholds: list[float]
+) -> tuple[float, int | None] | None:
+    """The delta of largest size among labels with training data (a finite threshold; all
+    labels when none has one), and its index (None when nothing changed); the first label wins
+    a tie."""
+    if delta is None:
+        return None
+    ranked = np.isfinite(np.asarray(thresholds))
+    if not ranked.any():
+        ranked[:] = True
+    sizes = np.where(ranked, np.abs(delta), -1.0)
+    best = int(np.argmax(sizes))  # argmax returns the first of equal values
+    return float(delta[best]), (best if delta[best] != 0 else None)
+
+
+def sort_rows(rows: list[VariantRow], sort: str, thresholds: list[float]) -> list[VariantRow]:
+    """``input``: as given. ``delta``: largest change (in size) first; rows with equal changes
+    keep their input order, and rows not scored come last, in input order."""
+    if sort == "input":
+        return rows
+    if sort not in SORTS:
+        raise UserError(f"unknown sort {sort!r}; choose {', '.join(SORTS)}")
+
+    def key(row: VariantRow) -> tuple[int, float]:
+        change = largest_change(row.delta, thresholds)
+        return (1, 0.0) if change is None else (0, -abs(round(change[0], 4)))
+
+    return sorted(rows, key=key)  # sorted is stable: ties keep input order
+
+
+def columns(label_names: list[str]) -> list[str]:
+    names = [column_name(n) for n in label_names]
+    # Columns added later go last, so that every earlier column keeps its place. The domain
+    # columns predict rows carry belong here too, the variant's, once predict rows have them.
+    return [
+        "id",
+        "variant",
+        "length",
+        "variant_length",
+        *(f"reference_{n}" for n in names),
+        *(f"variant_{n}" for n in names),
+        *(f"delta_{n}" for n in names),
+        "largest_change",
+        "largest_change_label",
+        "status",
+    ]
+
+
+def write_rows(
+    rows: list[VariantRow],
+    handle: IO[str],
+    fmt: str,
+    label_names: list[str],
+    thresholds: list[float],
+    max_length: int,
+    *,
+    raw_ids: bool = False,
+) -> None:
+    """The rows as tsv or csv (with a header) or jsonl; empty cells (null) where not scored."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
+    names = [column_name(n) for n in label_names]
+    text = text_cells(fmt, raw_ids)
+    writer = None
+    if fmt != "jsonl":
+        writer = csv.writer(handle, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
+        writer.writerow([text(c) for c in columns(label_names)])
+    for row in rows:
+        reference = _probabilities(row.reference)
+        changed = _probabilities(row.changed)
+        delta = row.delta
+        change = largest_change(delta, thresholds)
+        length = row.reference.length if row.reference is not None else None
+        variant_length = row.changed.length if row.changed is not None else None
+        status = row.status(max_length)
+        if writer is None:
+            handle.write(
+                json.dumps(
+                    {
+                        "id": row.variant.id,
+                        "variant": row.variant.notation,
+                        "length": length,
+                        "variant_length": variant_length,
+                        "reference_probabilities": _named(names, reference),
+                        "variant_probabilities": _named(names, changed),
+                        "delta": _named(names, delta),
+                        "largest_change": None if change is None else round(change[0], 4),
+                        "largest_change_label": _label(names, change),
+                        "status": status,
+                    }
+                )
+                + "\n"
+            )
+            continue
+        writer.writerow(
+            [
+                text(row.variant.id),
+                text(row.variant.notation),
+                "" if length is None else length,
+                "" if variant_length is None else variant_length,
+                *_cells(reference, len(names), "{:.4f}"),
+                *_cells(changed, len(names), "{:.4f}"),
+                *_cells(delta, len(names), "{:+.4f}"),
+                "" if change is None else f"{change[0]:+.4f}",
+                text(_label(names, change) or ""),
+                text(status),
+            ]
+        )
+
+
+def _label(names: list[str], change: tuple[float, int | None] | None) -> str | None:
+    """The label of the largest change; None when nothing changed (no label moved most)."""
+    return None if change is None or change[1] is None else names[change[1]]
+
+
+def _probabilities(prediction: Prediction | None) -> np.ndarray | None:
+    return None if prediction is None else prediction.probabilities
+
+
+def _named(names: list[str], values: np.ndarray | None) -> dict | None:
+    if values is None:
+        return None
+    return {n: round(float(v), 4) for n, v in zip(names, values)}
+
+
+def _cells(values: np.ndarray | None, count: int, form: str) -> list[str]:
+    return [""] * count if values is None else [form.format(float(v)) for v in values]

@@ -1,0 +1,287 @@
+"""synnav variants: HGVS protein notation read and checked, each sequence scored once, rows."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from checks import one_error_line
+
+from synnav_cli.cli.main import cli
+from synnav_cli.data.hgvs import Change, apply_changes, parse_hgvs_protein
+from synnav_cli.data.variants import Variant, read_variants
+from synnav_cli.errors import UserError
+from synnav_cli.predict import variants as variants_module
+from synnav_cli.predict.variant_rows import VariantRow, sort_rows
+from synnav_cli.predict.writer import Prediction
+from synnav_cli.train.config import TrainConfig
+from synnav_cli.train.run import train
+
+DATA = Path(__file__).parent / "data"
+# 40 residues: R at 5, G at 12, K at 15, C at 28.
+REFERENCE = "MKTARIAKQRQGSFKSHFSRQLEERLGCIEVQMEEPQSDP"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_plugin) -> Path:
+    records = json.loads((DATA / "small.json").read_text())[:60]
+    data = tmp_path_factory.mktemp("data") / "small60.json"
+    data.write_text(json.dumps(records))
+    out = tmp_path_factory.mktemp("models") / "tiny-variants"
+    train(TrainConfig(backbone="tiny", epochs=2, batch_size=16, learning_rate=3e-3), data, out,
+          device="cpu")
+    return out
+
+
+def _files(tmp_path: Path, table: str, fasta: dict[str, str] | None = None) -> tuple[Path, Path]:
+    fasta = fasta or {"P1": REFERENCE, "sp|Q2|TWO_HUMAN": REFERENCE[::-1]}
+    reference = tmp_path / "ref.fasta"
+    reference.write_text("".join(f">{name}\n{sequence}\n" for name, sequence in fasta.items()))
+    variants = tmp_path / "variants.tsv"
+    variants.write_text(table)
+    return reference, variants
+
+
+def _rows(text: str, delimiter: str = "\t") -> list[dict]:
+    return list(csv.DictReader(io.StringIO(text), delimiter=delimiter))
+
+
+# Notation
+
+
+@pytest.mark.parametrize("text, kind, start, end, inserted", [
+    ("p.Arg5Trp", "substitution", 5, 5, "W"),
+    ("p.R5W", "substitution", 5, 5, "W"),
+    ("p.(Arg5Trp)", "substitution", 5, 5, "W"),
+    ("p.Arg5=", "synonymous", 5, 5, ""),
+    ("p.R5R", "synonymous", 5, 5, ""),
+    ("p.Arg5Ter", "nonsense", 5, 5, "*"),
+    ("p.R5*", "nonsense", 5, 5, "*"),
+    ("p.Gly12del", "deletion", 12, 12, ""),
+    ("p.Gly12_Lys15del", "deletion", 12, 15, ""),
+    ("p.G12_K15dup", "duplication", 12, 15, ""),
+    ("p.Gly12_Ser13insGlnTrp", "insertion", 12, 13, "QW"),
+    ("p.Cys28delinsTrpVal", "delins", 28, 28, "WV"),
+    ("p.G12_K15delinsAla", "delins", 12, 15, "A"),
+    ("NP_000537.3:p.Arg5Trp", "substitution", 5, 5, "W"),
+])
+def test_each_notation_form_parses(text, kind, start, end, inserted):
+    _accession, (change,) = parse_hgvs_protein(text)
+    assert (change.kind, change.start, change.end, change.inserted) == (kind, start, end, inserted)
+
+
+def test_haplotype_and_accession():
+    accession, changes = parse_hgvs_protein("ENSP00000269305.4:p.[Arg5Trp;Gly12del]")
+    assert accession == "ENSP00000269305.4"
+    assert [(c.kind, c.start) for c in changes] == [("substitution", 5), ("deletion", 12)]
+    assert parse_hgvs_protein("p.=") == (None, [])
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("p.Arg5", "not a protein change"),
+    ("p.Xyz5Trp", "not a protein change"),
+    ("p.Arg0Trp", "not a protein change"),
+    ("p.Arg5Trpp", "not a protein change"),
+    ("R5W", "not a protein variant"),
+    ("c.14A>G", "not a protein variant"),
+    ("p.Arg5ProfsTer23", "frameshift"),
+    ("p.Ter41GlnextTer5", "extension"),
+    ("p.Met1?", "unknown effect"),
+    ("p.Gly12_Lys10del", "lower to a higher"),
+    ("p.Gly12_Lys15insGln", "neighbouring residues"),
+    ("p.[Arg5Trp];[Gly12Ser]", "p.[A;B]"),
+    ("p.[Arg5Trp;]", "p.[A;B]"),
+    ("bad acc:p.R5W", "not an accession"),
+])
+def test_malformed_notation_is_one_line(text, needle):
+    with pytest.raises(UserError) as caught:
+        parse_hgvs_protein(text)
+    message = str(caught.value)
+    assert needle in message and "\n" not in message
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("p.Arg5Trp", REFERENCE[:4] + "W" + REFERENCE[5:]),
+    ("p.Arg5=", REFERENCE),
+    ("p.Arg5Ter", REFERENCE[:4]),
+    ("p.Gly12_Lys15del", REFERENCE[:11] + REFERENCE[15:]),
+    ("p.Gly12_Lys15dup", REFERENCE[:15] + REFERENCE[11:15] + REFERENCE[15:]),
+    ("p.Gly12_Ser13insGlnTrp", REFERENCE[:12] + "QW" + REFERENCE[12:]),
+    ("p.Cys28delinsTrpVal", REFERENCE[:27] + "WV" + REFERENCE[28:]),
+    ("p.Gly12_Ser13insGlnTer", REFERENCE[:12] + "Q"),
+    ("p.[Arg5Trp;Gly12del;Cys28Ala]", REFERENCE[:4] + "W" + REFERENCE[5:11] + REFERENCE[12:27] + "A"
+     + REFERENCE[28:]),
+])
+def test_changes_apply(text, expected):
+    assert apply_changes(REFERENCE, parse_hgvs_protein(text)[1], "P1") == expected
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("p.Gly5Trp", "residue 5 of P1 is Arg (R), not Gly (G)"),
+    ("p.Arg50Trp", "past the end of P1"),
+    ("p.[Arg5Trp;Arg5Lys]", "overlap"),
+    ("p.[Gly12_Lys15del;Ser13Ala]", "overlap"),
+])
+def test_changes_that_do_not_fit_the_reference_are_refused(text, needle):
+    with pytest.raises(UserError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        apply_changes(REFERENCE, parse_hgvs_protein(text)[1], "P1")
+
+
+def test_table_lines(tmp_path):
+    _, table = _files(tmp_path, "id\tvariant\n# a comment\n\nP1\tp.R5W p.G12S\nNP_1.2:p.Arg5Trp\n"
+                                "P1  p.Arg5Trp\nP1\tp.R5\nP2\tNP_9:p.R5W\n")
+    found = read_variants(table)
+    assert [(v.line, v.id, v.problem is None) for v in found] == [
+        (4, "P1", True), (5, "NP_1.2", True), (6, "P1", True), (7, "P1", False), (8, "P2", False)]
+    assert [c.start for c in found[0].changes] == [5, 12]  # one haplotype, one row
+    assert "names NP_9, not P2" in found[4].problem
+
+
+def test_vcf_with_vep_and_snpeff_annotations(tmp_path):
+    vcf = tmp_path / "in.vcf"
+    vcf.write_text(
+        "##fileformat=VCFv4.2\n"
+        '##INFO=<ID=CSQ,Number=.,Type=String,Description="Consequence annotations from Ensembl VEP. '
+        'Format: Allele|Consequence|Feature|HGVSc|HGVSp">\n'
+        "##INFO=<ID=ANN,Number=.,Type=String,Description=\"Functional annotations: 'Allele | "
+        "Annotation | Annotation_Impact | Gene_Name | Gene_ID | Feature_Type | Feature_ID | "
+        "Transcript_BioType | Rank | HGVS.c | HGVS.p | cDNA.pos / cDNA.length' \">\n"
+        "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+        "1\t10\t.\tC\tT\t.\t.\tCSQ=T|missense_variant|ENST1|c.13C>T|ENSP1.2:p.Arg5Trp,"
+        "T|missense_variant|ENST2|c.13C>T|ENSP1.2:p.Arg5Trp,T|intron_variant|ENST3||\n"
+        "1\t20\t.\tG\tA\t.\t.\tDP=4;ANN=A|synonymous_variant|LOW|G|G1|transcript|ENST9|"
+        "protein_coding|2/5|c.15G>A|p.Arg5%3D|15/100\n"
+    )
+    found = read_variants(vcf)
+    assert [(v.id, v.notation, v.problem) for v in found] == [
+        ("ENSP1.2", "ENSP1.2:p.Arg5Trp", None), ("ENST9", "p.Arg5=", None)]
+    assert found[1].changes[0].kind == "synonymous"
+
+
+def test_vcf_without_annotations_is_one_line(tmp_path):
+    vcf = tmp_path / "in.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   "1\t10\t.\tC\tT\t.\t.\tDP=3\n")
+    with pytest.raises(UserError, match="without VEP"):
+        read_variants(vcf)
+
+
+# Ranking
+
+
+def _row(line: int, delta: float | None) -> VariantRow:
+    variant = Variant(line, "P1", "p.R5W")
+    reference = Prediction("r", 40, np.array([0.5, 0.5]), "ok")
+    changed = Prediction("v", 40, None if delta is None else np.array([0.5 + delta, 0.5]), "ok")
+    return VariantRow(variant, reference, changed)
+
+
+def test_sort_by_delta_is_stable():
+    rows = [_row(i, d) for i, d in enumerate([0.1, 0.3, -0.3, 0.1, None, 0.3, 0.0])]
+    ranked = sort_rows(rows, "delta", [0.5, 0.5])
+    assert [r.variant.line for r in ranked] == [1, 2, 5, 0, 3, 6, 4]
+    assert sort_rows(rows, "input", [0.5, 0.5]) == rows
+
+
+# The command
+
+
+def test_variants_is_in_help(runner):
+    result = runner.invoke(cli, ["--help"])
+    assert "variants" in result.output
+    assert "HGVS" in runner.invoke(cli, ["variants", "--help"]).output
+
+
+def test_wrong_reference_residue_is_refused_before_scoring(runner, tmp_path, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(variants_module, "load_for_scoring", never)
+    fasta, table = _files(tmp_path, "P1\tp.Arg5Trp\nP1\tp.Gly6Trp\nP1\tp.Lys9Trp\n")
+    result = runner.invoke(cli, ["variants", str(fasta), str(table), "--device", "cpu"])
+    one_error_line(result, "line 2 of", "residue 6 of P1 is I", "not Gly", "2 of 3 variants invalid",
+                   "--skip-invalid")
+    assert result.stdout == ""
+
+
+def test_malformed_line_is_refused_in_one_line(runner, tmp_path):
+    fasta, table = _files(tmp_path, "P1\tp.Arg5Trp\nP1\tp.Arg5fs\n")
+    one_error_line(runner.invoke(cli, ["variants", str(fasta), str(table)]), "line 2", "frameshift")
+
+
+def test_missing_protein_is_refused(runner, tmp_path):
+    fasta, table = _files(tmp_path, "P9\tp.Arg5Trp\n")
+    one_error_line(runner.invoke(cli, ["variants", str(fasta), str(table)]), "P9 is not in")
+
+
+@pytest.mark.parametrize("option", [["--shard", "1/2"], ["--explain", "x"]])
+def test_unsupported_options_are_one_line(runner, tmp_path, option):
+    fasta, table = _files(tmp_path, "P1\tp.Arg5Trp\n")
+    one_error_line(runner.invoke(cli, ["variants", str(fasta), str(table), *option]), "not supported yet")
+
+
+def test_rows_no_op_and_each_sequence_scored_once(runner, model_dir, tmp_path, monkeypatch):
+    scored: list[str] = []
+    real = variants_module.predict_chunks
+
+    def counting(model, backbone, records, runtime, **options):
+        records = list(records)
+        scored.extend(r.sequence for r in records)
+        return real(model, backbone, records, runtime, **options)
+
+    monkeypatch.setattr(variants_module, "predict_chunks", counting)
+    fasta, table = _files(tmp_path, "P1\tp.Arg5Trp\nP1\tp.Arg5=\nQ2\tp.Q9=\nP1\tp.R5W\nP1\tp.Arg5Ter\n")
+    result = runner.invoke(cli, ["variants", str(fasta), str(table), "--model", str(model_dir),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = _rows(result.stdout)
+    labels = json.loads((model_dir / "synnav-model.json").read_text())["labels"]
+    names = [n.replace(" ", "_") for n in labels]
+    assert list(rows[0]) == ["id", "variant", "length", "variant_length",
+                             *(f"reference_{n}" for n in names), *(f"variant_{n}" for n in names),
+                             *(f"delta_{n}" for n in names), "largest_change", "largest_change_label",
+                             "status"]
+    # P1, P1 R5W and Q2 (by its UniProt accession): each once; the 4-residue truncation is short.
+    assert sorted(scored) == sorted([REFERENCE, REFERENCE[:4] + "W" + REFERENCE[5:], REFERENCE[::-1],
+                                     REFERENCE[:4]])
+    for no_op in (rows[1], rows[2]):
+        assert [float(no_op[f"delta_{n}"]) for n in names] == [0.0] * len(names)
+        assert float(no_op["largest_change"]) == 0.0 and no_op["largest_change_label"] == ""
+    assert rows[0]["variant"] == "p.Arg5Trp" and rows[0]["status"] == "ok"
+    assert rows[0] == {**rows[3], "variant": "p.Arg5Trp"}  # two spellings, one sequence, one score
+    assert rows[4]["status"] == "reference ok; variant short" and rows[4]["delta_" + names[0]] == ""
+
+    # The deltas are predict's probabilities of the two sequences, subtracted.
+    pair = tmp_path / "pair.fasta"
+    pair.write_text(f">ref\n{REFERENCE}\n>mut\n{REFERENCE[:4]}W{REFERENCE[5:]}\n")
+    plain = _rows(runner.invoke(cli, ["predict", str(pair), "--model", str(model_dir),
+                                      "--device", "cpu"]).stdout)
+    deltas = {n: float(plain[1][n]) - float(plain[0][n]) for n in names}
+    for n in names:
+        assert float(rows[0][f"delta_{n}"]) == pytest.approx(deltas[n], abs=2e-4)
+        assert rows[0][f"reference_{n}"] == plain[0][n]
+    largest = max(names, key=lambda n: abs(float(rows[0][f"delta_{n}"])))
+    assert rows[0]["largest_change_label"] == largest
+
+
+def test_skip_invalid_sort_and_formats(runner, model_dir, tmp_path):
+    fasta, table = _files(tmp_path, "P1\tp.Arg5=\nP1\tp.Gly5Trp\nP1\tp.Cys28delinsTrpValTrp\n"
+                                    "P1\tp.Arg5=\n")
+    base = ["variants", str(fasta), str(table), "--model", str(model_dir), "--device", "cpu"]
+    one_error_line(runner.invoke(cli, base), "line 2")
+    out = tmp_path / "ranked.csv"
+    result = runner.invoke(cli, [*base, "--skip-invalid", "--sort", "delta", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "1 of 4 variants are invalid" in result.stderr
+    rows = _rows(out.read_text(), ",")
+    assert [r["variant"] for r in rows] == ["p.Cys28delinsTrpValTrp", "p.Arg5=", "p.Arg5=", "p.Gly5Trp"]
+    assert rows[-1]["status"].startswith("invalid: residue 5 of P1 is Arg")
+    assert rows[0]["variant_length"] == "42" and rows[-1]["length"] == ""
+    lines = runner.invoke(cli, [*base, "--skip-invalid", "--format", "jsonl"]).stdout.splitlines()
+    first = json.loads(lines[0])
+    assert first["id"] == "P1" and set(first["delta"].values()) == {0.0}
+    assert json.loads(lines[1])["delta"] is None
