@@ -23,6 +23,7 @@ from hub_fixture import cache_repo, no_network, tiny_hub  # noqa: F401 - fixture
 from synnav_cli import modeldir, paths
 from synnav_cli.cli.main import cli
 from synnav_cli.sharing import files as sharing_files
+from synnav_cli.sharing import pull as pull_module
 from synnav_cli.sharing.card import card_header
 from synnav_cli.train.config import TrainConfig
 from synnav_cli.train.run import train
@@ -314,3 +315,35 @@ def test_crafted_repository_is_refused_in_one_line(runner, monkeypatch, model, t
     assert not (tmp_path / "escape.json").exists()
     fasta = _fasta(tmp_path / "p.fasta")
     one_error_line(runner.invoke(cli, ["predict", str(fasta), "--model", f"hf:{REPO}"]), phrase)
+
+
+def test_offline_flag_alone_keeps_hf_names_off_the_network(runner, tmp_path, monkeypatch, no_network):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("SYNNAV_OFFLINE", raising=False)
+    fasta = _fasta(tmp_path / "p.fasta")
+    result = runner.invoke(cli, ["predict", str(fasta), "--offline", "--model", "hf:my-lab/absent"])
+    one_error_line(result, "offline", "`synnav models pull my-lab/absent`")
+
+
+@pytest.mark.parametrize("hub_size", ["as declared", "larger"])
+def test_online_pull_compares_the_hubs_sizes_first(runner, monkeypatch, model, tiny_hub, hub_size):
+    """Online, the Hub's file listing (replaced here) must agree with the manifest before any
+    listed file is fetched; the files themselves come from the cache, so nothing is downloaded."""
+    files = _good_files(runner, monkeypatch, model)
+    snapshot = cache_repo(tiny_hub, REPO, files)
+    sizes = {name: len(data) for name, data in files.items()}
+    if hub_size == "larger":
+        sizes["model.safetensors"] += 1
+    fetched = []
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("SYNNAV_OFFLINE")
+    monkeypatch.setattr("synnav_cli.sharing.pull.remote_files", lambda repo, rev: (snapshot.name, sizes))
+    real_fetch = pull_module.hub.fetch
+    monkeypatch.setattr(pull_module.hub, "fetch", lambda repo, names, **kw: fetched.append(list(names)) or real_fetch(repo, names, **kw))
+    result = runner.invoke(cli, ["models", "pull", REPO])
+    if hub_size == "larger":
+        one_error_line(result, "the Hub holds model.safetensors as", "where its manifest says")
+        assert fetched == [["synnav-files.json"]]
+    else:
+        assert result.exit_code == 0, result.output
+        assert fetched[0] == ["synnav-files.json"] and "model.safetensors" in fetched[1]
