@@ -236,7 +236,8 @@ def test_pull_command_registers_under_a_name(runner, monkeypatch, model, tiny_hu
     source = json.loads((folder / "synnav-source.json").read_text())
     assert source == {**source, "repo": REPO, "revision": "v2", "commit": snapshot.name}
     shown = runner.invoke(cli, ["models", "show", "shared", "--json"])
-    assert json.loads(shown.stdout)["labels"] == json.loads((model / "synnav-model.json").read_text())["labels"]
+    shown = json.loads(shown.stdout)
+    assert shown["path"] == str(folder) and shown["source"] == f"hf:{REPO}@v2 ({snapshot.name[:12]})"
     # A name that holds a model of another origin is never replaced.
     clash = runner.invoke(cli, ["models", "pull", f"{REPO}@v2", "--name", model.name])
     one_error_line(clash, "already exists", "--name")
@@ -347,3 +348,23 @@ def test_online_pull_compares_the_hubs_sizes_first(runner, monkeypatch, model, t
     else:
         assert result.exit_code == 0, result.output
         assert fetched[0] == ["synnav-files.json"] and "model.safetensors" in fetched[1]
+
+
+def test_one_pull_at_a_time(runner, monkeypatch, model, tiny_hub, tmp_path):
+    """`models pull` refuses while another process pulls the same repository; `--model hf:` waits
+    for that pull and then uses the model (array jobs starting together pull once)."""
+    import threading
+
+    _result, recorder = _push(runner, monkeypatch, model)
+    cache_repo(tiny_hub, REPO, recorder.files)
+    held = pull_module._pull_lock(pull_module.parse_ref(REPO))
+    assert held is not None
+    one_error_line(runner.invoke(cli, ["models", "pull", REPO]), "another synnav process is pulling")
+
+    release = threading.Timer(1.0, held.close)
+    release.start()
+    fasta = _fasta(tmp_path / "p.fasta")
+    result = runner.invoke(cli, ["predict", str(fasta), "--model", f"hf:{REPO}", "--device", "cpu"])
+    release.join()
+    assert result.exit_code == 0, result.output
+    assert "Waiting for another synnav process" in result.stderr and "Pulled hf:" in result.stderr

@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from synnav_cli import console, paths
 from synnav_cli.errors import UserError
-from synnav_cli.files import temporary_dir, write_json_atomic
+from synnav_cli.files import exclusive_lock, temporary_dir, write_json_atomic
 from synnav_cli.sharing.files import (
     MANIFEST_FILE,
     SOURCE_FILE,
@@ -102,13 +104,51 @@ def find_pulled(ref: HubRef) -> Path | None:
 
 
 def resolve_hf(text: str, *, validate: Validate, offline: bool = False) -> Path:
-    """The model directory ``hf:ORG/NAME[@REV]`` names: the registered copy, else pulled now."""
+    """The model directory ``hf:ORG/NAME[@REV]`` names: the registered copy, else pulled now.
+
+    The jobs of an array that all start with the same new ``hf:`` name pull it once: the others
+    wait for that pull (up to ``WAIT_FOR_PULL_S``) and use its copy.
+    """
     ref = parse_ref(text)
-    found = find_pulled(ref)
-    if found is not None:
-        return found
-    console.info(f"Pulling hf:{ref} (first use); it will be kept as {ref.local_name}.")
-    return pull(ref, validate=validate, offline=offline)
+    deadline = time.monotonic() + WAIT_FOR_PULL_S
+    said = False
+    while True:
+        found = find_pulled(ref)
+        if found is not None:
+            return found
+        lock = _pull_lock(ref)
+        if lock is not None:
+            break
+        if time.monotonic() > deadline:
+            raise _busy(ref)
+        if not said:
+            console.info(f"Waiting for another synnav process pulling hf:{ref}.")
+            said = True
+        time.sleep(1.0)
+    with lock:
+        found = find_pulled(ref)
+        if found is not None:
+            return found
+        console.info(f"Pulling hf:{ref} (first use); it will be kept as {ref.local_name}.")
+        return _pull(ref, validate=validate, name=None, offline=offline)
+
+
+WAIT_FOR_PULL_S = 3600.0
+
+
+def _pull_lock(ref: HubRef) -> ExitStack | None:
+    """The lock on pulling ``ref`` (held until the stack closes), or None: another process has it."""
+    stack = ExitStack()
+    path = paths.models_dir() / f".{ref.local_name}.pull-lock"
+    try:
+        stack.enter_context(exclusive_lock(path, f"hf:{ref}"))
+    except UserError:
+        return None
+    return stack
+
+
+def _busy(ref: HubRef) -> UserError:
+    return UserError(f"another synnav process is pulling hf:{ref}; wait for it to finish")
 
 
 def pull(
@@ -123,6 +163,14 @@ def pull(
             name is replaced only when it holds an earlier pull of the same repository.
         offline: use the synnav cache only (``SYNNAV_OFFLINE=1``/``HF_HUB_OFFLINE=1`` do the same).
     """
+    lock = _pull_lock(ref)
+    if lock is None:
+        raise _busy(ref)
+    with lock:
+        return _pull(ref, validate=validate, name=name, offline=offline)
+
+
+def _pull(ref: HubRef, *, validate: Validate, name: str | None, offline: bool) -> Path:
     target = paths.models_dir() / (name or ref.local_name)
     if name is not None and (name.startswith(".") or Path(name).name != name):
         raise UserError(f"--name {name!r} must be a plain name, not a path")
@@ -133,6 +181,12 @@ def pull(
         if not hub.is_cached(ref.repo, MANIFEST_FILE, ref.revision):
             if _snapshot_cached(ref):
                 raise _not_synnav(ref)
+            registered = find_pulled(ref)
+            if registered is not None:
+                raise UserError(
+                    f"hf:{ref} is registered as {registered.name} (use --model "
+                    f"{registered.name}); offline, it cannot be pulled again"
+                )
             raise UserError(
                 f"hf:{ref} has not been pulled and offline mode is on (--offline, SYNNAV_OFFLINE "
                 f"or HF_HUB_OFFLINE): with network access, run `synnav models pull {ref}` once"
