@@ -12,7 +12,7 @@ import pytest
 from checks import one_error_line
 
 from synnav_cli.cli.main import cli
-from synnav_cli.data.hgvs import Change, apply_changes, parse_hgvs_protein
+from synnav_cli.data.hgvs import apply_changes, parse_hgvs_protein
 from synnav_cli.data.variants import Variant, read_variants
 from synnav_cli.errors import UserError
 from synnav_cli.predict import variants as variants_module
@@ -285,3 +285,43 @@ def test_skip_invalid_sort_and_formats(runner, model_dir, tmp_path):
     first = json.loads(lines[0])
     assert first["id"] == "P1" and set(first["delta"].values()) == {0.0}
     assert json.loads(lines[1])["delta"] is None
+
+
+def test_out_resumes_after_an_interruption(runner, model_dir, tmp_path, monkeypatch):
+    """-o with input order continues a partial file: the rows written stay, the rest are added,
+    and the sequences of the rows done are not scored again."""
+    table = "".join(f"P1\tp.{residue}{i + 1}Trp\n" for i, residue in enumerate(REFERENCE[:6])
+                    if residue != "W")
+    fasta, variants = _files(tmp_path, table)
+    base = ["variants", str(fasta), str(variants), "--model", str(model_dir), "--device", "cpu"]
+    whole = runner.invoke(cli, base)
+    assert whole.exit_code == 0, whole.output
+
+    monkeypatch.setattr(variants_module, "CHUNK_RECORDS", 2)
+    real, scored, calls = variants_module.predict_chunks, [], []
+
+    def failing_third(model, backbone, records, runtime, **options):
+        calls.append(1)
+        if len(calls) == 3 and failing:
+            raise KeyboardInterrupt
+        records = list(records)
+        scored.extend(r.sequence for r in records)
+        return real(model, backbone, records, runtime, **options)
+
+    monkeypatch.setattr(variants_module, "predict_chunks", failing_third)
+    out = tmp_path / "effects.tsv"
+    failing = True
+    interrupted = runner.invoke(cli, [*base, "-o", str(out)])
+    assert interrupted.exit_code == 130 and not out.exists()
+    partial = (tmp_path / "effects.tsv.partial").read_text()
+    assert len(partial.splitlines()) == 1 + 4  # the header and two chunks of two
+    failing, scored[:] = False, []
+    variants.write_text(table.replace("p.M1Trp", "p.M1Lys"))  # another table: refused, not mixed
+    one_error_line(runner.invoke(cli, [*base, "-o", str(out)]), "another input")
+    variants.write_text(table)
+    resumed = runner.invoke(cli, [*base, "-o", str(out)])
+    assert resumed.exit_code == 0, resumed.output
+    assert "Resuming" in resumed.stderr
+    assert out.read_text() == whole.stdout
+    assert REFERENCE[:1] + "W" + REFERENCE[2:] not in scored  # row 2's variant: done before
+    assert not (tmp_path / "effects.tsv.partial").exists()

@@ -40,7 +40,8 @@ from synnav_cli.errors import UserError
     type=click.Path(path_type=Path),
     default=None,
     help="Write to this file (atomically) instead of stdout; its suffix picks the format and a "
-    "compression, as for predict. An interrupted run starts again.  [default: stdout]",
+    "compression, as for predict. In input order, run the same command again after an "
+    "interruption to continue; with --sort delta it starts again.  [default: stdout]",
 )
 @click.option(
     "--sort",

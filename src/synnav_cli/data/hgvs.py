@@ -16,6 +16,7 @@ subset above is a page of regular expressions.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -43,7 +44,8 @@ _FORMS = [
 ]
 # Accessions are letters, digits and ._- (NP_000537.3, ENSP00000269305.4, P04637).
 _ACCESSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-MAX_CHANGES = 1000  # per variant: far more than any haplotype of interest, bounded for hostile input
+# Changes per variant: far more than any haplotype of interest, bounded for hostile input.
+MAX_CHANGES = 1000
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,7 @@ def apply_changes(reference: str, changes: list[Change], name: str) -> str:
                     f"not {ONE_LETTER.get(residue, residue)} ({residue})"
                 )
     ordered = sorted(changes, key=lambda c: c.span, reverse=True)
-    for later, earlier in zip(ordered, ordered[1:]):
+    for later, earlier in itertools.pairwise(ordered):
         (lo, hi), (lo2, hi2) = later.span, earlier.span
         if lo < hi2 or (lo == lo2 and hi == hi2):
             raise UserError("two changes overlap; give them as one (delins)")

@@ -66,7 +66,9 @@ def _lines(handle, label: str, first: str) -> Iterator[tuple[int, str]]:
     line, number = first, 1
     while line:
         if len(line.rstrip("\r\n")) > MAX_LINE_CHARS:
-            raise UserError(f"line {number:,} of {label} is longer than {MAX_LINE_CHARS:,} characters")
+            raise UserError(
+                f"line {number:,} of {label} is longer than {MAX_LINE_CHARS:,} characters"
+            )
         if number > MAX_VARIANTS * 2:
             raise UserError(f"{label} has more than {MAX_VARIANTS * 2:,} lines; split it")
         yield number, line.rstrip("\r\n")

@@ -11,6 +11,7 @@ when nothing changed).
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from typing import IO
@@ -103,35 +104,46 @@ def columns(label_names: list[str]) -> list[str]:
     ]
 
 
-def write_rows(
-    rows: list[VariantRow],
-    handle: IO[str],
-    fmt: str,
-    label_names: list[str],
-    thresholds: list[float],
-    max_length: int,
-    *,
-    raw_ids: bool = False,
-) -> None:
-    """The rows as tsv or csv (with a header) or jsonl; empty cells (null) where not scored."""
-    if fmt not in FORMATS:
-        raise UserError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
-    names = [column_name(n) for n in label_names]
-    text = text_cells(fmt, raw_ids)
-    writer = None
-    if fmt != "jsonl":
-        writer = csv.writer(handle, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
-        writer.writerow([text(c) for c in columns(label_names)])
-    for row in rows:
+class VariantWriter:
+    """Rows as tsv or csv (the caller writes :attr:`header`; a resumed file has it) or jsonl;
+    empty cells (null) where not scored. Text cells as :func:`writer.text_cells` says."""
+
+    def __init__(
+        self,
+        handle: IO[str],
+        fmt: str,
+        label_names: list[str],
+        thresholds: list[float],
+        max_length: int,
+        *,
+        raw_ids: bool = False,
+    ) -> None:
+        if fmt not in FORMATS:
+            raise UserError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
+        self.handle, self.thresholds, self.max_length = handle, thresholds, max_length
+        self.names = [column_name(n) for n in label_names]
+        self.columns = columns(label_names)
+        self._text = text_cells(fmt, raw_ids)
+        self._csv = None
+        self.header = ""
+        if fmt != "jsonl":
+            dialect = {"delimiter": "\t" if fmt == "tsv" else ",", "lineterminator": "\n"}
+            line = io.StringIO()
+            csv.writer(line, **dialect).writerow([self._text(c) for c in self.columns])
+            self.header = line.getvalue()
+            self._csv = csv.writer(handle, **dialect)
+
+    def write(self, row: VariantRow) -> None:
+        names, text = self.names, self._text
         reference = _probabilities(row.reference)
         changed = _probabilities(row.changed)
         delta = row.delta
-        change = largest_change(delta, thresholds)
+        change = largest_change(delta, self.thresholds)
         length = row.reference.length if row.reference is not None else None
         variant_length = row.changed.length if row.changed is not None else None
-        status = row.status(max_length)
-        if writer is None:
-            handle.write(
+        status = row.status(self.max_length)
+        if self._csv is None:
+            self.handle.write(
                 json.dumps(
                     {
                         "id": row.variant.id,
@@ -148,8 +160,8 @@ def write_rows(
                 )
                 + "\n"
             )
-            continue
-        writer.writerow(
+            return
+        self._csv.writerow(
             [
                 text(row.variant.id),
                 text(row.variant.notation),

@@ -8,6 +8,9 @@ reference shared by a thousand variants costs one protein.
 
 from __future__ import annotations
 
+import io
+import itertools
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -16,9 +19,10 @@ from synnav_cli.data.fasta import FastaRecord, check_input, read_fasta
 from synnav_cli.data.hgvs import apply_changes
 from synnav_cli.data.variants import Variant, read_variants
 from synnav_cli.errors import UserError
-from synnav_cli.files import check_output_file, input_name, output_handle
-from synnav_cli.predict.run import CHUNK_RECORDS, LONG_POLICIES, predict_chunks
-from synnav_cli.predict.variant_rows import SORTS, VariantRow, sort_rows, write_rows
+from synnav_cli.files import check_output_file, exclusive_lock, input_name, output_handle
+from synnav_cli.predict.resumable import ResumableOutput
+from synnav_cli.predict.run import CHUNK_RECORDS, LONG_POLICIES, model_identity, predict_chunks
+from synnav_cli.predict.variant_rows import SORTS, VariantRow, VariantWriter, columns, sort_rows
 from synnav_cli.predict.writer import Prediction
 from synnav_cli.scoring.load import LoadedModel, load_for_scoring
 
@@ -47,12 +51,12 @@ def check_variants(
             variant.problem = f"its reference {variant.id} is invalid: {record.problem}"
         else:
             try:
-                sequences[variant.line] = apply_changes(record.sequence, variant.changes, variant.id)
+                sequences[variant.line] = apply_changes(
+                    record.sequence, variant.changes, variant.id
+                )
             except UserError as error:
                 variant.problem = str(error)
-    references = {
-        v.id: found[v.id].sequence for v in variants if v.problem is None
-    }
+    references = {v.id: found[v.id].sequence for v in variants if v.problem is None}
     return references, sequences
 
 
@@ -80,44 +84,48 @@ def refusal(variants: list[Variant], label: str) -> str | None:
 
 def score_variants(
     loaded: LoadedModel,
-    variants: list[Variant],
+    variants: Iterable[Variant],
     references: dict[str, str],
     sequences: dict[int, str],
     *,
     long_policy: str = "truncate",
     progress=None,
-) -> list[VariantRow]:
-    """One row per variant in input order; each distinct sequence among the references and the
-    variants is scored once."""
-    distinct: dict[str, int] = {}
-    for variant in variants:
-        if variant.problem is None:
-            distinct.setdefault(references[variant.id], len(distinct))
-            distinct.setdefault(sequences[variant.line], len(distinct))
-    records = [FastaRecord(str(i), "", sequence) for sequence, i in distinct.items()]
-    if progress is not None:
-        progress.total = len(records)
-    scored: list[Prediction] = []
-    for chunk in predict_chunks(
-        loaded.model,
-        loaded.backbone,
-        records,
-        loaded.runtime,
-        max_length=loaded.max_length,
-        long_policy=long_policy,
-        chunk_records=CHUNK_RECORDS,
-        progress=progress,
-    ):
-        scored.extend(chunk)
-    rows = []
-    for variant in variants:
-        if variant.problem is not None:
-            rows.append(VariantRow(variant, None, None))
-            continue
-        reference = scored[distinct[references[variant.id]]]
-        changed = scored[distinct[sequences[variant.line]]]
-        rows.append(VariantRow(variant, reference, changed, site=_first_site(variant)))
-    return rows
+    scored: dict[str, Prediction] | None = None,
+) -> Iterator[list[VariantRow]]:
+    """Rows for ``variants``, in input order, a chunk of variants at a time; each distinct
+    sequence among the references and the variants is scored once (``scored`` keeps them
+    across chunks, and may be passed in to share them with the caller)."""
+    scored = {} if scored is None else scored
+    iterator = iter(variants)
+    while chunk := list(itertools.islice(iterator, CHUNK_RECORDS)):
+        new: dict[str, None] = {}  # insertion-ordered set
+        for variant in chunk:
+            if variant.problem is None:
+                for sequence in (references[variant.id], sequences[variant.line]):
+                    if sequence not in scored:
+                        new[sequence] = None
+        records = [FastaRecord(str(i), "", sequence) for i, sequence in enumerate(new)]
+        for predictions in predict_chunks(
+            loaded.model,
+            loaded.backbone,
+            records,
+            loaded.runtime,
+            max_length=loaded.max_length,
+            long_policy=long_policy,
+            chunk_records=CHUNK_RECORDS,
+            progress=progress,
+        ):
+            for prediction in predictions:
+                scored[records[int(prediction.id)].sequence] = prediction
+        rows = []
+        for variant in chunk:
+            if variant.problem is not None:
+                rows.append(VariantRow(variant, None, None))
+                continue
+            reference = scored[references[variant.id]]
+            changed = scored[sequences[variant.line]]
+            rows.append(VariantRow(variant, reference, changed, site=_first_site(variant)))
+        yield rows
 
 
 def _first_site(variant: Variant) -> int | None:
@@ -149,6 +157,9 @@ def run_variants(
         variants_file: a variant table or an annotated VCF (see :mod:`synnav_cli.data.variants`).
         model_name: model directory or name; None: the default model, else the bundled one.
         fmt: tsv, csv or jsonl; ``compression``: gzip, bzip2 or xz for ``out``.
+        out: file to write. With ``sort`` input it is built in ``out.partial`` and continued by
+            the same command after an interruption, as predict's; with ``sort`` delta it is
+            written when every variant is scored.
         sort: ``input`` (input order) or ``delta`` (largest change first; ties keep input order).
         long_policy: truncate, window or skip, as for predict.
         skip_invalid: score the valid variants and give each invalid one a row whose status says
@@ -180,20 +191,101 @@ def run_variants(
     loaded = load_for_scoring(
         model_name, device=device, max_tokens=max_tokens, offline=offline, precision=precision
     )
+    label_names, thresholds = loaded.info.label_names, loaded.thresholds
     with ExitStack() as stack:
-        progress = console.Progress(None, "variants", unit="sequences")
+        todo: Iterable[Variant] = variants
+        resumable = None
+        if out is not None and sort == "input":
+            stack.enter_context(exclusive_lock(ResumableOutput.lock_path(out), str(out)))
+            fingerprint = _fingerprint(loaded, fmt, long_policy, raw_ids)
+            resumable = ResumableOutput(out, fingerprint, compression)
+            todo = _skip_done(resumable, variants, sequences)
+        # Sequences still to score, for the progress total (those of rows done are not).
+        done_lines = {v.line for v in variants[: resumable.rows_done]} if resumable else set()
+        distinct = {
+            s
+            for v in variants
+            if v.problem is None and v.line not in done_lines
+            for s in (references[v.id], sequences[v.line])
+        }
+        progress = console.Progress(len(distinct), "variants", unit="sequences")
         stack.callback(progress.close)
-        rows = score_variants(
-            loaded, variants, references, sequences, long_policy=long_policy, progress=progress
+        chunks = score_variants(
+            loaded, todo, references, sequences, long_policy=long_policy, progress=progress
         )
-    rows = sort_rows(rows, sort, loaded.thresholds)
-    with output_handle(out, inputs=[fasta, variants_file], compression=compression) as handle:
-        write_rows(
-            rows, handle, fmt, loaded.info.label_names, loaded.thresholds, loaded.max_length,
-            raw_ids=raw_ids,
-        )  # fmt: skip
-    console.detail(f"{len(rows)} variants scored")
-    return len(rows)
+        if resumable is not None:
+            count = _write_resumable(chunks, resumable, fmt, loaded, raw_ids)
+        else:
+            rows = [row for chunk in chunks for row in chunk]
+            rows = sort_rows(rows, sort, thresholds)
+            with output_handle(out, inputs=[fasta, variants_file], compression=compression) as h:
+                writer = VariantWriter(
+                    h, fmt, label_names, thresholds, loaded.max_length, raw_ids=raw_ids
+                )
+                h.write(writer.header)
+                for row in rows:
+                    writer.write(row)
+            count = len(rows)
+    console.detail(f"{count} variants scored")
+    return count
+
+
+def _skip_done(
+    resumable: ResumableOutput, variants: list[Variant], sequences: dict[int, str]
+) -> Iterator[Variant]:
+    """The variants an interrupted ``--out`` file lacks; each variant (line, protein, notation
+    and sequence) is hashed as it goes by, so a changed input is refused, never mixed in."""
+    by_line = {v.line: v for v in variants}
+    keys = (
+        FastaRecord(f"{v.line}\t{v.id}\t{v.notation}", "", sequences.get(v.line, ""))
+        for v in variants
+    )
+    for key in resumable.skip_done(keys):
+        yield by_line[int(key.id.split("\t", 1)[0])]
+
+
+def _write_resumable(
+    chunks: Iterable[list[VariantRow]],
+    resumable: ResumableOutput,
+    fmt: str,
+    loaded: LoadedModel,
+    raw_ids: bool,
+) -> int:
+    label_names, thresholds, limit = loaded.info.label_names, loaded.thresholds, loaded.max_length
+    header = VariantWriter(io.StringIO(), fmt, label_names, thresholds, limit).header
+    count = resumable.rows_done
+    try:
+        handle = resumable.open(header)
+        writer = VariantWriter(handle, fmt, label_names, thresholds, limit, raw_ids=raw_ids)
+        for chunk in chunks:
+            for row in chunk:
+                writer.write(row)
+            resumable.checkpoint(len(chunk))
+            count += len(chunk)
+        resumable.finish()
+    except OSError as error:  # a full disk, a lost mount, no permission
+        resumable.close_unfinished()
+        raise UserError(f"writing {resumable.partial} failed: {error.strerror or error}") from None
+    except BaseException:
+        resumable.close_unfinished()
+        raise
+    return count
+
+
+def _fingerprint(loaded: LoadedModel, fmt: str, long_policy: str, raw_ids: bool) -> dict:
+    """What must match for an interrupted ``--out`` file to be continued rather than redone."""
+    info = loaded.info
+    return {
+        **model_identity(info),
+        "command": "variants",
+        "format": fmt,
+        "columns": columns(info.label_names),
+        "thresholds": [round(t, 6) for t in loaded.thresholds],
+        "long_policy": long_policy,
+        "max_length": loaded.max_length,
+        "precision": loaded.runtime.precision,
+        "raw_ids": raw_ids,
+    }
 
 
 def not_supported(option: str, instead: str = "") -> UserError:
