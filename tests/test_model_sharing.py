@@ -368,3 +368,13 @@ def test_one_pull_at_a_time(runner, monkeypatch, model, tiny_hub, tmp_path):
     release.join()
     assert result.exit_code == 0, result.output
     assert "Waiting for another synnav process" in result.stderr and "Pulled hf:" in result.stderr
+
+
+def test_dry_run_prints_the_card_and_uploads_nothing(runner, monkeypatch, model):
+    recorder = Recorder().install(monkeypatch)
+    monkeypatch.delenv("HF_TOKEN")
+    result = runner.invoke(cli, ["models", "push", model.name, REPO, "--revision", "v1", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    card = huggingface_hub.ModelCard(result.stdout)
+    assert card.data.library_name == "synnav" and f"--model hf:{REPO}@v1" in card.text
+    assert "Would push" in result.stderr and recorder.commits == [] and recorder.created == []

@@ -18,7 +18,14 @@ import click
     default=None,
     help="Branch to commit to, created from main when missing.  [default: main]",
 )
-def models_push(name: str, repo_id: str, private: bool, revision: str | None) -> None:
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check the model and print the model card instead of uploading.  [default: upload]",
+)
+def models_push(
+    name: str, repo_id: str, private: bool, revision: str | None, dry_run: bool
+) -> None:
     """Upload model NAME (a name from `synnav models list`, or a model directory) to the Hugging
     Face Hub repository REPO_ID (ORG/NAME), with a model card.
 
@@ -29,11 +36,18 @@ def models_push(name: str, repo_id: str, private: bool, revision: str | None) ->
     from synnav_cli import console
     from synnav_cli.modeldir import resolve_model
     from synnav_cli.sharing.push import plan_push, push
+    from synnav_cli.sharing.remote import token_or_error
 
+    if not dry_run:
+        token_or_error()  # before hashing gigabytes of weights
     info, _how = resolve_model(name)
-    plan = plan_push(info.path, info.meta, repo_id, info.name)
+    plan = plan_push(info.path, info.meta, repo_id, info.name, revision)
     if plan.left_out:
         console.warn(f"not uploaded (the metadata does not list them): {', '.join(plan.left_out)}")
+    if dry_run:
+        console.info(f"Would push {info.name} to {plan.repo_id}: {', '.join(plan.uploads)}")
+        click.echo(plan.card, nl=False)
+        return
     console.info(f"Pushing {info.name} to {plan.repo_id}: {', '.join(plan.uploads)}")
     click.echo(push(plan, private=private, revision=revision))
 

@@ -57,8 +57,12 @@ def _table(headers: list[str], rows: list[list[object]]) -> list[str]:
     return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
 
 
-def model_card(meta: dict, repo_id: str, files: dict[str, dict], name: str) -> str:
-    """The full ``README.md`` for model ``name`` (its metadata ``meta``) pushed to ``repo_id``."""
+def model_card(
+    meta: dict, repo_id: str, files: dict[str, dict], name: str, revision: str | None = None
+) -> str:
+    """The full ``README.md`` for model ``name`` (its metadata ``meta``) pushed to ``repo_id``
+    (branch ``revision``; None: main)."""
+    ref = repo_id + (f"@{revision}" if revision not in (None, "main") else "")
     from huggingface_hub import ModelCardData
 
     header = card_header(meta)
@@ -86,11 +90,11 @@ def model_card(meta: dict, repo_id: str, files: dict[str, dict], name: str) -> s
         "",
         "```",
         "pip install synnav",
-        f"synnav predict proteins.fasta --model hf:{repo_id} > predictions.tsv",
+        f"synnav predict proteins.fasta --model hf:{ref} > predictions.tsv",
         "```",
         "",
         (
-            f"The first use pulls the model (`synnav models pull {repo_id}` does it ahead of "
+            f"The first use pulls the model (`synnav models pull {ref}` does it ahead of "
             "time, for offline use); the backbone's own weights come from its repository, under "
             "its licence."
         ),

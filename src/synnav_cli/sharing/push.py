@@ -42,16 +42,25 @@ class PushPlan:
         return [*self.manifest["files"], MANIFEST_FILE, CARD_FILE]
 
 
-def plan_push(folder: Path, meta: dict, repo_id: str, name: str) -> PushPlan:
-    """Check the model directory ``folder`` (metadata ``meta``) and say what a push uploads."""
+def plan_push(
+    folder: Path, meta: dict, repo_id: str, name: str, revision: str | None = None
+) -> PushPlan:
+    """Check the model directory ``folder`` (metadata ``meta``) and say what a push of it to
+    ``repo_id`` (at branch ``revision``; None: main) uploads."""
     repo_id = check_repo_id(repo_id)
+    if revision is not None:
+        check_revision(revision)
     names = listed_files(meta)
     manifest = manifest_for(folder, names)
     left_out = sorted(
         p.name for p in folder.iterdir() if p.name not in names and p.name != SOURCE_FILE
     )
     return PushPlan(
-        folder, repo_id, manifest, model_card(meta, repo_id, manifest["files"], name), left_out
+        folder,
+        repo_id,
+        manifest,
+        model_card(meta, repo_id, manifest["files"], name, revision),
+        left_out,
     )
 
 
