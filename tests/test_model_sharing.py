@@ -220,6 +220,10 @@ def test_round_trip_push_pull_predict_gives_the_same_tsv(runner, monkeypatch, mo
     again = runner.invoke(cli, ["predict", str(fasta), "--model", f"hf:{REPO}", "--device", "cpu"])
     assert again.exit_code == 0 and again.stdout == local.stdout and "Pulling" not in again.stderr
 
+    assert runner.invoke(cli, ["models", "default", f"hf:{REPO}"]).exit_code == 0
+    default = runner.invoke(cli, ["predict", str(fasta), "--device", "cpu"])
+    assert default.exit_code == 0 and default.stdout == local.stdout
+
     listing = json.loads(runner.invoke(cli, ["models", "list", "--json"]).stdout)
     sources = {entry["name"]: entry["source"] for entry in listing}
     assert sources[model.name] == "trained here" and sources["bundled"] == "bundled"
