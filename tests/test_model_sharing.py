@@ -18,7 +18,7 @@ import huggingface_hub
 import pytest
 import torch
 from checks import one_error_line
-from hub_fixture import cache_repo, no_network, tiny_hub  # noqa: F401 - fixtures
+from hub_fixture import blob_of, cache_repo, no_network, tiny_hub  # noqa: F401 - fixtures
 
 from synnav_cli import modeldir, paths
 from synnav_cli.cli.main import cli
@@ -238,6 +238,8 @@ def test_pull_command_registers_under_a_name(runner, monkeypatch, model, tiny_hu
     folder = paths.models_dir() / "shared"
     assert result.stdout == f"shared\t{folder}\n"
     source = json.loads((folder / "synnav-source.json").read_text())
+    # The registered copy shares the download's bytes (a hard link), not a second copy.
+    assert (folder / "model.safetensors").stat().st_ino == blob_of(snapshot / "model.safetensors").stat().st_ino
     assert source == {**source, "repo": REPO, "revision": "v2", "commit": snapshot.name}
     shown = runner.invoke(cli, ["models", "show", "shared", "--json"])
     shown = json.loads(shown.stdout)
