@@ -84,7 +84,17 @@ from synnav_cli.errors import UserError
     "explain_dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Not supported yet for variants (an error).  [default: no attributions]",
+    help="Also write, per variant, a TSV of integrated-gradients attributions of the label that "
+    "moved most, in the reference and in the variant, lined up residue by residue from 15 "
+    "before the change to 15 after, with their difference (docs/variants.md). Costs two "
+    "attributions per variant.  [default: no attributions]",
+)
+@click.option(
+    "--explain-steps",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Integration steps per sequence for --explain; more is smoother and slower.",
 )
 @precision_option
 @common_options
@@ -101,6 +111,7 @@ def variants(
     max_tokens: int | None,
     shard: str | None,
     explain_dir: Path | None,
+    explain_steps: int,
     precision: str,
     device: str,
     offline: bool,
@@ -129,8 +140,6 @@ def variants(
 
     if shard is not None:
         raise not_supported("--shard", "; score the whole table, or split VARIANTS into parts")
-    if explain_dir is not None:
-        raise not_supported("--explain", "; use predict --explain on the two sequences")
     fmt, compression = output_format(fmt, out)
     if raw_ids and fmt == "csv":
         raise UserError(
@@ -151,4 +160,6 @@ def variants(
         offline=offline,
         precision=precision,
         raw_ids=raw_ids,
+        explain_dir=explain_dir,
+        explain_steps=explain_steps,
     )

@@ -19,7 +19,13 @@ from synnav_cli.data.fasta import FastaRecord, check_input, read_fasta
 from synnav_cli.data.hgvs import apply_changes
 from synnav_cli.data.variants import Variant, read_variants
 from synnav_cli.errors import UserError
-from synnav_cli.files import check_output_file, exclusive_lock, input_name, output_handle
+from synnav_cli.files import (
+    check_output_file,
+    exclusive_lock,
+    input_name,
+    output_handle,
+    real_folder,
+)
 from synnav_cli.predict.resumable import ResumableOutput
 from synnav_cli.predict.run import CHUNK_RECORDS, LONG_POLICIES, model_identity, predict_chunks
 from synnav_cli.predict.variant_rows import SORTS, VariantRow, VariantWriter, columns, sort_rows
@@ -148,6 +154,8 @@ def run_variants(
     offline: bool = False,
     precision: str = "auto",
     raw_ids: bool = False,
+    explain_dir: Path | None = None,
+    explain_steps: int = 32,
 ) -> int:
     """Score every variant in ``variants_file`` against its reference in ``fasta``; write one
     row per variant to ``out`` (or stdout). Returns the number of variants written.
@@ -166,6 +174,8 @@ def run_variants(
             why; without it one invalid variant stops the run before the model loads.
         max_tokens, device, offline, precision: as for predict.
         raw_ids: tsv text cells as they are (see ``writer.text_cells``).
+        explain_dir: also write, per variant, the attribution difference around its site for
+            the label that moved most (:mod:`.variant_explain`), ``explain_steps`` steps each.
     """
     if sort not in SORTS:
         raise UserError(f"unknown sort {sort!r}; choose {', '.join(SORTS)}")
@@ -177,6 +187,8 @@ def run_variants(
         check_input(source)
     if out is not None:
         check_output_file(out, inputs=[fasta, variants_file])
+    if explain_dir is not None:
+        real_folder(explain_dir)  # a file or a link there is refused before anything runs
     variants = read_variants(variants_file)
     references, sequences = check_variants(variants, fasta)
     problem = refusal(variants, input_name(variants_file))
@@ -213,6 +225,9 @@ def run_variants(
         chunks = score_variants(
             loaded, todo, references, sequences, long_policy=long_policy, progress=progress
         )
+        kept: list[VariantRow] = []  # the rows --explain explains, after the table is written
+        if explain_dir is not None:
+            chunks = _keeping(chunks, kept)
         if resumable is not None:
             count = _write_resumable(chunks, resumable, fmt, loaded, raw_ids)
         else:
@@ -227,7 +242,18 @@ def run_variants(
                     writer.write(row)
             count = len(rows)
     console.detail(f"{count} variants scored")
+    if explain_dir is not None:
+        from synnav_cli.predict.variant_explain import explain_variants
+
+        explain_variants(loaded, kept, references, sequences, explain_dir, steps=explain_steps)
     return count
+
+
+def _keeping(chunks: Iterable[list[VariantRow]], kept: list[VariantRow]):
+    """``chunks`` as they are, each row with a change also put in ``kept``."""
+    for chunk in chunks:
+        kept.extend(row for row in chunk if row.delta is not None and row.variant.changes)
+        yield chunk
 
 
 def _skip_done(
