@@ -384,3 +384,30 @@ def test_dry_run_prints_the_card_and_uploads_nothing(runner, monkeypatch, model)
     card = huggingface_hub.ModelCard(result.stdout)
     assert card.data.library_name == "synnav" and f"--model hf:{REPO}@v1" in card.text
     assert "Would push" in result.stderr and recorder.commits == [] and recorder.created == []
+
+
+def _http_error(status: int) -> Exception:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    response = SimpleNamespace(status_code=status, headers={}, request=None)
+    return HfHubHTTPError(f"{status} Client Error: refused", response=response)
+
+
+@pytest.mark.parametrize(
+    "failure, phrase",
+    [
+        (_http_error(401), "rejected the token"),
+        (_http_error(403), "needs write access"),
+        (_http_error(500), "the Hugging Face Hub failed while uploading to"),
+        (ConnectionError("connection reset"), "network failure while uploading to"),
+    ],
+)
+def test_a_failed_upload_is_one_line(runner, monkeypatch, model, failure, phrase):
+    recorder = Recorder()
+
+    def upload_folder(*args, **kwargs):  # set on HfApi, so it is called as a method
+        raise failure
+
+    recorder.upload_folder = upload_folder
+    result, _ = _push(runner, monkeypatch, model, recorder=recorder)
+    one_error_line(result, phrase, REPO)
