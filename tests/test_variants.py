@@ -218,10 +218,11 @@ def test_missing_protein_is_refused(runner, tmp_path):
     one_error_line(runner.invoke(cli, ["variants", str(fasta), str(table)]), "P9 is not in")
 
 
-def test_shard_is_not_supported_yet(runner, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["-o", "x.tsv.gz"], ["-o", "x.tsv", "--sort", "delta"]])
+def test_shard_needs_a_plain_out_in_input_order(runner, tmp_path, extra):
     fasta, table = _files(tmp_path, "P1\tp.Arg5Trp\n")
-    result = runner.invoke(cli, ["variants", str(fasta), str(table), "--shard", "1/2"])
-    one_error_line(result, "not supported yet")
+    result = runner.invoke(cli, ["variants", str(fasta), str(table), "--shard", "1/2", *extra])
+    one_error_line(result, "--shard writes a plain --out file")
 
 
 def test_rows_no_op_and_each_sequence_scored_once(runner, model_dir, tmp_path, monkeypatch):
@@ -377,3 +378,37 @@ def test_explain_writes_the_attribution_difference_around_the_site(runner, model
     (tmp_path / "a-file").write_text("")
     refused = runner.invoke(cli, ["variants", str(fasta), str(table), "--explain", str(tmp_path / "a-file")])
     assert refused.exit_code != 0 and "Traceback" not in refused.output
+
+
+def test_shards_merge_into_the_whole_table(runner, model_dir, tmp_path):
+    table = "".join(f"P1\tp.{residue}{i + 1}Ala\n" for i, residue in enumerate(REFERENCE[:7])
+                    if residue != "A")
+    fasta, variants = _files(tmp_path, table)
+    base = ["variants", str(fasta), str(variants), "--model", str(model_dir), "--device", "cpu"]
+    whole = runner.invoke(cli, base)
+    parts = [tmp_path / f"part-{i}.tsv" for i in (1, 2, 3)]
+    for i, part in enumerate(parts, 1):
+        result = runner.invoke(cli, [*base, "--shard", f"{i}/3", "-o", str(part)])
+        assert result.exit_code == 0, result.output
+    assert len(_rows(parts[0].read_text())) == 2 and len(_rows(parts[2].read_text())) == 1
+    merged = runner.invoke(cli, ["merge", *map(str, parts), "-o", str(tmp_path / "all.tsv")])
+    assert merged.exit_code == 0, merged.output
+    assert (tmp_path / "all.tsv").read_text() == whole.stdout
+    one_error_line(runner.invoke(cli, ["merge", str(parts[0]), str(parts[2])]), "missing")
+
+
+def test_several_variants_from_one_vcf_line_keep_their_own_sequences(runner, model_dir, tmp_path):
+    fasta, _ = _files(tmp_path, "")
+    vcf = tmp_path / "in.vcf"
+    vcf.write_text(
+        "##fileformat=VCFv4.2\n"
+        '##INFO=<ID=CSQ,Number=.,Type=String,Description="Format: Allele|Feature|HGVSp">\n'
+        "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+        "1\t10\t.\tC\tT,G\t.\t.\tCSQ=T|ENST1|P1:p.Arg5Trp,G|ENST1|P1:p.Arg5=\n"
+    )
+    result = runner.invoke(cli, ["variants", str(fasta), str(vcf), "--model", str(model_dir),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = _rows(result.stdout)
+    assert [r["variant"] for r in rows] == ["P1:p.Arg5Trp", "P1:p.Arg5="]
+    assert rows[0]["largest_change"] != "+0.0000" and rows[1]["largest_change"] == "+0.0000"

@@ -77,7 +77,9 @@ from synnav_cli.errors import UserError
     "--shard",
     default=None,
     metavar="I/N",
-    help="Not supported yet for variants (an error).  [default: every variant]",
+    help="Score only part I of N (variants I, I+N, I+2N, ... counting from 1), e.g. an array "
+    "job's task, into --out (plain, input order); join the parts with `synnav merge`.  "
+    "[default: every variant]",
 )
 @click.option(
     "--explain",
@@ -135,11 +137,9 @@ def variants(
       synnav variants proteome.fasta variants.tsv > effects.tsv
       synnav variants proteome.fasta variants.tsv --sort delta -o ranked.csv
     """
-    from synnav_cli.predict.variants import not_supported, run_variants
+    from synnav_cli.predict.variants import run_variants
     from synnav_cli.predict.writer import output_format
 
-    if shard is not None:
-        raise not_supported("--shard", "; score the whole table, or split VARIANTS into parts")
     fmt, compression = output_format(fmt, out)
     if raw_ids and fmt == "csv":
         raise UserError(
@@ -162,4 +162,5 @@ def variants(
         raw_ids=raw_ids,
         explain_dir=explain_dir,
         explain_steps=explain_steps,
+        shard=shard,
     )

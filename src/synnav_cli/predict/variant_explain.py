@@ -85,14 +85,14 @@ def explain_variants(
             continue  # not scored, or nothing moved: nothing to explain
         label = change[1]
         reference = references[row.variant.id][: loaded.max_length]
-        variant = sequences[row.variant.line][: loaded.max_length]
+        variant = sequences[row.variant.number][: loaded.max_length]
         before = attribute(loaded, reference, [label], steps=steps)[:, 0]
         after = attribute(loaded, variant, [label], steps=steps)[:, 0]
         full = references[row.variant.id]
         changes = row.variant.changes
-        pairs = _around(align(len(full), len(sequences[row.variant.line]), changes), changes)
+        pairs = _around(align(len(full), len(sequences[row.variant.number]), changes), changes)
         stem = file_stem(f"{row.variant.id}_{row.variant.notation}", taken)
-        _write(out_dir / f"{stem}.tsv", names[label], pairs, full, sequences[row.variant.line],
+        _write(out_dir / f"{stem}.tsv", names[label], pairs, full, sequences[row.variant.number],
                before, after)  # fmt: skip
         count += 1
         progress.advance(1)

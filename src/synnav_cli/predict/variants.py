@@ -8,6 +8,7 @@ reference shared by a thousand variants costs one protein.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 from collections.abc import Iterable, Iterator
@@ -26,10 +27,11 @@ from synnav_cli.files import (
     output_handle,
     real_folder,
 )
-from synnav_cli.predict.resumable import ResumableOutput
+from synnav_cli.predict.resumable import ResumableOutput, digest_record
 from synnav_cli.predict.run import CHUNK_RECORDS, LONG_POLICIES, model_identity, predict_chunks
 from synnav_cli.predict.variant_rows import SORTS, VariantRow, VariantWriter, columns, sort_rows
 from synnav_cli.predict.writer import Prediction
+from synnav_cli.runtime import distributed
 from synnav_cli.scoring.load import LoadedModel, load_for_scoring
 
 
@@ -39,7 +41,7 @@ def check_variants(
     """Check every variant against its reference in ``fasta`` (read once, streaming; only the
     references named are kept): each gets its problem set, or its ``changes`` are known to
     apply. Returns the references by the names variants use, and each valid variant's sequence
-    by its line."""
+    by its number."""
     wanted = {v.id for v in variants if v.problem is None}
     found: dict[str, FastaRecord] = {}
     for record in read_fasta(fasta, keep_invalid=True):
@@ -57,7 +59,7 @@ def check_variants(
             variant.problem = f"its reference {variant.id} is invalid: {record.problem}"
         else:
             try:
-                sequences[variant.line] = apply_changes(
+                sequences[variant.number] = apply_changes(
                     record.sequence, variant.changes, variant.id
                 )
             except UserError as error:
@@ -107,7 +109,7 @@ def score_variants(
         new: dict[str, None] = {}  # insertion-ordered set
         for variant in chunk:
             if variant.problem is None:
-                for sequence in (references[variant.id], sequences[variant.line]):
+                for sequence in (references[variant.id], sequences[variant.number]):
                     if sequence not in scored:
                         new[sequence] = None
         records = [FastaRecord(str(i), "", sequence) for i, sequence in enumerate(new)]
@@ -129,7 +131,7 @@ def score_variants(
                 rows.append(VariantRow(variant, None, None))
                 continue
             reference = scored[references[variant.id]]
-            changed = scored[sequences[variant.line]]
+            changed = scored[sequences[variant.number]]
             rows.append(VariantRow(variant, reference, changed, site=_first_site(variant)))
         yield rows
 
@@ -156,6 +158,7 @@ def run_variants(
     raw_ids: bool = False,
     explain_dir: Path | None = None,
     explain_steps: int = 32,
+    shard: str | None = None,
 ) -> int:
     """Score every variant in ``variants_file`` against its reference in ``fasta``; write one
     row per variant to ``out`` (or stdout). Returns the number of variants written.
@@ -176,6 +179,9 @@ def run_variants(
         raw_ids: tsv text cells as they are (see ``writer.text_cells``).
         explain_dir: also write, per variant, the attribution difference around its site for
             the label that moved most (:mod:`.variant_explain`), ``explain_steps`` steps each.
+        shard: ``I/N`` scores variants I-1, I-1+N, ... only, into ``out`` (needed, plain, in
+            input order) with a shard record beside it, for ``synnav merge``. Every variant is
+            still checked.
     """
     if sort not in SORTS:
         raise UserError(f"unknown sort {sort!r}; choose {', '.join(SORTS)}")
@@ -185,6 +191,12 @@ def run_variants(
         if str(source) == "-":
             raise UserError("variants reads files: give the FASTA and the variants as paths")
         check_input(source)
+    shard_index, shard_count = distributed.parse_shard(shard) if shard else (0, 1)
+    if shard_count > 1 and (out is None or compression is not None or sort != "input"):
+        raise UserError(
+            "variants --shard writes a plain --out file in input order, for `synnav merge`: "
+            "give --out PART.tsv, no compression suffix and no --sort"
+        )
     if out is not None:
         check_output_file(out, inputs=[fasta, variants_file])
     if explain_dir is not None:
@@ -204,21 +216,28 @@ def run_variants(
         model_name, device=device, max_tokens=max_tokens, offline=offline, precision=precision
     )
     label_names, thresholds = loaded.info.label_names, loaded.thresholds
+    mine = variants[shard_index::shard_count]
     with ExitStack() as stack:
-        todo: Iterable[Variant] = variants
+        todo: Iterable[Variant] = mine
         resumable = None
         if out is not None and sort == "input":
             stack.enter_context(exclusive_lock(ResumableOutput.lock_path(out), str(out)))
             fingerprint = _fingerprint(loaded, fmt, long_policy, raw_ids)
+            fingerprint["shard"] = [shard_index, shard_count]
             resumable = ResumableOutput(out, fingerprint, compression)
-            todo = _skip_done(resumable, variants, sequences)
+            if shard_count > 1:  # merge checks the part against this (parts.write_record)
+                whole = hashlib.sha256()
+                for key in _keys(variants, sequences):
+                    digest_record(whole, key)
+                resumable.shard_of = ((shard_index, shard_count), whole.hexdigest(), len(variants))
+            todo = _skip_done(resumable, mine, sequences)
         # Sequences still to score, for the progress total (those of rows done are not).
-        done_lines = {v.line for v in variants[: resumable.rows_done]} if resumable else set()
+        done = {v.number for v in mine[: resumable.rows_done]} if resumable else set()
         distinct = {
             s
-            for v in variants
-            if v.problem is None and v.line not in done_lines
-            for s in (references[v.id], sequences[v.line])
+            for v in mine
+            if v.problem is None and v.number not in done
+            for s in (references[v.id], sequences[v.number])
         }
         progress = console.Progress(len(distinct), "variants", unit="sequences")
         stack.callback(progress.close)
@@ -261,13 +280,15 @@ def _skip_done(
 ) -> Iterator[Variant]:
     """The variants an interrupted ``--out`` file lacks; each variant (line, protein, notation
     and sequence) is hashed as it goes by, so a changed input is refused, never mixed in."""
-    by_line = {v.line: v for v in variants}
-    keys = (
-        FastaRecord(f"{v.line}\t{v.id}\t{v.notation}", "", sequences.get(v.line, ""))
-        for v in variants
-    )
-    for key in resumable.skip_done(keys):
-        yield by_line[int(key.id.split("\t", 1)[0])]
+    by_number = {v.number: v for v in variants}
+    for key in resumable.skip_done(_keys(variants, sequences)):
+        yield by_number[int(key.id.split("\t", 1)[0])]
+
+
+def _keys(variants: list[Variant], sequences: dict[int, str]) -> Iterator[FastaRecord]:
+    """Each variant as the record a resumed or merged file is checked by (``digest_record``)."""
+    for v in variants:
+        yield FastaRecord(f"{v.number}\t{v.id}\t{v.notation}", "", sequences.get(v.number, ""))
 
 
 def _write_resumable(
@@ -312,8 +333,3 @@ def _fingerprint(loaded: LoadedModel, fmt: str, long_policy: str, raw_ids: bool)
         "precision": loaded.runtime.precision,
         "raw_ids": raw_ids,
     }
-
-
-def not_supported(option: str, instead: str = "") -> UserError:
-    """The one line for an option ``variants`` does not support yet."""
-    return UserError(f"variants {option} is not supported yet{instead}")
