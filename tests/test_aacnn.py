@@ -194,7 +194,7 @@ def test_bundled_model_on_the_example_fasta(runner):
     _, rows = _predict_rows(runner, example)
     ids = [line[1:].split()[0] for line in example.read_text().splitlines() if line.startswith(">")]
     assert [row["id"] for row in rows] == ids
-    by_id = {row["id"]: {k: float(v) for k, v in row.items() if k not in {"id", "predicted", "status", "top", "top_probability"}}
+    by_id = {row["id"]: {k: float(v) for k, v in row.items() if k not in {"id", "predicted", "status", "top", "top_probability", "calibration"}}
              for row in rows}
     compartments = ("cytosol", "ER", "mitochondrion", "nucleus")
     assert max(compartments, key=by_id["P06748"].get) == "nucleus", by_id["P06748"]  # nucleophosmin

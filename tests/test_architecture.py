@@ -17,7 +17,7 @@ FLOORS = {
     "files": 1,
     "weights": 2,
     "backbones": 3,
-    "plugins": 4, "model": 4, "metrics": 4, "data": 4,
+    "plugins": 4, "model": 4, "metrics": 4, "data": 4, "calibration": 4,
     "runtime": 5, "sharing": 5,
     "modeldir": 6,
     "scoring": 7, "plots": 7,

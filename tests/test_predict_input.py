@@ -124,7 +124,7 @@ def test_output_columns_have_no_spaces_and_thresholds_take_both_spellings(runner
     fasta.write_text(_proteins(3))
     header = runner.invoke(cli, ["predict", str(fasta), "--model", str(model)]).stdout.splitlines()[0]
     assert header.split("\t") == ["id", "length", "ER", "excitatory_synapse", "predicted", "status", "top",
-                                  "top_probability"]
+                                  "top_probability", "calibration"]
     for spelling in ("excitatory_synapse=0", "excitatory synapse=0", "Excitatory_Synapse=0"):
         result = runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "--threshold", spelling,
                                      "--format", "jsonl"])

@@ -700,7 +700,7 @@ def test_formula_ids_and_labels_are_text_in_csv_and_tsv(runner, tmp_path):
 
     for rows in (table("csv"), table("tsv")):
         assert rows[0] == ["id", "length", "'=cmd|'_/C_calc'!A0", "nucleus", "predicted", "status", "top",
-                           "top_probability"]
+                           "top_probability", "calibration"]
         assert [row[0] for row in rows[1:]] == neutral
         assert {row[4] for row in rows[1:]} == {"'=cmd|'_/C_calc'!A0;nucleus"}
         # The most likely label is a text cell too.

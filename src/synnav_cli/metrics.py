@@ -28,8 +28,9 @@ class Scores:
     label_names: list[str]
     entries: list[str]
     labels: np.ndarray  # [proteins, labels], 1, 0 or NaN (unknown)
-    probabilities: np.ndarray  # [proteins, labels]
+    probabilities: np.ndarray  # [proteins, labels]: the model's scores
     thresholds: list[float]
+    calibrated: np.ndarray | None = None  # the calibrated probabilities, when the model has them
 
 
 def _known(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

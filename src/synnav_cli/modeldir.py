@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from synnav_cli import console, paths
 from synnav_cli.backbones.base import Backbone
+from synnav_cli.calibration import Calibration, calibration_problem
 from synnav_cli.errors import UserError, did_you_mean, quoted
 from synnav_cli.files import save_tensors, temporary_dir, write_json_atomic
 from synnav_cli.model import LocalizationModel
@@ -49,6 +50,11 @@ class ModelInfo:
     @property
     def thresholds(self) -> list[float]:
         return [float(self.meta["thresholds"][name]) for name in self.label_names]
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The per-label calibration fitted on dev; None: the scores are shown uncalibrated."""
+        return Calibration.from_meta(self.meta.get("calibration"), self.label_names)
 
 
 def is_model_dir(path: Path) -> bool:
@@ -99,13 +105,37 @@ def save_model_dir(
         save_tensors(staging / WEIGHTS_FILE, tensors)
         meta = {**meta, "format_version": FORMAT_VERSION, "encoder_frozen": encoder_frozen}
         write_json_atomic(staging / METADATA_FILE, meta)
-        if out.exists():
-            retired = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, retired)
-            os.replace(staging, out)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, out)
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Rename ``staging`` to ``out``; an existing ``out`` goes only once the new one is there."""
+    if out.exists():
+        retired = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, retired)
+        os.replace(staging, out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+
+
+def copy_model_dir(info: ModelInfo, out: Path, meta: dict, *, force: bool = False) -> Path:
+    """Copy the model directory ``info`` to ``out`` (may be ``info.path``) with metadata ``meta``,
+    staged and renamed into place as :func:`save_model_dir` does."""
+    out = Path(out)
+    check_replaceable(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = temporary_dir(out.parent, prefix=f".{out.name}.tmp-")
+    try:
+        # Links are copied as links, never followed (a model directory is read as hostile).
+        ignore = shutil.ignore_patterns(METADATA_FILE)
+        shutil.copytree(info.path, staging, symlinks=True, dirs_exist_ok=True, ignore=ignore)
+        write_json_atomic(staging / METADATA_FILE, meta)
+        _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -168,6 +198,10 @@ def metadata_problem(meta: object) -> str | None:
             or not 0.0 <= value <= 1.0
         ):
             return f"the threshold of {quoted(name)} must be a number between 0 and 1"
+    if meta.get("calibration") is not None:
+        problem = calibration_problem(meta["calibration"], labels)
+        if problem:
+            return f"'calibration': {problem}"
     config = meta.get("config", {})
     if not isinstance(config, dict):
         return "'config' must be an object"

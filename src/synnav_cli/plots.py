@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from synnav_cli.calibration import expected_calibration_error, reliability_bins
 from synnav_cli.errors import UserError
 from synnav_cli.metrics import Scores
 from synnav_cli.resources import install_hint
@@ -56,7 +57,8 @@ def _known(scores: Scores, column: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_plots(models: list[ModelScores], out_dir: Path) -> list[Path]:
-    """Write ``roc-<label>.png``, ``pr-<label>.png`` and ``metrics.png`` to ``out_dir``.
+    """Write ``roc-<label>.png``, ``pr-<label>.png``, ``reliability-<label>.png`` and
+    ``metrics.png`` to ``out_dir``.
 
     Several models are drawn on the same axes, so one figure compares them. A label whose known
     values are all positive or all negative has no curve; its figure says so.
@@ -124,8 +126,48 @@ def write_plots(models: list[ModelScores], out_dir: Path) -> list[Path]:
             figure.savefig(path, dpi=120)
             plt.close(figure)
             written.append(path)
+    for label in label_names:
+        written.append(_reliability(plt, models, label, out_dir / f"reliability-{slug(label)}.png"))
     written.append(_metrics_bars(plt, models, label_names, out_dir / "metrics.png"))
     return written
+
+
+def _reliability(plt, models: list[ModelScores], label: str, path: Path) -> Path:
+    """Share positive against mean probability in ten equal-width bins: the model's scores
+    (dashed) and, for a calibrated model, the probabilities predict writes (solid)."""
+    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    axes.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=1)
+    for model in models:
+        if label not in model.scores.label_names:
+            continue
+        j = model.scores.label_names.index(label)
+        y = model.scores.labels[:, j]
+        kinds = [("scores", model.scores.probabilities[:, j], "--")]
+        if model.scores.calibrated is not None:
+            kinds.append(("calibrated", model.scores.calibrated[:, j], "-"))
+        for kind, p, style in kinds:
+            bins = reliability_bins(y, p)
+            if not bins:
+                continue
+            ece = expected_calibration_error(y, p)
+            axes.plot(
+                [b[1] for b in bins],
+                [b[2] for b in bins],
+                style,
+                marker="o",
+                label=f"{model.name} {kind} (ECE {ece:.3f})",
+            )
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel("mean probability in bin")
+    axes.set_ylabel("share positive in bin")
+    axes.set_title(f"Reliability: {label}")
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="upper left", fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
 
 
 def _metrics_bars(plt, models: list[ModelScores], label_names: list[str], path: Path) -> Path:

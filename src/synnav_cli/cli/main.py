@@ -201,6 +201,7 @@ for command in (
     train.train,
     evaluate.evaluate,
     predict.predict,
+    evaluate.calibrate,
     variants.variants,
     train.split,
     predict.merge,

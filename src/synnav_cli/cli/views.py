@@ -248,7 +248,8 @@ def format_model_details(
 
 # --- evaluations ---------------------------------------------------------------------------------
 
-METRICS_SHOWN = ("f1", "roc_auc", "pr_auc", "mcc", "support")
+# ece_raw: calibration error of the model's scores; ece: of the probabilities predict writes.
+METRICS_SHOWN = ("f1", "roc_auc", "pr_auc", "mcc", "ece_raw", "ece", "support")
 
 
 def _cell(value) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 
 from synnav_cli import console
 from synnav_cli.backbones.base import Backbone
+from synnav_cli.calibration import Calibration, calibration_line
 from synnav_cli.data.fasta import (
     FastaRecord,
     check_input,
@@ -83,6 +84,7 @@ def predict_chunks(
     long_policy: str = "truncate",
     chunk_records: int = CHUNK_RECORDS,
     progress=None,
+    calibration: Calibration | None = None,
 ) -> Iterator[list[Prediction]]:
     """Predictions for ``records`` a chunk at a time, in input order.
 
@@ -115,6 +117,11 @@ def predict_chunks(
             if sequences:
                 probs = probabilities[offset : offset + len(sequences)].mean(axis=0)
                 offset += len(sequences)
+            if probs is not None and calibration is not None:  # calls stay on the raw scores
+                predictions.append(
+                    Prediction(record.id, record.length, calibration.apply(probs), status, probs)
+                )
+                continue
             predictions.append(Prediction(record.id, record.length, probs, status))
         if moved is not None:
             moved.finish()
@@ -207,7 +214,8 @@ def run_prediction(
 
         writes = distributed.is_main()
         if writes:  # the calls' thresholds where the calls are made, out of the table's way
-            console.info(threshold_line(info.label_names, thresholds))
+            console.info(threshold_line(info.label_names, loaded.shown_thresholds or thresholds))
+            console.info(calibration_line(loaded.calibration))
         records = None
         resumable = None
         if writes:
@@ -244,6 +252,7 @@ def run_prediction(
             long_policy=long_policy,
             chunk_records=CHUNK_RECORDS,
             progress=progress,
+            calibration=loaded.calibration,
         )
         # The whole input was validated above, so nothing fails after rows are written.
         first = next(chunks, None)
@@ -262,6 +271,7 @@ def run_prediction(
             info.label_names,
             thresholds,
             raw_ids,
+            loaded.calibration.calibrated_labels if loaded.calibration else [],
         )
 
 
@@ -304,10 +314,13 @@ def _write_predictions(
     label_names: list[str],
     thresholds: list[float],
     raw_ids: bool,
+    calibrated: list[str] = (),
 ) -> int:
     count = 0
     if resumable is None:
-        writer = PredictionWriter(sys.stdout, fmt, label_names, thresholds, raw_ids=raw_ids)
+        writer = PredictionWriter(
+            sys.stdout, fmt, label_names, thresholds, raw_ids=raw_ids, calibrated=calibrated
+        )
         sys.stdout.write(writer.header)
         for chunk in chunks:
             for prediction in chunk:
@@ -319,7 +332,12 @@ def _write_predictions(
     header = PredictionWriter(io.StringIO(), fmt, label_names, thresholds, raw_ids=raw_ids).header
     try:
         writer = PredictionWriter(
-            resumable.open(header), fmt, label_names, thresholds, raw_ids=raw_ids
+            resumable.open(header),
+            fmt,
+            label_names,
+            thresholds,
+            raw_ids=raw_ids,
+            calibrated=calibrated,
         )
         for chunk in chunks:
             for prediction in chunk:

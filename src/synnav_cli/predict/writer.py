@@ -1,6 +1,7 @@
 """Prediction rows as TSV, CSV or JSON lines.
 
-Columns: ``id, length, <one probability per label>, predicted, status, top, top_probability``.
+Columns: ``id, length, <one probability per label>, predicted, status, top, top_probability,
+calibration``.
 A text cell that a spreadsheet would run as a formula gets a leading ``'`` (see
 :func:`spreadsheet_text`). ``--out``'s suffix names the format and the compression
 (:func:`output_format`).
@@ -105,13 +106,17 @@ class Prediction:
     probabilities: np.ndarray | None  # None when not scored
     # ok | truncated | windowed:N | skipped | short | nucleotide | invalid: <why>
     status: str
+    # The model's raw scores when ``probabilities`` are calibrated: calls are made on these, at
+    # the model's raw thresholds, so a calibration never changes them (see calibration.py).
+    scores: np.ndarray | None = None
 
 
 class PredictionWriter:
     """Rows as tsv, csv or jsonl: ``id, length, <one probability per label>, predicted, status,
-    top, top_probability``. ``top`` is the most likely label a scored record has (a label
-    without training data never is), whether or not it reaches its threshold; empty (null) for
-    a record not scored.
+    top, top_probability, calibration``. ``top`` is the most likely label a scored record has (a
+    label without training data never is), whether or not it reaches its threshold; empty (null)
+    for a record not scored. ``calibration`` says which label columns are calibrated
+    (``calibrated``, ``uncalibrated``, or ``calibrated: ER;nucleus``); empty when not scored.
 
     The tsv/csv header is :attr:`header`; the caller writes it (a resumed file already has it).
     """
@@ -124,6 +129,7 @@ class PredictionWriter:
         thresholds: list[float],
         *,
         raw_ids: bool = False,
+        calibrated: list[str] = (),
     ):
         if fmt not in FORMATS:
             raise UserError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
@@ -141,7 +147,16 @@ class PredictionWriter:
             "status",
             "top",
             "top_probability",
+            "calibration",
         ]
+        # What the calibration column says: which label columns hold calibrated probabilities.
+        shown = [column_name(name) for name in calibrated]
+        if not shown:
+            self._calibration = "uncalibrated"
+        elif len(shown) == len(self.label_names):
+            self._calibration = "calibrated"
+        else:
+            self._calibration = "calibrated: " + ";".join(shown)
         # Labels that can be the top: those with training data (an infinite threshold: none).
         self._ranked = np.isfinite(self.thresholds)
         self.header = ""
@@ -154,17 +169,15 @@ class PredictionWriter:
             self._csv = csv.writer(handle, **dialect)
 
     def write(self, prediction: Prediction) -> None:
-        top, top_probability = None, None
+        top, top_probability, calibration = None, None, None
         if prediction.probabilities is None:
             probs = [None] * len(self.label_names)
             predicted: list[str] = []
         else:
             probs = [round(float(p), 4) for p in prediction.probabilities]
-            predicted = [
-                n
-                for n, p, t in zip(self.label_names, prediction.probabilities, self.thresholds)
-                if p >= t
-            ]
+            scores = prediction.probabilities if prediction.scores is None else prediction.scores
+            predicted = [n for n, p, t in zip(self.label_names, scores, self.thresholds) if p >= t]
+            calibration = self._calibration
             if self._ranked.any():
                 best = int(np.argmax(np.where(self._ranked, prediction.probabilities, -np.inf)))
                 top, top_probability = self.label_names[best], probs[best]
@@ -173,7 +186,8 @@ class PredictionWriter:
             identifier, labels = self._text(prediction.id), self._text(";".join(predicted))
             best_cells = ["", ""] if top is None else [self._text(top), f"{top_probability:.4f}"]
             self._csv.writerow(
-                [identifier, prediction.length, *cells, labels, prediction.status, *best_cells]
+                [identifier, prediction.length, *cells, labels, prediction.status, *best_cells,
+                 calibration or ""]
             )
         else:
             row = {
@@ -184,5 +198,6 @@ class PredictionWriter:
                 "status": prediction.status,
                 "top": top,
                 "top_probability": top_probability,
+                "calibration": calibration,
             }
             self.handle.write(json.dumps(row) + "\n")

@@ -15,6 +15,7 @@ import torch
 
 from synnav_cli import console
 from synnav_cli.backbones.base import Backbone
+from synnav_cli.calibration import Calibration
 from synnav_cli.data.dataset import column_name
 from synnav_cli.errors import UserError
 from synnav_cli.model import LocalizationModel
@@ -31,7 +32,10 @@ class LoadedModel:
     model: LocalizationModel
     runtime: Runtime
     max_length: int  # residues scored per protein: the model's and the backbone's limit
-    thresholds: list[float]
+    thresholds: list[float]  # on the raw scores, where calls are made (see calibration.py)
+    calibration: Calibration | None = None
+    # The thresholds as the user sees them: on the calibrated scale where a label is calibrated.
+    shown_thresholds: list[float] | None = None
 
 
 def load_for_scoring(
@@ -83,7 +87,10 @@ def open_model(
         precision: auto, fp32, bf16 or fp16 (see ``hardware.scoring_precision``).
     """
     backbone = _backbone_of(info)
-    thresholds = parse_thresholds(threshold_values, info.label_names, info.thresholds)
+    calibration = info.calibration
+    thresholds, shown = calibrated_thresholds(
+        threshold_values, info.label_names, info.thresholds, calibration
+    )
     limit = min(
         int(info.meta.get("config", {}).get("max_length", backbone.max_length)), backbone.max_length
     )
@@ -94,8 +101,33 @@ def open_model(
         cast_encoder(model.encoder, runtime)
     for j in untrained_labels(model):
         # A label the model never saw a value of is never predicted, whatever --threshold says.
-        thresholds[j] = math.inf
-    return LoadedModel(info, backbone, model, runtime, limit, thresholds)
+        thresholds[j] = shown[j] = math.inf
+    return LoadedModel(info, backbone, model, runtime, limit, thresholds, calibration, shown)
+
+
+def calibrated_thresholds(
+    values: Iterable[str],
+    label_names: list[str],
+    defaults: list[float],
+    calibration: Calibration | None,
+) -> tuple[list[float], list[float]]:
+    """Thresholds on the raw scores (where calls are made) and as shown to the user.
+
+    The model's own thresholds are raw scores, so its calls are the same with a calibration as
+    without. A ``--threshold`` value is a probability as the output shows it: on a calibrated
+    label it becomes the smallest raw score whose calibrated probability reaches it.
+    """
+    given = parse_thresholds(values, label_names, [math.nan] * len(label_names))
+    raw, shown = [], []
+    for j, value in enumerate(given):
+        mapping = calibration.maps[j] if calibration is not None else None
+        if math.isnan(value):
+            raw.append(defaults[j])
+            shown.append(calibration.shown_threshold(j, defaults[j]) if mapping else defaults[j])
+        else:
+            raw.append(mapping.raw_threshold(value) if mapping else value)
+            shown.append(value)
+    return raw, shown
 
 
 def scoring_runtime(

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from synnav_cli import __version__, console
+from synnav_cli.calibration import fit_calibration
 from synnav_cli.metrics import evaluate_predictions, tune_threshold
 from synnav_cli.model import LocalizationModel
 from synnav_cli.modeldir import save_model_dir
@@ -57,6 +58,11 @@ def finish(
         for name, p in probabilities.items()
     }
     meta = _metadata(setup, thresholds, metrics, best_epoch, history)
+    # Calibrated probabilities, fitted on the same dev scores; calls stay at the raw thresholds.
+    calibration, dev_ece = fit_calibration(
+        setup.parts["dev"].labels, probabilities["dev"], label_names, skip=tuple(unseen)
+    )
+    meta["calibration"] = {**calibration.to_meta(dev_ece), "method": "auto"}
     if distributed.is_main():
         save_model_dir(
             setup.out, model, meta, encoder_frozen=setup.config.freeze, force=setup.record["force"]
