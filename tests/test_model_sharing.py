@@ -18,7 +18,7 @@ import huggingface_hub
 import pytest
 import torch
 from checks import one_error_line
-from hub_fixture import cache_repo, no_network, tiny_hub  # noqa: F401 - fixtures
+from hub_fixture import blob_of, cache_repo, no_network, tiny_hub  # noqa: F401 - fixtures
 
 from synnav_cli import modeldir, paths
 from synnav_cli.cli.main import cli
@@ -238,6 +238,8 @@ def test_pull_command_registers_under_a_name(runner, monkeypatch, model, tiny_hu
     folder = paths.models_dir() / "shared"
     assert result.stdout == f"shared\t{folder}\n"
     source = json.loads((folder / "synnav-source.json").read_text())
+    # The registered copy shares the download's bytes (a hard link), not a second copy.
+    assert (folder / "model.safetensors").stat().st_ino == blob_of(snapshot / "model.safetensors").stat().st_ino
     assert source == {**source, "repo": REPO, "revision": "v2", "commit": snapshot.name}
     shown = runner.invoke(cli, ["models", "show", "shared", "--json"])
     shown = json.loads(shown.stdout)
@@ -382,3 +384,51 @@ def test_dry_run_prints_the_card_and_uploads_nothing(runner, monkeypatch, model)
     card = huggingface_hub.ModelCard(result.stdout)
     assert card.data.library_name == "synnav" and f"--model hf:{REPO}@v1" in card.text
     assert "Would push" in result.stderr and recorder.commits == [] and recorder.created == []
+
+
+def _http_error(status: int) -> Exception:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    response = SimpleNamespace(status_code=status, headers={}, request=None)
+    return HfHubHTTPError(f"{status} Client Error: refused", response=response)
+
+
+@pytest.mark.parametrize(
+    "failure, phrase",
+    [
+        (_http_error(401), "rejected the token"),
+        (_http_error(403), "needs write access"),
+        (_http_error(500), "the Hugging Face Hub failed while uploading to"),
+        (ConnectionError("connection reset"), "network failure while uploading to"),
+    ],
+)
+def test_a_failed_upload_is_one_line(runner, monkeypatch, model, failure, phrase):
+    recorder = Recorder()
+
+    def upload_folder(*args, **kwargs):  # set on HfApi, so it is called as a method
+        raise failure
+
+    recorder.upload_folder = upload_folder
+    result, _ = _push(runner, monkeypatch, model, recorder=recorder)
+    one_error_line(result, phrase, REPO)
+
+
+def test_online_pull_of_a_missing_repository_is_one_line(runner, monkeypatch, tiny_hub):
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def model_info(*args, **kwargs):  # set on HfApi, so it is called as a method
+        raise RepositoryNotFoundError("404 Client Error", response=SimpleNamespace(
+            status_code=404, headers={}, request=None))
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("SYNNAV_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    one_error_line(runner.invoke(cli, ["models", "pull", "my-lab/nothing"]),
+                   "my-lab/nothing was not found", "hf auth login")
+
+
+@pytest.mark.parametrize("ref", ["no-org", "a/b/c", "my-lab/x@../../etc", "my-lab/x@"])
+def test_a_malformed_hub_name_is_one_line(runner, ref):
+    result = runner.invoke(cli, ["models", "pull", ref])
+    one_error_line(result)
+    assert "ORG/NAME" in result.stderr or "branch, tag or commit" in result.stderr
