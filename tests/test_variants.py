@@ -218,10 +218,11 @@ def test_missing_protein_is_refused(runner, tmp_path):
     one_error_line(runner.invoke(cli, ["variants", str(fasta), str(table)]), "P9 is not in")
 
 
-@pytest.mark.parametrize("option", [["--shard", "1/2"], ["--explain", "x"]])
-def test_unsupported_options_are_one_line(runner, tmp_path, option):
+@pytest.mark.parametrize("extra", [[], ["-o", "x.tsv.gz"], ["-o", "x.tsv", "--sort", "delta"]])
+def test_shard_needs_a_plain_out_in_input_order(runner, tmp_path, extra):
     fasta, table = _files(tmp_path, "P1\tp.Arg5Trp\n")
-    one_error_line(runner.invoke(cli, ["variants", str(fasta), str(table), *option]), "not supported yet")
+    result = runner.invoke(cli, ["variants", str(fasta), str(table), "--shard", "1/2", *extra])
+    one_error_line(result, "--shard writes a plain --out file")
 
 
 def test_rows_no_op_and_each_sequence_scored_once(runner, model_dir, tmp_path, monkeypatch):
@@ -325,3 +326,89 @@ def test_out_resumes_after_an_interruption(runner, model_dir, tmp_path, monkeypa
     assert out.read_text() == whole.stdout
     assert REFERENCE[:1] + "W" + REFERENCE[2:] not in scored  # row 2's variant: done before
     assert not (tmp_path / "effects.tsv.partial").exists()
+
+
+# --explain
+
+
+@pytest.mark.parametrize("text, pairs", [
+    ("p.Arg5Trp", [(i, i) for i in range(8)]),
+    ("p.Lys2_Ala4del", [(0, 0), (1, None), (2, None), (3, None), (4, 1), (5, 2), (6, 3), (7, 4)]),
+    ("p.Lys2_Thr3insGlnGln", [(0, 0), (1, 1), (None, 2), (None, 3), (2, 4), (3, 5), (4, 6), (5, 7),
+                              (6, 8), (7, 9)]),
+    ("p.Lys2_Thr3dup", [(0, 0), (1, 1), (2, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7), (6, 8),
+                        (7, 9)]),
+    ("p.Thr3delinsTer", [(0, 0), (1, 1), (2, None), (3, None), (4, None), (5, None),
+                         (6, None), (7, None)]),
+    ("p.Arg5Ter", [(0, 0), (1, 1), (2, 2), (3, 3), (4, None), (5, None), (6, None), (7, None)]),
+])
+def test_alignment_through_changes(text, pairs):
+    from synnav_cli.predict.variant_explain import align
+
+    reference = REFERENCE[:8]
+    changes = parse_hgvs_protein(text)[1]
+    variant = apply_changes(reference, changes, "P1")
+    found = align(len(reference), len(variant), changes)
+    assert found == pairs
+    for r, v in found:  # paired residues are the same residue, except at a substitution
+        if r is not None and v is not None and not (text == "p.Arg5Trp" and r == 4):
+            assert reference[r] == variant[v]
+
+
+def test_explain_writes_the_attribution_difference_around_the_site(runner, model_dir, tmp_path):
+    fasta, table = _files(tmp_path, "P1\tp.Arg5=\nP1\tp.Gly12_Lys15del\n")
+    out_dir = tmp_path / "explain"
+    result = runner.invoke(cli, ["variants", str(fasta), str(table), "--model", str(model_dir),
+                                 "--device", "cpu", "--explain", str(out_dir), "--explain-steps", "4"])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in out_dir.iterdir()] == ["P1_p.Gly12_Lys15del.tsv"]  # the no-op moved nothing
+    row = _rows(result.stdout)[1]
+    lines = _rows((out_dir / "P1_p.Gly12_Lys15del.tsv").read_text())
+    label = row["largest_change_label"]
+    assert list(lines[0]) == ["reference_position", "reference_residue", "variant_position",
+                              "variant_residue", f"reference_{label}", f"variant_{label}", "difference"]
+    assert [int(r["reference_position"]) for r in lines] == list(range(1, 31))  # 15 either side
+    deleted = [r for r in lines if r["variant_position"] == ""]
+    assert [int(r["reference_position"]) for r in deleted] == [12, 13, 14, 15]
+    for r in lines:
+        if r["variant_position"]:
+            assert r["reference_residue"] == r["variant_residue"]
+            difference = float(r[f"variant_{label}"]) - float(r[f"reference_{label}"])
+            assert float(r["difference"]) == pytest.approx(difference, abs=1e-5)
+    (tmp_path / "a-file").write_text("")
+    refused = runner.invoke(cli, ["variants", str(fasta), str(table), "--explain", str(tmp_path / "a-file")])
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+
+
+def test_shards_merge_into_the_whole_table(runner, model_dir, tmp_path):
+    table = "".join(f"P1\tp.{residue}{i + 1}Ala\n" for i, residue in enumerate(REFERENCE[:7])
+                    if residue != "A")
+    fasta, variants = _files(tmp_path, table)
+    base = ["variants", str(fasta), str(variants), "--model", str(model_dir), "--device", "cpu"]
+    whole = runner.invoke(cli, base)
+    parts = [tmp_path / f"part-{i}.tsv" for i in (1, 2, 3)]
+    for i, part in enumerate(parts, 1):
+        result = runner.invoke(cli, [*base, "--shard", f"{i}/3", "-o", str(part)])
+        assert result.exit_code == 0, result.output
+    assert len(_rows(parts[0].read_text())) == 2 and len(_rows(parts[2].read_text())) == 1
+    merged = runner.invoke(cli, ["merge", *map(str, parts), "-o", str(tmp_path / "all.tsv")])
+    assert merged.exit_code == 0, merged.output
+    assert (tmp_path / "all.tsv").read_text() == whole.stdout
+    one_error_line(runner.invoke(cli, ["merge", str(parts[0]), str(parts[2])]), "missing")
+
+
+def test_several_variants_from_one_vcf_line_keep_their_own_sequences(runner, model_dir, tmp_path):
+    fasta, _ = _files(tmp_path, "")
+    vcf = tmp_path / "in.vcf"
+    vcf.write_text(
+        "##fileformat=VCFv4.2\n"
+        '##INFO=<ID=CSQ,Number=.,Type=String,Description="Format: Allele|Feature|HGVSp">\n'
+        "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+        "1\t10\t.\tC\tT,G\t.\t.\tCSQ=T|ENST1|P1:p.Arg5Trp,G|ENST1|P1:p.Arg5=\n"
+    )
+    result = runner.invoke(cli, ["variants", str(fasta), str(vcf), "--model", str(model_dir),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = _rows(result.stdout)
+    assert [r["variant"] for r in rows] == ["P1:p.Arg5Trp", "P1:p.Arg5="]
+    assert rows[0]["largest_change"] != "+0.0000" and rows[1]["largest_change"] == "+0.0000"

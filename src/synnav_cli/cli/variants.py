@@ -77,14 +77,26 @@ from synnav_cli.errors import UserError
     "--shard",
     default=None,
     metavar="I/N",
-    help="Not supported yet for variants (an error).  [default: every variant]",
+    help="Score only part I of N (variants I, I+N, I+2N, ... counting from 1), e.g. an array "
+    "job's task, into --out (plain, input order); join the parts with `synnav merge`.  "
+    "[default: every variant]",
 )
 @click.option(
     "--explain",
     "explain_dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Not supported yet for variants (an error).  [default: no attributions]",
+    help="Also write, per variant, a TSV of integrated-gradients attributions of the label that "
+    "moved most, in the reference and in the variant, lined up residue by residue from 15 "
+    "before the change to 15 after, with their difference (docs/variants.md). Costs two "
+    "attributions per variant.  [default: no attributions]",
+)
+@click.option(
+    "--explain-steps",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Integration steps per sequence for --explain; more is smoother and slower.",
 )
 @precision_option
 @common_options
@@ -101,6 +113,7 @@ def variants(
     max_tokens: int | None,
     shard: str | None,
     explain_dir: Path | None,
+    explain_steps: int,
     precision: str,
     device: str,
     offline: bool,
@@ -124,13 +137,9 @@ def variants(
       synnav variants proteome.fasta variants.tsv > effects.tsv
       synnav variants proteome.fasta variants.tsv --sort delta -o ranked.csv
     """
-    from synnav_cli.predict.variants import not_supported, run_variants
+    from synnav_cli.predict.variants import run_variants
     from synnav_cli.predict.writer import output_format
 
-    if shard is not None:
-        raise not_supported("--shard", "; score the whole table, or split VARIANTS into parts")
-    if explain_dir is not None:
-        raise not_supported("--explain", "; use predict --explain on the two sequences")
     fmt, compression = output_format(fmt, out)
     if raw_ids and fmt == "csv":
         raise UserError(
@@ -151,4 +160,7 @@ def variants(
         offline=offline,
         precision=precision,
         raw_ids=raw_ids,
+        explain_dir=explain_dir,
+        explain_steps=explain_steps,
+        shard=shard,
     )

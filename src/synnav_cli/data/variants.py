@@ -28,11 +28,12 @@ HEADER_WORDS = {"variant", "variants", "hgvsp", "hgvs", "hgvs.p", "change", "cha
 class Variant:
     """One row of output: a reference protein and the changes made to it."""
 
-    line: int  # in the variants file, counting from 1
+    line: int  # in the variants file, counting from 1 (a VCF line may give several variants)
     id: str  # the reference's FASTA identifier ("" when it could not be read)
     notation: str  # as given
     changes: list[Change] = field(default_factory=list)
     problem: str | None = None  # why it cannot be scored; set by reading or by the check
+    number: int = 0  # among the file's variants, counting from 1: the key of its row
 
 
 def read_variants(source: str | Path) -> list[Variant]:
@@ -58,6 +59,8 @@ def read_variants(source: str | Path) -> list[Variant]:
         handle.close()
     if not variants:
         raise UserError(f"{label} holds no variants (expected lines like: P04637  p.Arg175His)")
+    for number, variant in enumerate(variants, 1):
+        variant.number = number
     return variants
 
 

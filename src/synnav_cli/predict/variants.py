@@ -8,6 +8,7 @@ reference shared by a thousand variants costs one protein.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 from collections.abc import Iterable, Iterator
@@ -19,11 +20,18 @@ from synnav_cli.data.fasta import FastaRecord, check_input, read_fasta
 from synnav_cli.data.hgvs import apply_changes
 from synnav_cli.data.variants import Variant, read_variants
 from synnav_cli.errors import UserError
-from synnav_cli.files import check_output_file, exclusive_lock, input_name, output_handle
-from synnav_cli.predict.resumable import ResumableOutput
+from synnav_cli.files import (
+    check_output_file,
+    exclusive_lock,
+    input_name,
+    output_handle,
+    real_folder,
+)
+from synnav_cli.predict.resumable import ResumableOutput, digest_record
 from synnav_cli.predict.run import CHUNK_RECORDS, LONG_POLICIES, model_identity, predict_chunks
 from synnav_cli.predict.variant_rows import SORTS, VariantRow, VariantWriter, columns, sort_rows
 from synnav_cli.predict.writer import Prediction
+from synnav_cli.runtime import distributed
 from synnav_cli.scoring.load import LoadedModel, load_for_scoring
 
 
@@ -33,7 +41,7 @@ def check_variants(
     """Check every variant against its reference in ``fasta`` (read once, streaming; only the
     references named are kept): each gets its problem set, or its ``changes`` are known to
     apply. Returns the references by the names variants use, and each valid variant's sequence
-    by its line."""
+    by its number."""
     wanted = {v.id for v in variants if v.problem is None}
     found: dict[str, FastaRecord] = {}
     for record in read_fasta(fasta, keep_invalid=True):
@@ -51,7 +59,7 @@ def check_variants(
             variant.problem = f"its reference {variant.id} is invalid: {record.problem}"
         else:
             try:
-                sequences[variant.line] = apply_changes(
+                sequences[variant.number] = apply_changes(
                     record.sequence, variant.changes, variant.id
                 )
             except UserError as error:
@@ -101,7 +109,7 @@ def score_variants(
         new: dict[str, None] = {}  # insertion-ordered set
         for variant in chunk:
             if variant.problem is None:
-                for sequence in (references[variant.id], sequences[variant.line]):
+                for sequence in (references[variant.id], sequences[variant.number]):
                     if sequence not in scored:
                         new[sequence] = None
         records = [FastaRecord(str(i), "", sequence) for i, sequence in enumerate(new)]
@@ -123,7 +131,7 @@ def score_variants(
                 rows.append(VariantRow(variant, None, None))
                 continue
             reference = scored[references[variant.id]]
-            changed = scored[sequences[variant.line]]
+            changed = scored[sequences[variant.number]]
             rows.append(VariantRow(variant, reference, changed, site=_first_site(variant)))
         yield rows
 
@@ -148,6 +156,9 @@ def run_variants(
     offline: bool = False,
     precision: str = "auto",
     raw_ids: bool = False,
+    explain_dir: Path | None = None,
+    explain_steps: int = 32,
+    shard: str | None = None,
 ) -> int:
     """Score every variant in ``variants_file`` against its reference in ``fasta``; write one
     row per variant to ``out`` (or stdout). Returns the number of variants written.
@@ -166,6 +177,11 @@ def run_variants(
             why; without it one invalid variant stops the run before the model loads.
         max_tokens, device, offline, precision: as for predict.
         raw_ids: tsv text cells as they are (see ``writer.text_cells``).
+        explain_dir: also write, per variant, the attribution difference around its site for
+            the label that moved most (:mod:`.variant_explain`), ``explain_steps`` steps each.
+        shard: ``I/N`` scores variants I-1, I-1+N, ... only, into ``out`` (needed, plain, in
+            input order) with a shard record beside it, for ``synnav merge``. Every variant is
+            still checked.
     """
     if sort not in SORTS:
         raise UserError(f"unknown sort {sort!r}; choose {', '.join(SORTS)}")
@@ -175,8 +191,16 @@ def run_variants(
         if str(source) == "-":
             raise UserError("variants reads files: give the FASTA and the variants as paths")
         check_input(source)
+    shard_index, shard_count = distributed.parse_shard(shard) if shard else (0, 1)
+    if shard_count > 1 and (out is None or compression is not None or sort != "input"):
+        raise UserError(
+            "variants --shard writes a plain --out file in input order, for `synnav merge`: "
+            "give --out PART.tsv, no compression suffix and no --sort"
+        )
     if out is not None:
         check_output_file(out, inputs=[fasta, variants_file])
+    if explain_dir is not None:
+        real_folder(explain_dir)  # a file or a link there is refused before anything runs
     variants = read_variants(variants_file)
     references, sequences = check_variants(variants, fasta)
     problem = refusal(variants, input_name(variants_file))
@@ -192,27 +216,37 @@ def run_variants(
         model_name, device=device, max_tokens=max_tokens, offline=offline, precision=precision
     )
     label_names, thresholds = loaded.info.label_names, loaded.thresholds
+    mine = variants[shard_index::shard_count]
     with ExitStack() as stack:
-        todo: Iterable[Variant] = variants
+        todo: Iterable[Variant] = mine
         resumable = None
         if out is not None and sort == "input":
             stack.enter_context(exclusive_lock(ResumableOutput.lock_path(out), str(out)))
             fingerprint = _fingerprint(loaded, fmt, long_policy, raw_ids)
+            fingerprint["shard"] = [shard_index, shard_count]
             resumable = ResumableOutput(out, fingerprint, compression)
-            todo = _skip_done(resumable, variants, sequences)
+            if shard_count > 1:  # merge checks the part against this (parts.write_record)
+                whole = hashlib.sha256()
+                for key in _keys(variants, sequences):
+                    digest_record(whole, key)
+                resumable.shard_of = ((shard_index, shard_count), whole.hexdigest(), len(variants))
+            todo = _skip_done(resumable, mine, sequences)
         # Sequences still to score, for the progress total (those of rows done are not).
-        done_lines = {v.line for v in variants[: resumable.rows_done]} if resumable else set()
+        done = {v.number for v in mine[: resumable.rows_done]} if resumable else set()
         distinct = {
             s
-            for v in variants
-            if v.problem is None and v.line not in done_lines
-            for s in (references[v.id], sequences[v.line])
+            for v in mine
+            if v.problem is None and v.number not in done
+            for s in (references[v.id], sequences[v.number])
         }
         progress = console.Progress(len(distinct), "variants", unit="sequences")
         stack.callback(progress.close)
         chunks = score_variants(
             loaded, todo, references, sequences, long_policy=long_policy, progress=progress
         )
+        kept: list[VariantRow] = []  # the rows --explain explains, after the table is written
+        if explain_dir is not None:
+            chunks = _keeping(chunks, kept)
         if resumable is not None:
             count = _write_resumable(chunks, resumable, fmt, loaded, raw_ids)
         else:
@@ -227,7 +261,18 @@ def run_variants(
                     writer.write(row)
             count = len(rows)
     console.detail(f"{count} variants scored")
+    if explain_dir is not None:
+        from synnav_cli.predict.variant_explain import explain_variants
+
+        explain_variants(loaded, kept, references, sequences, explain_dir, steps=explain_steps)
     return count
+
+
+def _keeping(chunks: Iterable[list[VariantRow]], kept: list[VariantRow]):
+    """``chunks`` as they are, each row with a change also put in ``kept``."""
+    for chunk in chunks:
+        kept.extend(row for row in chunk if row.delta is not None and row.variant.changes)
+        yield chunk
 
 
 def _skip_done(
@@ -235,13 +280,15 @@ def _skip_done(
 ) -> Iterator[Variant]:
     """The variants an interrupted ``--out`` file lacks; each variant (line, protein, notation
     and sequence) is hashed as it goes by, so a changed input is refused, never mixed in."""
-    by_line = {v.line: v for v in variants}
-    keys = (
-        FastaRecord(f"{v.line}\t{v.id}\t{v.notation}", "", sequences.get(v.line, ""))
-        for v in variants
-    )
-    for key in resumable.skip_done(keys):
-        yield by_line[int(key.id.split("\t", 1)[0])]
+    by_number = {v.number: v for v in variants}
+    for key in resumable.skip_done(_keys(variants, sequences)):
+        yield by_number[int(key.id.split("\t", 1)[0])]
+
+
+def _keys(variants: list[Variant], sequences: dict[int, str]) -> Iterator[FastaRecord]:
+    """Each variant as the record a resumed or merged file is checked by (``digest_record``)."""
+    for v in variants:
+        yield FastaRecord(f"{v.number}\t{v.id}\t{v.notation}", "", sequences.get(v.number, ""))
 
 
 def _write_resumable(
@@ -286,8 +333,3 @@ def _fingerprint(loaded: LoadedModel, fmt: str, long_policy: str, raw_ids: bool)
         "precision": loaded.runtime.precision,
         "raw_ids": raw_ids,
     }
-
-
-def not_supported(option: str, instead: str = "") -> UserError:
-    """The one line for an option ``variants`` does not support yet."""
-    return UserError(f"variants {option} is not supported yet{instead}")
