@@ -61,7 +61,7 @@ def test_evaluate_json_shape_and_ranges(runner, trained, small_dataset):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)  # progress, if any, is on stderr
     dataset = read_dataset(small_dataset)
-    assert list(report["labels"]) == dataset.label_names
+    assert list(report["labels"]) == [n.replace(" ", "_") for n in dataset.label_names]  # as predict's columns
     for metrics in report["labels"].values():
         assert {"f1", "roc_auc", "pr_auc", "mcc", "support"} <= set(metrics)
         for key in ("f1", "roc_auc", "pr_auc"):

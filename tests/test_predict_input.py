@@ -144,7 +144,7 @@ def test_evaluate_takes_a_dataset_whose_labels_use_underscores(runner, tmp_path)
     data.write_text(json.dumps(records))
     result = runner.invoke(cli, ["evaluate", "--model", str(model), "--data", str(data), "--format", "json"])
     assert result.exit_code == 0, result.output
-    assert set(json.loads(result.stdout)["labels"]) == {"ER", "excitatory synapse"}
+    assert set(json.loads(result.stdout)["labels"]) == {"ER", "excitatory_synapse"}
 
 
 def test_messages_about_standard_input_call_it_so(runner, model):

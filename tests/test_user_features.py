@@ -16,9 +16,9 @@ from checks import one_error_line
 
 from synnav_cli import paths
 from synnav_cli.cli.main import cli
-from synnav_cli.data.dataset import read_dataset
+from synnav_cli.data.dataset import column_name, read_dataset
 from synnav_cli.predict.compare import pair_mutants
-from synnav_cli.predict.explain import attribute, file_stem
+from synnav_cli.predict.explain import attribute, baseline_probabilities, file_stem
 from synnav_cli.scoring.load import load_for_scoring
 from synnav_cli.train.config import TrainConfig
 from synnav_cli.train.run import train
@@ -92,13 +92,14 @@ def test_models_show_text_and_json(runner, installed):
     text = runner.invoke(cli, ["models", "show", installed.name])
     assert text.exit_code == 0, text.output
     for label, threshold in meta["thresholds"].items():
+        label = column_name(label)  # shown as predict's columns spell it
         assert any(line.strip().startswith(label) and f"{threshold:.3f}" in line for line in text.output.splitlines())
     assert "learning_rate: 0.003" in text.output
     assert f"torch {meta['versions']['torch']}" in text.output
 
     shown = json.loads(runner.invoke(cli, ["models", "show", str(installed), "--json"]).output)
-    assert shown["thresholds"] == meta["thresholds"]
-    assert shown["metrics"]["test"]["labels"] == meta["metrics"]["test"]["labels"]
+    assert shown["thresholds"] == {column_name(k): v for k, v in meta["thresholds"].items()}
+    assert shown["metrics"]["test"]["labels"] == {column_name(k): v for k, v in meta["metrics"]["test"]["labels"].items()}
     assert shown["config"] == meta["config"] and shown["versions"] == meta["versions"]
 
 
@@ -138,7 +139,7 @@ def test_evaluate_data_without_some_labels_treats_them_as_unknown(runner, model_
     assert result.exit_code == 0, result.output
     assert result.stderr.count("lacks the model's labels nucleus, inhibitory synapse") == 1
     metrics, reference = json.loads(result.stdout)["labels"], json.loads(full.stdout)["labels"]
-    assert metrics["nucleus"]["known"] == metrics["inhibitory synapse"]["known"] == 0
+    assert metrics["nucleus"]["known"] == metrics["inhibitory_synapse"]["known"] == 0
     assert metrics["nucleus"]["roc_auc"] is None and metrics["nucleus"]["f1"] is None
     assert metrics["cytosol"] == reference["cytosol"]
     table = runner.invoke(cli, [*args[:-2], "--data", str(partial), "--plots", str(tmp_path / "figures")])
@@ -157,8 +158,9 @@ def test_evaluate_plots(runner, model_dir, dataset_path, tmp_path):
                                  "--plots", str(figures)])
     assert result.exit_code == 0, result.output
     labels = read_dataset(dataset_path).label_names
-    expected = {f"{kind}-{label.replace(' ', '-').lower()}.png" for kind in ("roc", "pr") for label in labels}
-    assert {p.name for p in figures.iterdir()} == expected | {"metrics.png"}
+    expected = {f"{kind}-{column_name(label)}.png" for kind in ("roc", "pr") for label in labels}
+    names = {p.name for p in figures.iterdir()}
+    assert {n for n in names if n.startswith(("roc-", "pr-"))} == expected and "metrics.png" in names
     for png in figures.iterdir():
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -198,7 +200,8 @@ def test_predict_explain_writes_tsv_and_png(runner, model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout), delimiter="\t"))
     assert [r["id"] for r in rows] == ["sp|P1|ONE", "P2"]  # the normal output is unchanged
-    assert sorted(p.name for p in out_dir.iterdir()) == ["P2.png", "P2.tsv", "sp_P1_ONE.png", "sp_P1_ONE.tsv"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["P2.png", "P2.tsv", "sp_P1_ONE.png", "sp_P1_ONE.tsv",
+                                                         "summary.tsv"]
     for row, stem in zip(rows, ["sp_P1_ONE", "P2"]):
         table = list(csv.reader((out_dir / f"{stem}.tsv").open(), delimiter="\t"))
         header, body = table[0], table[1:]
@@ -227,6 +230,8 @@ def test_attributions_sum_to_the_probability_change(model_dir):
         p_input = torch.sigmoid(loaded.model(batch))[0, :2].numpy()
         p_baseline = torch.sigmoid(loaded.model(baseline))[0, :2].numpy()
     np.testing.assert_allclose(values.sum(axis=0), p_input - p_baseline, atol=0.02)
+    # the baseline probability --explain reports (summary.tsv) is that same p(baseline)
+    np.testing.assert_allclose(baseline_probabilities(loaded, sequence, [0, 1]), p_baseline, atol=1e-5)
 
 
 def test_file_stems_are_safe_and_unique():
@@ -257,12 +262,18 @@ def test_predict_compare_table(runner, model_dir, tmp_path):
     rows = list(csv.DictReader(io.StringIO(result.stdout), delimiter="\t"))
     labels = json.loads((model_dir / "synnav-model.json").read_text())["labels"]
     labels = [n.replace(" ", "_") for n in labels]  # output columns have no spaces
-    assert list(rows[0]) == ["mutant", "wild_type", *(f"delta_{n}" for n in labels), "predicted", "gained", "lost"]
+    per_label = [f"{kind}_{n}" for n in labels for kind in ("wild_type", "mutant", "delta")]
+    assert list(rows[0]) == ["mutant", "wild_type", *per_label, "predicted", "gained", "lost"]
     assert [(r["mutant"], r["wild_type"]) for r in rows] == [("P1_mut_I6W", "P1"), ("P1_mut_same", "P1")]
     for label in labels:
         expected = float(probabilities["P1_mut_I6W"][label]) - float(probabilities["P1"][label])
         assert float(rows[0][f"delta_{label}"]) == pytest.approx(expected, abs=2e-4)
         assert float(rows[1][f"delta_{label}"]) == 0.0
+        # the two probabilities the delta is the difference of, as plain predict gives them
+        assert float(rows[0][f"wild_type_{label}"]) == pytest.approx(float(probabilities["P1"][label]), abs=1e-4)
+        assert float(rows[0][f"mutant_{label}"]) == pytest.approx(float(probabilities["P1_mut_I6W"][label]), abs=1e-4)
+        assert float(rows[0][f"mutant_{label}"]) - float(rows[0][f"wild_type_{label}"]) == pytest.approx(
+            float(rows[0][f"delta_{label}"]), abs=2e-4)
     assert rows[0]["predicted"] == probabilities["P1_mut_I6W"]["predicted"]
 
     jsonl = runner.invoke(cli, ["predict", str(fasta), "--model", str(model_dir), "--compare", "--format", "jsonl",
@@ -270,6 +281,9 @@ def test_predict_compare_table(runner, model_dir, tmp_path):
     assert jsonl.exit_code == 0 and jsonl.stdout == ""
     first = json.loads((tmp_path / "cmp.jsonl").read_text().splitlines()[0])
     assert first["mutant"] == "P1_mut_I6W" and set(first["delta"]) == set(labels)
+    for label in labels:
+        assert first["mutant_probabilities"][label] - first["wild_type_probabilities"][label] == pytest.approx(
+            first["delta"][label], abs=2e-4)
 
 
 def test_predict_compare_from_stdin_without_pairs(runner, model_dir):
@@ -288,7 +302,60 @@ def test_evaluate_several_models_side_by_side(runner, model_dir, dataset_path):
     assert set(rule) <= set("|-")
     assert rows[-1].startswith("| mean |")
     labels = [row.split("|")[1].strip() for row in rows[:-1]]
-    assert labels == json.loads((model_dir / "synnav-model.json").read_text())["labels"]
+    assert labels == [column_name(n) for n in json.loads((model_dir / "synnav-model.json").read_text())["labels"]]
     cells = rows[-1].split("|")[2:-1]
     assert len(cells) == 2 * 5  # five metrics per model
     assert all(0.0 <= float(c) <= 1.0 for c in cells if c.strip() and c.strip() != "n/a" and not c.startswith(" -"))
+
+
+# one spelling of the labels, --explain's baseline and model line
+
+
+def test_every_output_spells_labels_as_predicts_columns(runner, installed, dataset_path, tmp_path):
+    """README: predict's label columns have no spaces (excitatory_synapse). evaluate (json, tsv,
+    figures) and models show (json, text) name labels the same way, so that tables join."""
+    fasta = _fasta(tmp_path / "in.fasta", {"P1": "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"})
+    header = runner.invoke(cli, ["predict", str(fasta), "--model", str(installed)]).stdout.splitlines()[0]
+    meta = json.loads((installed / "synnav-model.json").read_text())
+    assert any(" " in name for name in meta["labels"])  # the model itself spells some with a space
+    columns = [name for name in header.split("\t") if name.replace("_", " ") in meta["labels"] or name in meta["labels"]]
+    assert len(columns) == len(meta["labels"]) and not any(" " in c for c in columns)
+
+    args = ["evaluate", "--model", str(installed), "--data", str(dataset_path), "--split", "all"]
+    report = json.loads(runner.invoke(cli, [*args, "--format", "json", "--plots", str(tmp_path / "fig")]).stdout)
+    assert list(report["labels"]) == columns
+    assert {f"roc-{c}.png" for c in columns} | {f"pr-{c}.png" for c in columns} <= {
+        p.name for p in (tmp_path / "fig").iterdir()}
+    tsv = list(csv.reader(io.StringIO(runner.invoke(cli, [*args, "--format", "tsv"]).stdout), delimiter="\t"))
+    assert [row[0] for row in tsv[1:-1]] == columns
+
+    shown = json.loads(runner.invoke(cli, ["models", "show", installed.name, "--json"]).stdout)
+    assert shown["labels"] == list(shown["thresholds"]) == list(shown["metrics"]["test"]["labels"]) == columns
+    assert list(shown["label_counts"]) == columns
+    text = runner.invoke(cli, ["models", "show", installed.name]).stdout
+    assert all(any(line.strip().startswith(c + " ") for line in text.splitlines()) for c in columns)
+
+
+def test_explain_says_the_model_once_and_gives_the_baseline(runner, installed, tmp_path):
+    """The model in use is named once on stderr, and summary.tsv gives each explained label's
+    probability, the baseline's and the attributions' sum, which adds up to their difference."""
+    assert runner.invoke(cli, ["models", "default", installed.name]).exit_code == 0
+    fasta = _fasta(tmp_path / "in.fasta", {"P1": "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "P2": "MEEPQSDPSVEPPLSQETFSDLWKLL"})
+    out_dir = tmp_path / "explain"
+    result = runner.invoke(cli, ["predict", str(fasta), "--explain", str(out_dir), "--explain-steps", "64",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count(f"Using the default model {installed.name}") == 1
+    predicted = {r["id"]: r for r in csv.DictReader(io.StringIO(result.stdout), delimiter="\t")}
+    rows = list(csv.DictReader((out_dir / "summary.tsv").open(), delimiter="\t"))
+    assert list(rows[0]) == ["id", "file", "label", "probability", "baseline_probability", "attribution_sum",
+                             "predicted"]
+    assert {r["id"] for r in rows} == {"P1", "P2"}
+    for row in rows:
+        attributions = list(csv.DictReader((out_dir / f"{row['file']}.tsv").open(), delimiter="\t"))
+        assert sum(float(a[row["label"]]) for a in attributions) == pytest.approx(float(row["attribution_sum"]),
+                                                                                 abs=1e-3)
+        assert float(row["probability"]) == pytest.approx(float(predicted[row["id"]][row["label"]]), abs=1e-4)
+        change = float(row["probability"]) - float(row["baseline_probability"])
+        assert float(row["attribution_sum"]) == pytest.approx(change, abs=0.02)
+        assert 0.0 <= float(row["baseline_probability"]) <= 1.0

@@ -46,8 +46,11 @@ def pyplot():
 
 
 def slug(name: str) -> str:
-    """A file-name-safe form of a label ("excitatory synapse" -> "excitatory-synapse")."""
-    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() or "label"
+    """A label as it appears in file names: its output column ("excitatory synapse" ->
+    "excitatory_synapse", as predict writes it), anything else unsafe in a name as "-"."""
+    from synnav_cli.data.dataset import column_name
+
+    return re.sub(r"[^A-Za-z0-9_]+", "-", column_name(name)).strip("-") or "label"
 
 
 def _known(scores: Scores, column: int) -> tuple[np.ndarray, np.ndarray]:

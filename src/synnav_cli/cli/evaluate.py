@@ -84,6 +84,8 @@ def evaluate(
         from synnav_cli.plots import pyplot
 
         pyplot()  # a missing matplotlib fails before any model runs
+    from synnav_cli.cli.views import evaluation_by_column
+
     data = data or default_dataset()
     results, scored = [], []
     for name in models or (None,):
@@ -97,6 +99,8 @@ def evaluate(
             offline=offline,
             precision=precision,
         )
+        # Labels as predict's columns spell them (excitatory_synapse): one spelling to join on.
+        result, scores = evaluation_by_column(result, scores)
         results.append(result)
         scored.append((info.name, result, scores))
     click.echo(format_evaluation(results, fmt), nl=False)

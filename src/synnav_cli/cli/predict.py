@@ -88,8 +88,9 @@ from synnav_cli.resources import install_hint
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
     help="Also write per-residue attributions (integrated gradients) of each protein's predicted "
-    "labels to this directory: <id>.tsv and an <id>.png track; proteins over the model's "
-    "maximum are explained over their N-terminal part. Needs matplotlib: "
+    "labels to this directory: <id>.tsv and an <id>.png track, and summary.tsv with each "
+    "label's probability, the baseline's and the attributions' sum (about their difference); "
+    "proteins over the model's maximum are explained over their N-terminal part. Needs matplotlib: "
     f"{install_hint('plots')}.  [default: no attributions]",
 )
 @click.option(
@@ -103,8 +104,9 @@ from synnav_cli.resources import install_hint
     "--compare",
     is_flag=True,
     help="Print a mutant-versus-wild-type table instead of the per-record rows: one row per record "
-    "named <id>_mut... whose wild type <id> is in the input, with the change in each label's "
-    "probability (mutant - wild type) and the mutant's predicted, gained and lost labels.  "
+    "named <id>_mut... whose wild type <id> is in the input, with each label's wild-type and "
+    "mutant probabilities and their change (mutant - wild type), and the mutant's predicted, "
+    "gained and lost labels.  "
     "[default: off]",
 )
 @precision_option
@@ -213,10 +215,13 @@ def predict(
                 compression=compression,
             )
         if explain_dir is not None:
+            from synnav_cli.modeldir import resolve_model
             from synnav_cli.predict.explain import write_explanations
+            from synnav_cli.scoring.load import open_model
 
-            loaded = loaded or load_for_scoring(
-                model,
+            # The predictions above said which model they used; it is not said twice.
+            loaded = loaded or open_model(
+                resolve_model(model, offline=offline)[0],
                 threshold_values=thresholds,
                 device=device,
                 max_tokens=max_tokens,

@@ -102,17 +102,28 @@ def model_details(info: ModelInfo, default: Path | None = None) -> dict:
         info: the model directory's metadata.
         default: the directory of the default model, to mark it (as `models list` does).
     """
+    from synnav_cli.data.dataset import column_name
+
     meta = info.meta
+    # Labels are spelled as predict's columns are (excitatory_synapse), here as everywhere synnav
+    # prints or writes one, so that tables join on them; synnav-model.json keeps its own spelling.
+    metrics = {
+        split: {**values, "labels": _by_column(values["labels"])}
+        if isinstance(values, dict) and isinstance(values.get("labels"), dict)
+        else values
+        for split, values in meta.get("metrics", {}).items()
+    }
+    counts = meta.get("data", {}).get("label_counts")
     return {
         **model_summary(info, default),
-        "labels": info.label_names,
-        "thresholds": dict(zip(info.label_names, info.thresholds)),
+        "labels": [column_name(name) for name in info.label_names],
+        "thresholds": _by_column(dict(zip(info.label_names, info.thresholds))),
         "threshold_metric": meta.get("threshold_metric"),
         "encoder_frozen": meta.get("encoder_frozen"),
         "best_epoch": meta.get("best_epoch"),
-        "metrics": meta.get("metrics", {}),
+        "metrics": metrics,
         "proteins": meta.get("data", {}).get("proteins"),
-        "label_counts": meta.get("data", {}).get("label_counts"),
+        "label_counts": _by_column(counts) if isinstance(counts, dict) else counts,
         "pos_weight": meta.get("pos_weight"),
         "config": meta.get("config", {}),
         "trained_on": meta.get("trained_on"),
@@ -121,6 +132,27 @@ def model_details(info: ModelInfo, default: Path | None = None) -> dict:
         "history": meta.get("history", []),
         "command": meta.get("command"),
     }
+
+
+def _by_column(by_label: dict) -> dict:
+    """``{label: value}`` keyed by the labels' output spelling (``excitatory_synapse``)."""
+    from synnav_cli.data.dataset import column_name
+
+    return {column_name(str(name)): value for name, value in by_label.items()}
+
+
+def evaluation_by_column(result: dict, scores):
+    """An evaluation and its scores with the labels spelled as predict's columns are, for the
+    tables, JSON and figures ``evaluate`` prints (``evaluate_with_scores`` returns the model's)."""
+    import dataclasses
+
+    from synnav_cli.data.dataset import column_name
+
+    renamed = {**result, "labels": _by_column(result["labels"])}
+    if isinstance(result.get("calibrated"), list):
+        renamed["calibrated"] = [column_name(str(name)) for name in result["calibrated"]]
+    names = [column_name(name) for name in scores.label_names]
+    return renamed, dataclasses.replace(scores, label_names=names)
 
 
 def _number(value) -> str:

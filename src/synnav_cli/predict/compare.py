@@ -1,8 +1,9 @@
 """Mutant versus wild type: how much a substitution moves each label's probability.
 
 A record named ``X_mut`` or ``X_mut<anything>`` (``P12345_mut_R123W``) is a mutant of the record
-named ``X`` in the same FASTA. Each mutant gets one row: the per-label change in probability,
-mutant minus wild type, and the labels predicted for the mutant, gained and lost.
+named ``X`` in the same FASTA. Each mutant gets one row: per label, the wild type's and the
+mutant's probabilities and the change, mutant minus wild type; then the labels predicted for the
+mutant, gained and lost.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class Comparison:
     predicted: list[str]  # labels predicted for the mutant
     gained: list[str]  # predicted for the mutant, not for the wild type
     lost: list[str]  # predicted for the wild type, not for the mutant
+    # The probabilities the delta is the difference of; None for a record skipped as too long.
+    wild_probabilities: np.ndarray | None = None
+    mutant_probabilities: np.ndarray | None = None
 
 
 def pair_mutants(ids: Iterable[str]) -> tuple[list[tuple[str, str]], list[str]]:
@@ -115,6 +119,8 @@ def compare_records(
                 predicted,
                 [n for n in predicted if n not in wild_predicted] if delta is not None else [],
                 [n for n in wild_predicted if n not in predicted] if delta is not None else [],
+                w,
+                m,
             )
         )
     return comparisons
@@ -128,26 +134,31 @@ def write_comparisons(
     *,
     raw_ids: bool = False,
 ) -> None:
-    """``mutant, wild_type, delta_<label>..., predicted, gained, lost`` as tsv, csv or jsonl.
+    """``mutant, wild_type``, then ``wild_type_<label>, mutant_<label>, delta_<label>`` per
+    label, then ``predicted, gained, lost``, as tsv, csv or jsonl (``wild_type``, ``mutant`` and
+    ``delta`` objects keyed by label there).
 
-    Deltas are empty (null in jsonl) when the mutant or its wild type was skipped as too long.
+    A probability is empty (null in jsonl) for a record skipped as too long, and so is the delta.
     Text cells are written as :func:`writer.text_cells` says for ``fmt`` and ``raw_ids``.
     """
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
     if fmt == "jsonl":
+
+        def by_label(values: np.ndarray | None) -> dict | None:
+            if values is None:
+                return None
+            return {column_name(n): round(float(v), 4) for n, v in zip(label_names, values)}
+
         for c in comparisons:
-            deltas = (
-                None
-                if c.delta is None
-                else {column_name(n): round(float(d), 4) for n, d in zip(label_names, c.delta)}
-            )
             handle.write(
                 json.dumps(
                     {
                         "mutant": c.mutant,
                         "wild_type": c.wild_type,
-                        "delta": deltas,
+                        "wild_type_probabilities": by_label(c.wild_probabilities),
+                        "mutant_probabilities": by_label(c.mutant_probabilities),
+                        "delta": by_label(c.delta),
                         "predicted": c.predicted,
                         "gained": c.gained,
                         "lost": c.lost,
@@ -162,14 +173,26 @@ def write_comparisons(
         [
             "mutant",
             "wild_type",
-            *(f"delta_{column_name(n)}" for n in label_names),
+            *(
+                f"{kind}_{column_name(n)}"
+                for n in label_names
+                for kind in ("wild_type", "mutant", "delta")
+            ),
             "predicted",
             "gained",
             "lost",
         ]
     )
     for c in comparisons:
-        cells = [""] * len(label_names) if c.delta is None else [f"{d:+.4f}" for d in c.delta]
+        cells = [
+            cell
+            for k in range(len(label_names))
+            for cell in (
+                _cell(c.wild_probabilities, k, "{:.4f}"),
+                _cell(c.mutant_probabilities, k, "{:.4f}"),
+                _cell(c.delta, k, "{:+.4f}"),
+            )
+        ]
         writer.writerow(
             [
                 text(c.mutant),
@@ -180,6 +203,10 @@ def write_comparisons(
                 text(";".join(c.lost)),
             ]
         )
+
+
+def _cell(values: np.ndarray | None, k: int, pattern: str) -> str:
+    return "" if values is None else pattern.format(values[k])
 
 
 def run_comparison(

@@ -5,7 +5,8 @@ residue is moved in a straight line from a baseline (the embedding of the backbo
 residue" token, padding by default) to its real value, and the gradient of the label's
 probability is averaged along that path. The attribution of a residue is that average gradient
 times (embedding - baseline), summed over the embedding dimensions; the attributions of a protein
-add up to roughly p(protein) - p(baseline).
+add up to roughly p(protein) - p(baseline). Both probabilities are written beside the sum
+(``summary.tsv``), so that the claim can be checked and the sum read against where it starts.
 
 It works for any backbone: the encoder's input ``nn.Embedding`` (see
 ``Backbone.input_embedding``) is hooked so that its output is replaced by the interpolated
@@ -15,6 +16,7 @@ embeddings; nothing else about the encoder needs to be known.
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,6 +47,8 @@ class Explanation:
     probabilities: list[float]  # of those labels
     predicted: bool  # False when no label passed its threshold and the top label was explained
     attributions: np.ndarray  # [residues, labels]
+    # p(label) at the path's start, every residue's embedding the baseline's; None: not computed
+    baseline: list[float] | None = None
 
 
 def _baseline_id(loaded: LoadedModel) -> int:
@@ -192,6 +196,36 @@ def attribute(
     return residues.T.detach().cpu().numpy()
 
 
+def baseline_probabilities(
+    loaded: LoadedModel, sequence: str, label_indices: list[int]
+) -> np.ndarray:
+    """Each label's probability where :func:`attribute`'s path starts: the protein's own tokens
+    (so masks and positions are its own) with every residue's embedding the baseline token's.
+    The attributions add up to about p(protein) minus this."""
+    model, runtime = loaded.model, loaded.runtime
+    batch = loaded.backbone.tokenize([sequence]).to(runtime.device)
+    embedding = loaded.backbone.input_embedding(model.encoder)
+    baseline_ids = torch.where(
+        batch.residue_mask, torch.full_like(batch.input_ids, _baseline_id(loaded)), batch.input_ids
+    )
+    with torch.no_grad():
+        base = embedding(baseline_ids)
+
+    def swap(module, inputs, output):
+        # As in attribute: a packed forward embeds only the real tokens, flattened.
+        replaced = base if output.dim() == 3 else base.flatten(0, 1)[batch.attention_mask.bool()[0]]
+        return replaced.to(output.dtype)
+
+    handle = embedding.register_forward_hook(swap)
+    model.eval()
+    try:
+        with torch.no_grad(), runtime.autocast():
+            probabilities = torch.sigmoid(model(batch).float())[0, label_indices]
+    finally:
+        handle.remove()
+    return probabilities.cpu().numpy()
+
+
 def explain_records(
     loaded: LoadedModel, records: Iterable[FastaRecord], *, steps: int = DEFAULT_STEPS
 ) -> Iterable[Explanation]:
@@ -209,6 +243,7 @@ def explain_records(
         if not chosen:
             chosen = [int(np.argmax(probs))]
         values = attribute(loaded, sequence, chosen, steps=steps)
+        start = baseline_probabilities(loaded, sequence, chosen)
         yield Explanation(
             record.id,
             sequence,
@@ -216,6 +251,7 @@ def explain_records(
             [float(probs[j]) for j in chosen],
             predicted,
             values,
+            [float(p) for p in start],
         )
 
 
@@ -246,6 +282,44 @@ def write_tsv(explanation: Explanation, path: Path) -> None:
     replace_atomically(path, write)
 
 
+SUMMARY = "summary.tsv"
+SUMMARY_COLUMNS = (
+    "id",
+    "file",
+    "label",
+    "probability",
+    "baseline_probability",
+    "attribution_sum",
+    "predicted",
+)
+
+
+def write_summary(rows: list[tuple[str, Explanation]], path: Path) -> None:
+    """One row per protein and label explained: its probability, the baseline's (where the
+    path starts), and the sum of its attributions, which comes to about their difference."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+            writer.writerow(SUMMARY_COLUMNS)
+            for stem, explanation in rows:
+                baseline = explanation.baseline or [math.nan] * len(explanation.labels)
+                for k, label in enumerate(explanation.labels):
+                    writer.writerow(
+                        [
+                            spreadsheet_text(explanation.id),
+                            stem,
+                            spreadsheet_text(label),
+                            f"{explanation.probabilities[k]:.6g}",
+                            f"{baseline[k]:.6g}",
+                            f"{explanation.attributions[:, k].sum():.6g}",
+                            "yes" if explanation.predicted else "no",
+                        ]
+                    )
+
+    replace_atomically(path, write)
+
+
 def write_track(plt, explanation: Explanation, path: Path) -> None:
     """One panel per label: attribution along the sequence, positive up, negative down."""
     count = len(explanation.labels)
@@ -261,6 +335,8 @@ def write_track(plt, explanation: Explanation, path: Path) -> None:
         axes.bar(positions, np.clip(values, None, 0), width=1.0, color="#2e86c1")
         axes.axhline(0, color="black", linewidth=0.5)
         note = "" if explanation.predicted else ", not predicted"
+        if explanation.baseline is not None:
+            note += f"; baseline p = {explanation.baseline[k]:.3f}, sum {values.sum():+.3f}"
         axes.set_title(f"{label} (p = {probability:.3f}{note})", fontsize=9, loc="left")
         axes.set_ylabel("attribution", fontsize=8)
     panels[-1][0].set_xlabel("residue position")
@@ -291,15 +367,20 @@ def write_explanations(
     plt = pyplot()  # fail before any work when matplotlib is missing
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    taken: set[str] = set()
-    written = []
+    taken = {Path(SUMMARY).stem}  # a record named "summary" gets summary-2.tsv
+    written, explained = [], []
     progress = console.Progress(None, "explain")
     for explanation in explain_records(loaded, read_fasta(fasta), steps=steps):
         stem = file_stem(explanation.id, taken)
         write_tsv(explanation, out_dir / f"{stem}.tsv")
         write_track(plt, explanation, out_dir / f"{stem}.png")
         written += [out_dir / f"{stem}.tsv", out_dir / f"{stem}.png"]
+        explained.append((stem, explanation))
         progress.advance(1)
     progress.close()
-    console.info(f"Wrote attributions for {len(written) // 2} proteins to {out_dir}.")
-    return written
+    write_summary(explained, out_dir / SUMMARY)
+    console.info(
+        f"Wrote attributions for {len(explained)} proteins to {out_dir} ({SUMMARY}: each "
+        "label's probability, the baseline's, and the attributions' sum)."
+    )
+    return [*written, out_dir / SUMMARY]
