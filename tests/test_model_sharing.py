@@ -432,3 +432,14 @@ def test_a_malformed_hub_name_is_one_line(runner, ref):
     result = runner.invoke(cli, ["models", "pull", ref])
     one_error_line(result)
     assert "ORG/NAME" in result.stderr or "branch, tag or commit" in result.stderr
+
+
+def test_card_of_a_frozen_esm_model_says_where_the_encoder_comes_from():
+    from synnav_cli.sharing.card import model_card
+
+    meta = {"backbone": "esmc600m", "labels": ["ER"], "thresholds": {"ER": 0.5}, "encoder_frozen": True}
+    card = huggingface_hub.ModelCard(model_card(meta, REPO, {}, "frozen-esmc"))
+    assert card.data.license == "other" and card.data.base_model == "EvolutionaryScale/esmc-600m-2024-12"
+    assert "head only (encoder frozen)" in card.text
+    assert "encoder's weights come from `EvolutionaryScale/esmc-600m-2024-12`" in card.text
+    assert "Cambrian Non-Commercial" in card.text

@@ -73,6 +73,12 @@ def model_card(
     data = meta.get("data", {})
     versions = meta.get("versions", {})
     frozen = "head only (encoder frozen)" if meta.get("encoder_frozen") else "encoder and head"
+    base = header.get("base_model")
+    encoder = (
+        f" The encoder's weights come from `{base}`, under its licence, through synnav's cache."
+        if base and meta.get("encoder_frozen")
+        else ""
+    )
     lines = [
         "---",
         yaml,
@@ -89,19 +95,17 @@ def model_card(
         "## Use",
         "",
         "```",
-        "pip install synnav",
         f"synnav predict proteins.fasta --model hf:{ref} > predictions.tsv",
         "```",
         "",
         (
-            f"The first use pulls the model (`synnav models pull {ref}` does it ahead of "
-            "time, for offline use); the backbone's own weights come from its repository, under "
-            "its licence."
+            f"With synnav installed, the first use pulls the model (`synnav models pull {ref}` "
+            f"does it ahead of time, for offline use).{encoder}"
         ),
         "",
         "## Labels and thresholds",
         "",
-        f"Thresholds tuned on the dev split for {meta.get('threshold_metric') or 'f1'}.",
+        f"Decision thresholds, tuned on dev (criterion: {meta.get('threshold_metric') or 'f1'}).",
         "",
         *_table(["label", "threshold"], [[label, meta["thresholds"][label]] for label in labels]),
         "",
