@@ -32,8 +32,7 @@ def unreachable(repo_id: str, filename: str, revision: str | None) -> BaseExcept
     """The connection failure that keeps the Hub from being asked about ``filename`` of
     ``repo_id``, or None when a connection was made (whatever the answer) or the question
     failed in another way (left for the download itself to report)."""
-    import huggingface_hub.constants as constants
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
 
     url = hf_hub_url(repo_id, filename, revision=revision)
     try:
