@@ -412,3 +412,26 @@ def test_several_variants_from_one_vcf_line_keep_their_own_sequences(runner, mod
     rows = _rows(result.stdout)
     assert [r["variant"] for r in rows] == ["P1:p.Arg5Trp", "P1:p.Arg5="]
     assert rows[0]["largest_change"] != "+0.0000" and rows[1]["largest_change"] == "+0.0000"
+
+
+def test_a_reference_is_scored_once_across_chunks(runner, model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(variants_module, "CHUNK_RECORDS", 2)
+    real, scored = variants_module.predict_chunks, []
+
+    def counting(model, backbone, records, runtime, **options):
+        records = list(records)
+        scored.extend(r.sequence for r in records)
+        return real(model, backbone, records, runtime, **options)
+
+    monkeypatch.setattr(variants_module, "predict_chunks", counting)
+    fasta, table = _files(tmp_path, "P1\tp.R5W\nP1\tp.R5=\nP1\tp.K2W\nP1\tp.R5W\nP1\tp.T3W\n")
+    result = runner.invoke(cli, ["variants", str(fasta), str(table), "--model", str(model_dir),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert scored.count(REFERENCE) == 1
+    assert len(scored) == 5  # P1, R5W; K2W, R5W again (another chunk); T3W
+    variants = read_variants(table)
+    references = variants_module.check_variants(variants, fasta)
+    assert variants_module.count_sequences(variants, references) == len(scored)  # the progress total
+    rows = _rows(result.stdout)
+    assert rows[0] == {**rows[3]}  # a repeat scored in another chunk gives the same row

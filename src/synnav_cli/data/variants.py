@@ -15,7 +15,7 @@ from pathlib import Path
 
 from synnav_cli.data.compressed import open_text
 from synnav_cli.data.fasta import check_input
-from synnav_cli.data.hgvs import Change, parse_hgvs_protein
+from synnav_cli.data.hgvs import Change, apply_changes, parse_hgvs_protein
 from synnav_cli.errors import UserError, quoted
 from synnav_cli.files import input_name
 
@@ -115,3 +115,9 @@ def parse_line(number: int, fields: list[str]) -> Variant:
     except UserError as error:
         return Variant(number, record_id, notation, problem=str(error))
     return Variant(number, record_id, notation, changes)
+
+
+def variant_sequence(variant: Variant, references: dict[str, str]) -> str:
+    """The protein a checked variant makes. Made again when needed rather than kept: a table of
+    a million variants of long proteins would otherwise hold gigabytes of sequences."""
+    return apply_changes(references[variant.id], variant.changes, variant.id)

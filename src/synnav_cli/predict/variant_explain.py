@@ -17,6 +17,7 @@ from pathlib import Path
 from synnav_cli import console
 from synnav_cli.data.dataset import column_name
 from synnav_cli.data.hgvs import Change
+from synnav_cli.data.variants import variant_sequence
 from synnav_cli.files import make_real_folder, replace_atomically
 from synnav_cli.predict.explain import DEFAULT_STEPS, attribute, file_stem
 from synnav_cli.predict.variant_rows import VariantRow, largest_change
@@ -66,7 +67,6 @@ def explain_variants(
     loaded: LoadedModel,
     rows: Iterable[VariantRow],
     references: dict[str, str],
-    sequences: dict[int, str],
     out_dir: Path,
     *,
     steps: int = DEFAULT_STEPS,
@@ -85,14 +85,15 @@ def explain_variants(
             continue  # not scored, or nothing moved: nothing to explain
         label = change[1]
         reference = references[row.variant.id][: loaded.max_length]
-        variant = sequences[row.variant.number][: loaded.max_length]
+        whole = variant_sequence(row.variant, references)
+        variant = whole[: loaded.max_length]
         before = attribute(loaded, reference, [label], steps=steps)[:, 0]
         after = attribute(loaded, variant, [label], steps=steps)[:, 0]
         full = references[row.variant.id]
         changes = row.variant.changes
-        pairs = _around(align(len(full), len(sequences[row.variant.number]), changes), changes)
+        pairs = _around(align(len(full), len(whole), changes), changes)
         stem = file_stem(f"{row.variant.id}_{row.variant.notation}", taken)
-        _write(out_dir / f"{stem}.tsv", names[label], pairs, full, sequences[row.variant.number],
+        _write(out_dir / f"{stem}.tsv", names[label], pairs, full, whole,
                before, after)  # fmt: skip
         count += 1
         progress.advance(1)

@@ -18,7 +18,7 @@ from pathlib import Path
 from synnav_cli import console
 from synnav_cli.data.fasta import FastaRecord, check_input, read_fasta
 from synnav_cli.data.hgvs import apply_changes
-from synnav_cli.data.variants import Variant, read_variants
+from synnav_cli.data.variants import Variant, read_variants, variant_sequence
 from synnav_cli.errors import UserError
 from synnav_cli.files import (
     check_output_file,
@@ -35,20 +35,16 @@ from synnav_cli.runtime import distributed
 from synnav_cli.scoring.load import LoadedModel, load_for_scoring
 
 
-def check_variants(
-    variants: list[Variant], fasta: str | Path
-) -> tuple[dict[str, str], dict[int, str]]:
+def check_variants(variants: list[Variant], fasta: str | Path) -> dict[str, str]:
     """Check every variant against its reference in ``fasta`` (read once, streaming; only the
     references named are kept): each gets its problem set, or its ``changes`` are known to
-    apply. Returns the references by the names variants use, and each valid variant's sequence
-    by its number."""
+    apply. Returns the references of the valid variants, by the names variants use."""
     wanted = {v.id for v in variants if v.problem is None}
     found: dict[str, FastaRecord] = {}
     for record in read_fasta(fasta, keep_invalid=True):
         for name in _names(record.id):
             if name in wanted and name not in found:
                 found[name] = record
-    sequences = {}
     for variant in variants:
         if variant.problem is not None:
             continue
@@ -59,13 +55,10 @@ def check_variants(
             variant.problem = f"its reference {variant.id} is invalid: {record.problem}"
         else:
             try:
-                sequences[variant.number] = apply_changes(
-                    record.sequence, variant.changes, variant.id
-                )
+                apply_changes(record.sequence, variant.changes, variant.id)
             except UserError as error:
                 variant.problem = str(error)
-    references = {v.id: found[v.id].sequence for v in variants if v.problem is None}
-    return references, sequences
+    return {v.id: found[v.id].sequence for v in variants if v.problem is None}
 
 
 def _names(record_id: str) -> list[str]:
@@ -90,29 +83,48 @@ def refusal(variants: list[Variant], label: str) -> str | None:
     )
 
 
-def score_variants(
-    loaded: LoadedModel,
-    variants: Iterable[Variant],
-    references: dict[str, str],
-    sequences: dict[int, str],
-    *,
-    long_policy: str = "truncate",
-    progress=None,
-    scored: dict[str, Prediction] | None = None,
-) -> Iterator[list[VariantRow]]:
-    """Rows for ``variants``, in input order, a chunk of variants at a time; each distinct
-    sequence among the references and the variants is scored once (``scored`` keeps them
-    across chunks, and may be passed in to share them with the caller)."""
-    scored = {} if scored is None else scored
+def _plans(
+    variants: Iterable[Variant], references: dict[str, str]
+) -> Iterator[tuple[list[Variant], dict[int, str], list[str]]]:
+    """Chunks of variants, each with its variants' sequences (by number) and the sequences to
+    score for it: those not scored before. A reference is scored once in the whole run; a
+    variant sequence once in its chunk (a repeat in a later chunk is scored again, so that
+    memory stays flat)."""
+    proteins = set(references.values())
+    done: set[str] = set()  # references scored by an earlier chunk
     iterator = iter(variants)
     while chunk := list(itertools.islice(iterator, CHUNK_RECORDS)):
+        sequences = {v.number: variant_sequence(v, references) for v in chunk if v.problem is None}
         new: dict[str, None] = {}  # insertion-ordered set
         for variant in chunk:
             if variant.problem is None:
                 for sequence in (references[variant.id], sequences[variant.number]):
-                    if sequence not in scored:
+                    if sequence not in done:
                         new[sequence] = None
+        done.update(sequence for sequence in new if sequence in proteins)
+        yield chunk, sequences, list(new)
+
+
+def count_sequences(variants: Iterable[Variant], references: dict[str, str]) -> int:
+    """How many sequences :func:`score_variants` scores for ``variants`` (a progress total)."""
+    return sum(len(new) for _, _, new in _plans(variants, references))
+
+
+def score_variants(
+    loaded: LoadedModel,
+    variants: Iterable[Variant],
+    references: dict[str, str],
+    *,
+    long_policy: str = "truncate",
+    progress=None,
+) -> Iterator[list[VariantRow]]:
+    """Rows for ``variants``, in input order, a chunk of variants at a time (see :func:`_plans`
+    for what is scored once)."""
+    proteins = set(references.values())
+    kept: dict[str, Prediction] = {}  # the references' predictions, for the whole run
+    for chunk, sequences, new in _plans(variants, references):
         records = [FastaRecord(str(i), "", sequence) for i, sequence in enumerate(new)]
+        scored = dict(kept)
         for predictions in predict_chunks(
             loaded.model,
             loaded.backbone,
@@ -124,7 +136,10 @@ def score_variants(
             progress=progress,
         ):
             for prediction in predictions:
-                scored[records[int(prediction.id)].sequence] = prediction
+                sequence = records[int(prediction.id)].sequence
+                scored[sequence] = prediction
+                if sequence in proteins:
+                    kept[sequence] = prediction
         rows = []
         for variant in chunk:
             if variant.problem is not None:
@@ -202,7 +217,7 @@ def run_variants(
     if explain_dir is not None:
         real_folder(explain_dir)  # a file or a link there is refused before anything runs
     variants = read_variants(variants_file)
-    references, sequences = check_variants(variants, fasta)
+    references = check_variants(variants, fasta)
     problem = refusal(variants, input_name(variants_file))
     if problem is not None and not skip_invalid:
         raise UserError(problem)
@@ -227,22 +242,16 @@ def run_variants(
             resumable = ResumableOutput(out, fingerprint, compression)
             if shard_count > 1:  # merge checks the part against this (parts.write_record)
                 whole = hashlib.sha256()
-                for key in _keys(variants, sequences):
+                for key in _keys(variants, references):
                     digest_record(whole, key)
                 resumable.shard_of = ((shard_index, shard_count), whole.hexdigest(), len(variants))
-            todo = _skip_done(resumable, mine, sequences)
+            todo = _skip_done(resumable, mine, references)
         # Sequences still to score, for the progress total (those of rows done are not).
-        done = {v.number for v in mine[: resumable.rows_done]} if resumable else set()
-        distinct = {
-            s
-            for v in mine
-            if v.problem is None and v.number not in done
-            for s in (references[v.id], sequences[v.number])
-        }
-        progress = console.Progress(len(distinct), "variants", unit="sequences")
+        total = count_sequences(mine[resumable.rows_done if resumable else 0 :], references)
+        progress = console.Progress(total, "variants", unit="sequences")
         stack.callback(progress.close)
         chunks = score_variants(
-            loaded, todo, references, sequences, long_policy=long_policy, progress=progress
+            loaded, todo, references, long_policy=long_policy, progress=progress
         )
         kept: list[VariantRow] = []  # the rows --explain explains, after the table is written
         if explain_dir is not None:
@@ -264,7 +273,7 @@ def run_variants(
     if explain_dir is not None:
         from synnav_cli.predict.variant_explain import explain_variants
 
-        explain_variants(loaded, kept, references, sequences, explain_dir, steps=explain_steps)
+        explain_variants(loaded, kept, references, explain_dir, steps=explain_steps)
     return count
 
 
@@ -276,19 +285,21 @@ def _keeping(chunks: Iterable[list[VariantRow]], kept: list[VariantRow]):
 
 
 def _skip_done(
-    resumable: ResumableOutput, variants: list[Variant], sequences: dict[int, str]
+    resumable: ResumableOutput, variants: list[Variant], references: dict[str, str]
 ) -> Iterator[Variant]:
     """The variants an interrupted ``--out`` file lacks; each variant (line, protein, notation
     and sequence) is hashed as it goes by, so a changed input is refused, never mixed in."""
     by_number = {v.number: v for v in variants}
-    for key in resumable.skip_done(_keys(variants, sequences)):
+    for key in resumable.skip_done(_keys(variants, references)):
         yield by_number[int(key.id.split("\t", 1)[0])]
 
 
-def _keys(variants: list[Variant], sequences: dict[int, str]) -> Iterator[FastaRecord]:
-    """Each variant as the record a resumed or merged file is checked by (``digest_record``)."""
+def _keys(variants: list[Variant], references: dict[str, str]) -> Iterator[FastaRecord]:
+    """Each variant as the record a resumed or merged file is checked by (``digest_record``):
+    its number, protein, notation and sequence (empty for an invalid one)."""
     for v in variants:
-        yield FastaRecord(f"{v.number}\t{v.id}\t{v.notation}", "", sequences.get(v.number, ""))
+        sequence = variant_sequence(v, references) if v.problem is None else ""
+        yield FastaRecord(f"{v.number}\t{v.id}\t{v.notation}", "", sequence)
 
 
 def _write_resumable(
