@@ -200,3 +200,23 @@ def test_reliability_figures(tmp_path, runner):
                                  "--plots", str(figures)])
     assert result.exit_code == 0, result.output
     assert (figures / "reliability-cytosol.png").stat().st_size > 1000
+
+
+def test_train_fits_a_calibration_on_dev_that_lowers_its_error(tmp_path, runner):
+    data = tmp_path / "data.json"
+    _dev_dataset(data, count=120, rate=0.15, seed=7)
+    records = json.loads(data.read_text())
+    for i, record in enumerate(records):
+        record["split"] = "train" if i < 60 else "dev"
+    data.write_text(json.dumps(records))
+    out = tmp_path / "trained"
+    result = runner.invoke(cli, ["train", "--backbone", "tiny", "--data", str(data), "--out", str(out),
+                                 "--epochs", "1", "--batch-size", "8"])
+    assert result.exit_code == 0, result.output
+    info = read_model_info(out)
+    stored = info.meta["calibration"]
+    assert set(stored["labels"]) == set(LABELS[:3])
+    assert info.calibration is not None and info.calibration.calibrated_labels
+    for name in info.calibration.calibrated_labels:
+        before, after = stored["labels"][name]["dev_ece"]
+        assert after < before
