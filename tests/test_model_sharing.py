@@ -443,3 +443,18 @@ def test_card_of_a_frozen_esm_model_says_where_the_encoder_comes_from():
     assert "head only (encoder frozen)" in card.text
     assert "encoder's weights come from `EvolutionaryScale/esmc-600m-2024-12`" in card.text
     assert "Cambrian Non-Commercial" in card.text
+
+
+def test_a_file_added_after_saving_travels_once_listed(runner, monkeypatch, model):
+    (model / "added-later.safetensors").write_bytes((model / "model.safetensors").read_bytes())
+    result, recorder = _push(runner, monkeypatch, model)
+    assert "added-later.safetensors" in result.stderr and "added-later.safetensors" not in recorder.files
+
+    sharing_files.list_model_file(model, "added-later.safetensors")
+    sharing_files.list_model_file(model, "added-later.safetensors")  # listed once, however often
+    assert json.loads((model / "synnav-model.json").read_text())["files"] == ["added-later.safetensors"]
+    result, recorder = _push(runner, monkeypatch, model)
+    assert result.exit_code == 0, result.output
+    assert recorder.files["added-later.safetensors"] == (model / "added-later.safetensors").read_bytes()
+    with pytest.raises(ValueError):
+        sharing_files.list_model_file(model, "../outside.json")

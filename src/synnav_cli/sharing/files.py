@@ -73,6 +73,24 @@ def listed_files(meta: dict) -> list[str]:
     return names
 
 
+def list_model_file(folder: Path, name: str) -> None:
+    """Record file ``name`` of the model directory ``folder`` in its metadata's ``files``, so
+    that ``synnav models push`` carries it. For code that adds a file to a model directory after
+    it was saved (the file itself must exist)."""
+    problem = name_problem(name)
+    if problem or not (Path(folder) / name).is_file():
+        raise ValueError(problem or f"{folder} has no file {name}")
+    path = Path(folder) / METADATA_FILE
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    listed = meta.get("files", [])
+    if isinstance(listed, dict):
+        listed = list(listed)
+    if name not in listed:
+        from synnav_cli.files import write_json_atomic
+
+        write_json_atomic(path, {**meta, "files": [*listed, name]})
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
