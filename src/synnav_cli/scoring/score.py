@@ -150,19 +150,31 @@ def score_sequences(
     sequences: Sequence[str],
     runtime: Runtime,
     progress: Progress | ChunkProgress | None = None,
+    *,
+    with_pooled: bool = False,
 ) -> np.ndarray:
     """Probabilities ``[len(sequences), labels]`` in the order given; ``progress`` advances by
-    each batch's proteins as the batch is done."""
+    each batch's proteins as the batch is done. ``with_pooled``: each row goes on with the
+    pooled embedding the head read (``[len(sequences), labels + dim]``), at no extra cost."""
     model.eval()
     num_labels = model.head.linear.out_features
-    result = np.zeros((len(sequences), num_labels), dtype=np.float32)
+    width = num_labels + (model.head.linear.in_features if with_pooled else 0)
+    result = np.zeros((len(sequences), width), dtype=np.float32)
     lengths = [backbone.tokens(len(s)) for s in sequences]
 
     @torch.inference_mode()
     def score(index: list[int]) -> np.ndarray:
         batch = backbone.tokenize([sequences[i] for i in index]).to(runtime.device)
-        logits = runtime.run(lambda: model(batch).float())
-        return torch.sigmoid(logits).cpu().numpy()
+        if not with_pooled:
+            logits = runtime.run(lambda: model(batch).float())
+            return torch.sigmoid(logits).cpu().numpy()
+
+        def forward() -> tuple[torch.Tensor, torch.Tensor]:
+            pooled = model.embed(batch)
+            return model.head(pooled).float(), pooled.float()
+
+        logits, pooled = runtime.run(forward)
+        return torch.cat([torch.sigmoid(logits), pooled], dim=1).cpu().numpy()
 
     for index, probabilities in run_batches(lengths, runtime, score):
         result[index] = probabilities

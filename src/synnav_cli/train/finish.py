@@ -17,6 +17,7 @@ from synnav_cli.metrics import evaluate_predictions, tune_threshold
 from synnav_cli.model import LocalizationModel
 from synnav_cli.modeldir import save_model_dir
 from synnav_cli.runtime import distributed
+from synnav_cli.train.domain_index import index_training_proteins
 from synnav_cli.train.setup import RunSetup, TrainResult
 
 
@@ -67,6 +68,7 @@ def finish(
         save_model_dir(
             setup.out, model, meta, encoder_frozen=setup.config.freeze, force=setup.record["force"]
         )
+        index_training_proteins(setup, model)  # domain.safetensors: predict's domain columns
         shutil.rmtree(setup.workspace, ignore_errors=True)
     distributed.barrier()
     console.info(f"Saved model to {setup.out} (best epoch {best_epoch}).")

@@ -1,0 +1,130 @@
+"""The domain columns of a prediction: nearest training protein, identity, coverage, embedding
+distance, and the ``in`` / ``edge`` / ``out`` call (:func:`classify`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from synnav_cli.data.homology import mmseqs_available
+from synnav_cli.domain.index import DomainIndex, Neighbour, Thresholds, unit_rows
+from synnav_cli.domain.kmer import KmerSearch
+from synnav_cli.errors import UserError
+
+METHODS = ("auto", "mmseqs", "kmer")
+DOMAINS = ("in", "edge", "out", "unknown")
+# The columns predict adds, after every other (predict/writer.py); docs/data-format.md.
+DOMAIN_COLUMNS = ["nearest_training", "identity", "coverage", "embedding_distance", "domain"]
+_BLOCK = 1024  # queries a matrix product at a time: [1024, training] floats stay small
+
+
+@dataclass
+class DomainCall:
+    nearest: str | None  # the nearest training protein's id; None: none found (or unknown)
+    identity: float | None  # None: the model has no domain index
+    coverage: float | None
+    distance: float | None  # None: no embeddings stored, or none given
+    domain: str  # in | edge | out | unknown
+
+
+UNKNOWN = DomainCall(None, None, None, None, "unknown")
+
+
+def classify(neighbour: Neighbour, distance: float | None, t: Thresholds | None) -> str:
+    """``in``: a training protein at ``identity_in`` or more over ``coverage_in`` of the query,
+    or an embedding no farther from training than the median dev protein's; ``out``: no
+    training protein at ``identity_out`` over ``coverage_in`` and an embedding farther than 95%
+    of dev proteins'; ``edge``: between. ``unknown`` without thresholds or a distance, unless a
+    close homologue alone says ``in``."""
+    if t is None:
+        return "unknown"
+    covered = neighbour.index is not None and neighbour.coverage >= t.coverage_in
+    if covered and neighbour.identity >= t.identity_in:
+        return "in"
+    if distance is None:
+        return "unknown"
+    if distance <= t.distance_in:
+        return "in"
+    if distance > t.distance_out and not (covered and neighbour.identity >= t.identity_out):
+        return "out"
+    return "edge"
+
+
+def nearest_distances(index_embeddings: np.ndarray, pooled: np.ndarray) -> np.ndarray:
+    """Cosine distance (1 - cosine similarity) of each row of ``pooled`` to its nearest stored
+    training embedding."""
+    queries = unit_rows(pooled)
+    out = np.empty(len(queries), dtype=np.float32)
+    for start in range(0, len(queries), _BLOCK):
+        similarity = queries[start : start + _BLOCK] @ index_embeddings.T
+        out[start : start + _BLOCK] = 1.0 - similarity.max(axis=1)
+    return np.clip(out, 0.0, 2.0)
+
+
+class DomainAssessor:
+    """Domain calls for batches of scored proteins, against one model's index.
+
+    ``method``: ``auto`` (MMseqs2 when ``mmseqs`` is on PATH, else k-mers), ``mmseqs`` or
+    ``kmer``. ``index`` None (a model trained before indexes were stored): every call unknown.
+    """
+
+    def __init__(self, index: DomainIndex | None, method: str = "auto", threads: int = 1):
+        if method not in METHODS:
+            raise UserError(f"unknown domain method {method!r}; choose {', '.join(METHODS)}")
+        self.index = index
+        self.method = "none"
+        self._search = None
+        if index is not None:
+            if method == "mmseqs" or (method == "auto" and mmseqs_available()):
+                from synnav_cli.domain.mmseqs import MmseqsSearch
+
+                self._search, self.method = MmseqsSearch(index, threads), "mmseqs2"
+            else:
+                self._search, self.method = KmerSearch(index), "k-mer"
+
+    @property
+    def wants_embeddings(self) -> bool:
+        return self.index is not None and self.index.embeddings is not None
+
+    def close(self) -> None:
+        if hasattr(self._search, "close"):
+            self._search.close()
+
+    def assess(self, sequences: Sequence[str], pooled: np.ndarray | None) -> list[DomainCall]:
+        """One call per sequence; ``pooled`` [len(sequences), dim] or None."""
+        if self.index is None:
+            return [UNKNOWN] * len(sequences)
+        neighbours = self._search.nearest(sequences)
+        distances: list[float | None] = [None] * len(sequences)
+        if pooled is not None and self.wants_embeddings:
+            if pooled.shape[1] != self.index.embeddings.shape[1]:
+                raise UserError(
+                    f"the model's domain index holds {self.index.embeddings.shape[1]}-wide "
+                    f"embeddings, but the model gives {pooled.shape[1]}: the index is not this "
+                    "model's; rebuild it (docs/interpreting.md)"
+                )
+            distances = [float(d) for d in nearest_distances(self.index.embeddings, pooled)]
+        return [
+            DomainCall(
+                None if n.index is None else self.index.ids[n.index],
+                round(n.identity, 4),
+                round(n.coverage, 4),
+                None if d is None else round(d, 4),
+                classify(n, d, self.index.thresholds),
+            )
+            for n, d in zip(neighbours, distances)
+        ]
+
+
+def dev_thresholds(dev_distances: np.ndarray) -> Thresholds:
+    """Distance thresholds from the dev proteins' distances to training: the median (``in`` at
+    or below) and the 95th percentile (``out`` above, without a homologue)."""
+    dev_distances = np.asarray(dev_distances, dtype=np.float64)
+    if len(dev_distances) == 0:
+        raise UserError("no dev proteins to set the domain thresholds on")
+    return Thresholds(
+        distance_in=round(float(np.quantile(dev_distances, 0.5)), 6),
+        distance_out=round(float(np.quantile(dev_distances, 0.95)), 6),
+    )
