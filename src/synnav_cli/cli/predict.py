@@ -134,7 +134,9 @@ def predict(
     Writes one row per record, in input order: id, length, one probability per label, the
     predicted labels (those at or over their threshold), a status (ok, truncated, windowed:N,
     skipped, short for peptides under 20 residues, nucleotide for DNA/RNA, or invalid: why), and
-    top and top_probability, the most likely label of every scored record, called or not. The
+    top and top_probability, the most likely label of every scored record, called or not; and
+    calibration, whether the probabilities are calibrated (calibrated, uncalibrated, or
+    calibrated: the labels that are; calls are the same either way). The
     thresholds in use are one line on stderr. With --compare the output (stdout or --out) is the
     mutant comparison table instead; --explain adds files and leaves the output as it is.
     """
