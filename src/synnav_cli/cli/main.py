@@ -193,6 +193,7 @@ def models_show(name: str, as_json: bool) -> None:
 # Each verb lives in the module of its stage; the group gathers them here.
 from synnav_cli.cli import evaluate, predict, train, variants  # noqa: E402
 from synnav_cli.cli.cache import cache_group  # noqa: E402
+from synnav_cli.cli.report import report  # noqa: E402
 from synnav_cli.cli.sharing import models_pull, models_push  # noqa: E402
 
 models.add_command(models_push)
@@ -206,6 +207,7 @@ for command in (
     train.split,
     predict.merge,
     predict.embed,
+    report,
     cache_group,
 ):
     cli.add_command(command)
