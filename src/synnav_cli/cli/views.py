@@ -222,6 +222,7 @@ def format_model_details(
     lines = [
         f"name:           {details['name']}" + (" (default)" if details["default"] else ""),
         f"path:           {details['path']}",
+        f"source:         {details['source']}",
         f"backbone:       {details['backbone']}"
         + (" (encoder frozen)" if details["encoder_frozen"] else ""),
         f"created:        {details['created']}",
