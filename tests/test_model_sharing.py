@@ -458,3 +458,10 @@ def test_a_file_added_after_saving_travels_once_listed(runner, monkeypatch, mode
     assert recorder.files["added-later.safetensors"] == (model / "added-later.safetensors").read_bytes()
     with pytest.raises(ValueError):
         sharing_files.list_model_file(model, "../outside.json")
+
+
+def test_models_show_says_where_a_model_came_from(runner, model):
+    shown = runner.invoke(cli, ["models", "show", model.name])
+    assert shown.exit_code == 0 and "source:         trained here" in shown.stdout.splitlines()
+    bundled = runner.invoke(cli, ["models", "show", "bundled"])
+    assert "source:         bundled" in bundled.stdout.splitlines()
