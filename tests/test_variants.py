@@ -245,7 +245,7 @@ def test_rows_no_op_and_each_sequence_scored_once(runner, model_dir, tmp_path, m
     assert list(rows[0]) == ["id", "variant", "length", "variant_length",
                              *(f"reference_{n}" for n in names), *(f"variant_{n}" for n in names),
                              *(f"delta_{n}" for n in names), "largest_change", "largest_change_label",
-                             "status"]
+                             "status", "calibration"]
     # P1, P1 R5W and Q2 (by its UniProt accession): each once; the 4-residue truncation is short.
     assert sorted(scored) == sorted([REFERENCE, REFERENCE[:4] + "W" + REFERENCE[5:], REFERENCE[::-1],
                                      REFERENCE[:4]])
@@ -265,6 +265,7 @@ def test_rows_no_op_and_each_sequence_scored_once(runner, model_dir, tmp_path, m
     for n in names:
         assert float(rows[0][f"delta_{n}"]) == pytest.approx(deltas[n], abs=2e-4)
         assert rows[0][f"reference_{n}"] == plain[0][n]
+    assert rows[0]["calibration"] == plain[0]["calibration"] and rows[4]["calibration"] == ""
     largest = max(names, key=lambda n: abs(float(rows[0][f"delta_{n}"])))
     assert rows[0]["largest_change_label"] == largest
 
@@ -435,3 +436,24 @@ def test_a_reference_is_scored_once_across_chunks(runner, model_dir, tmp_path, m
     assert variants_module.count_sequences(variants, references) == len(scored)  # the progress total
     rows = _rows(result.stdout)
     assert rows[0] == {**rows[3]}  # a repeat scored in another chunk gives the same row
+
+
+def test_probabilities_are_predicts_with_a_calibrated_model(runner, model_dir, tmp_path):
+    calibrated = tmp_path / "calibrated"
+    # Every protein in dev: enough of each class for the fit (calibration.MIN_CLASS).
+    records = [{**r, "split": "dev"} for r in json.loads((DATA / "small.json").read_text())]
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    fitted = runner.invoke(cli, ["calibrate", "--model", str(model_dir), "--data", str(tmp_path / "d.json"),
+                                 "--out", str(calibrated), "--method", "temperature", "--device", "cpu"])
+    assert fitted.exit_code == 0, fitted.output
+    fasta, table = _files(tmp_path, "P1\tp.Arg5Trp\n")
+    result = runner.invoke(cli, ["variants", str(fasta), str(table), "--model", str(calibrated),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    row = _rows(result.stdout)[0]
+    plain = _rows(runner.invoke(cli, ["predict", str(fasta), "--model", str(calibrated),
+                                      "--device", "cpu"]).stdout)[0]
+    assert plain["calibration"].startswith("calibrated") and row["calibration"] == plain["calibration"]
+    labels = json.loads((calibrated / "synnav-model.json").read_text())["labels"]
+    names = [n.replace(" ", "_") for n in labels]
+    assert [row[f"reference_{n}"] for n in names] == [plain[n] for n in names]

@@ -126,11 +126,11 @@ def variants(
     `p.Cys28delinsTrp`, `p.Arg175=` (no change), `p.Arg175Ter` or `p.R175*` (a truncation), or
     `NP_000537.3:p.Arg175His`. A VCF annotated by VEP (CSQ with HGVSp) or SnpEff (ANN with
     HGVS.p) works too. Every reference residue named is checked against REFERENCE.fasta before
-    anything is scored; each distinct sequence is scored once.
+    anything is scored; a reference is scored once, however many variants it has.
 
     Writes one row per variant: id, variant, length, variant_length, the reference's and the
     variant's probability per label, their difference (delta_<label>, variant - reference),
-    largest_change and largest_change_label, and status (docs/variants.md).
+    largest_change and largest_change_label, status and calibration (docs/variants.md).
 
     \b
     Examples:

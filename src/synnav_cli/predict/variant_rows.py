@@ -2,7 +2,8 @@
 change, a status; ranked on request; written as TSV, CSV or JSON lines.
 
 Columns: ``id, variant, length, variant_length, reference_<label>..., variant_<label>...,
-delta_<label>..., largest_change, largest_change_label, status``. ``delta`` is variant minus
+delta_<label>..., largest_change, largest_change_label, status, calibration`` (which label
+columns hold calibrated probabilities, as in predict's rows; empty when not scored). ``delta`` is variant minus
 reference; ``largest_change`` is the delta of largest size (sign kept) among the labels the
 model had training data for, ``largest_change_label`` its label (the first on a tie; empty
 when nothing changed).
@@ -101,6 +102,7 @@ def columns(label_names: list[str]) -> list[str]:
         "largest_change",
         "largest_change_label",
         "status",
+        "calibration",
     ]
 
 
@@ -117,6 +119,7 @@ class VariantWriter:
         max_length: int,
         *,
         raw_ids: bool = False,
+        calibrated: list[str] = (),
     ) -> None:
         if fmt not in FORMATS:
             raise UserError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
@@ -124,6 +127,7 @@ class VariantWriter:
         self.names = [column_name(n) for n in label_names]
         self.columns = columns(label_names)
         self._text = text_cells(fmt, raw_ids)
+        self._calibration = calibration_text(calibrated, label_names)
         self._csv = None
         self.header = ""
         if fmt != "jsonl":
@@ -142,6 +146,7 @@ class VariantWriter:
         length = row.reference.length if row.reference is not None else None
         variant_length = row.changed.length if row.changed is not None else None
         status = row.status(self.max_length)
+        calibration = self._calibration if delta is not None else None
         if self._csv is None:
             self.handle.write(
                 json.dumps(
@@ -156,6 +161,7 @@ class VariantWriter:
                         "largest_change": None if change is None else round(change[0], 4),
                         "largest_change_label": _label(names, change),
                         "status": status,
+                        "calibration": calibration,
                     }
                 )
                 + "\n"
@@ -173,8 +179,20 @@ class VariantWriter:
                 "" if change is None else f"{change[0]:+.4f}",
                 text(_label(names, change) or ""),
                 text(status),
+                calibration or "",
             ]
         )
+
+
+def calibration_text(calibrated: list[str], label_names: list[str]) -> str:
+    """What the calibration column says, as in predict's rows: ``calibrated``, ``uncalibrated``
+    or ``calibrated: ER;nucleus`` (the labels whose probabilities are)."""
+    shown = [column_name(name) for name in calibrated]
+    if not shown:
+        return "uncalibrated"
+    if len(shown) == len(label_names):
+        return "calibrated"
+    return "calibrated: " + ";".join(shown)
 
 
 def _label(names: list[str], change: tuple[float, int | None] | None) -> str | None:

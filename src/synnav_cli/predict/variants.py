@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from synnav_cli import console
+from synnav_cli.calibration import calibration_line
 from synnav_cli.data.fasta import FastaRecord, check_input, read_fasta
 from synnav_cli.data.hgvs import apply_changes
 from synnav_cli.data.variants import Variant, read_variants, variant_sequence
@@ -134,6 +135,7 @@ def score_variants(
             long_policy=long_policy,
             chunk_records=CHUNK_RECORDS,
             progress=progress,
+            calibration=loaded.calibration,  # the probabilities predict writes, calibrated or not
         ):
             for prediction in predictions:
                 sequence = records[int(prediction.id)].sequence
@@ -231,6 +233,8 @@ def run_variants(
         model_name, device=device, max_tokens=max_tokens, offline=offline, precision=precision
     )
     label_names, thresholds = loaded.info.label_names, loaded.thresholds
+    console.info(calibration_line(loaded.calibration))
+    calibrated = _calibrated(loaded)
     mine = variants[shard_index::shard_count]
     with ExitStack() as stack:
         todo: Iterable[Variant] = mine
@@ -263,8 +267,9 @@ def run_variants(
             rows = sort_rows(rows, sort, thresholds)
             with output_handle(out, inputs=[fasta, variants_file], compression=compression) as h:
                 writer = VariantWriter(
-                    h, fmt, label_names, thresholds, loaded.max_length, raw_ids=raw_ids
-                )
+                    h, fmt, label_names, thresholds, loaded.max_length, raw_ids=raw_ids,
+                    calibrated=calibrated,
+                )  # fmt: skip
                 h.write(writer.header)
                 for row in rows:
                     writer.write(row)
@@ -310,11 +315,16 @@ def _write_resumable(
     raw_ids: bool,
 ) -> int:
     label_names, thresholds, limit = loaded.info.label_names, loaded.thresholds, loaded.max_length
-    header = VariantWriter(io.StringIO(), fmt, label_names, thresholds, limit).header
+    calibrated = _calibrated(loaded)
+    header = VariantWriter(
+        io.StringIO(), fmt, label_names, thresholds, limit, calibrated=calibrated
+    ).header
     count = resumable.rows_done
     try:
         handle = resumable.open(header)
-        writer = VariantWriter(handle, fmt, label_names, thresholds, limit, raw_ids=raw_ids)
+        writer = VariantWriter(
+            handle, fmt, label_names, thresholds, limit, raw_ids=raw_ids, calibrated=calibrated
+        )
         for chunk in chunks:
             for row in chunk:
                 writer.write(row)
@@ -328,6 +338,11 @@ def _write_resumable(
         resumable.close_unfinished()
         raise
     return count
+
+
+def _calibrated(loaded: LoadedModel) -> list[str]:
+    """The labels whose probabilities are calibrated (none without a calibration)."""
+    return loaded.calibration.calibrated_labels if loaded.calibration is not None else []
 
 
 def _fingerprint(loaded: LoadedModel, fmt: str, long_policy: str, raw_ids: bool) -> dict:
