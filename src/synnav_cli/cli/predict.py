@@ -59,8 +59,9 @@ from synnav_cli.resources import install_hint
     type=click.Choice(["truncate", "window", "skip"]),
     default="truncate",
     show_default=True,
-    help="Proteins longer than the model's maximum: keep the N-terminal part, "
-    "average overlapping windows, or skip (reported in the status column).",
+    help="Proteins longer than the model's maximum: keep the N-terminal part, pool overlapping "
+    "windows into one mean over the residues (for ESM models, not the bundled one: "
+    "docs/quickstart.md), or skip (reported in the status column).",
 )
 @click.option(
     "--max-tokens",

@@ -36,6 +36,7 @@ from synnav_cli.predict.writer import Prediction, PredictionWriter, threshold_li
 from synnav_cli.runtime import distributed
 from synnav_cli.scoring.load import load_for_scoring
 from synnav_cli.scoring.score import Runtime, score_sequences
+from synnav_cli.scoring.windows import Window, plan_windows, pooled_probabilities, window_sums
 
 LONG_POLICIES = ("truncate", "window", "skip")
 # Shorter records are peptides, not proteins: a compartment call means nothing for them (a random
@@ -46,17 +47,9 @@ MIN_LENGTH = 20
 CHUNK_RECORDS = 2048
 
 
-def _windows(sequence: str, size: int) -> list[str]:
-    """Overlapping windows covering the whole protein; neighbours share half a window."""
-    stride = max(1, size // 2)
-    starts = list(range(0, len(sequence) - size + 1, stride))
-    if starts[-1] + size < len(sequence):
-        starts.append(len(sequence) - size)
-    return [sequence[s : s + size] for s in starts]
-
-
-def _plan(record: FastaRecord, limit: int, policy: str) -> tuple[list[str], str]:
-    """The pieces of ``record`` to score, and its status; no pieces for a record not scored."""
+def _plan(record: FastaRecord, limit: int, policy: str) -> tuple[list[str] | list[Window], str]:
+    """The pieces of ``record`` to score (sequences, or the windows of a windowed protein), and
+    its status; no pieces for a record not scored."""
     sequence = record.sequence
     if record.problem is not None:
         return [], f"invalid: {record.problem}"
@@ -70,8 +63,8 @@ def _plan(record: FastaRecord, limit: int, policy: str) -> tuple[list[str], str]
         return [], "skipped"
     if policy == "truncate":
         return [sequence[:limit]], "truncated"
-    pieces = _windows(sequence, limit)
-    return pieces, f"windowed:{len(pieces)}"
+    windows = plan_windows(sequence, limit)
+    return windows, f"windowed:{len(windows)}"
 
 
 def predict_chunks(
@@ -89,7 +82,8 @@ def predict_chunks(
     """Predictions for ``records`` a chunk at a time, in input order.
 
     Proteins longer than ``max_length`` are truncated to their N-terminal part, scored as
-    overlapping windows whose probabilities are averaged, or skipped (reported, not dropped).
+    overlapping windows whose residue vectors are pooled into one mean for the head (see
+    :mod:`synnav_cli.scoring.windows`), or skipped (reported, not dropped).
     Under torchrun rank 0 reads ``records`` (other ranks pass None), every rank scores its share
     of each chunk and every rank gets the whole chunk's predictions. The next chunk is read
     only when the caller asks for it.
@@ -102,21 +96,30 @@ def predict_chunks(
     # This chunk's progress, moved with every batch scored: a chunk can take minutes.
     moved = None
 
-    def score(sequences: list[str]) -> np.ndarray:
-        step = moved.over(len(sequences)) if moved is not None else None
-        return score_sequences(model, backbone, sequences, runtime, progress=step)
+    def score(part: list[str]) -> np.ndarray:
+        return score_sequences(model, backbone, part, runtime, progress=moved)
+
+    def pool(windows: list[Window]) -> np.ndarray:
+        return window_sums(model, backbone, windows, runtime, progress=moved)
 
     for chunk in distributed.broadcast_chunks(records, chunk_records):
         plans = [_plan(record, max_length, long_policy) for record in chunk]
-        pieces = [piece for sequences, _ in plans for piece in sequences]
+        whole = [pieces[0] for pieces, _ in plans if pieces and isinstance(pieces[0], str)]
+        windowed = [pieces for pieces, _ in plans if pieces and isinstance(pieces[0], Window)]
+        flat = [window for windows in windowed for window in windows]
         moved = progress.chunk(len(chunk)) if progress is not None else None
-        probabilities = distributed.score_sharded(score, pieces) if pieces else None
-        predictions, offset = [], 0
-        for record, (sequences, status) in zip(chunk, plans):
+        if moved is not None:  # both kinds of piece that this rank scores move one count
+            moved.over(len(distributed.shard(whole)) + len(distributed.shard(flat)))
+        scored = iter(distributed.score_sharded(score, whole) if whole else ())
+        if windowed:
+            sums = distributed.score_sharded(pool, flat)
+            lengths = [len(windows) for windows in windowed]
+            scored_windows = iter(pooled_probabilities(model, sums, lengths, runtime))
+        predictions = []
+        for record, (pieces, status) in zip(chunk, plans):
             probs = None
-            if sequences:
-                probs = probabilities[offset : offset + len(sequences)].mean(axis=0)
-                offset += len(sequences)
+            if pieces:
+                probs = next(scored_windows if isinstance(pieces[0], Window) else scored)
             if probs is not None and calibration is not None:  # calls stay on the raw scores
                 predictions.append(
                     Prediction(record.id, record.length, calibration.apply(probs), status, probs)
