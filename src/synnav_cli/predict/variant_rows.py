@@ -137,51 +137,62 @@ class VariantWriter:
             self.header = line.getvalue()
             self._csv = csv.writer(handle, **dialect)
 
-    def write(self, row: VariantRow) -> None:
-        names, text = self.names, self._text
-        reference = _probabilities(row.reference)
-        changed = _probabilities(row.changed)
+    def values(self, row: VariantRow) -> list:
+        """``row``'s value per :attr:`columns` entry, before any format: numbers rounded to 4
+        decimals, None where there is no value (a variant not scored). Every format writes
+        these, and a DataFrame can be made of them, so the two never differ."""
+        count = len(self.names)
+
+        def rounded(values) -> list:
+            return [None] * count if values is None else [round(float(v), 4) for v in values]
+
         delta = row.delta
         change = largest_change(delta, self.thresholds)
-        length = row.reference.length if row.reference is not None else None
-        variant_length = row.changed.length if row.changed is not None else None
-        status = row.status(self.max_length)
-        calibration = self._calibration if delta is not None else None
+        return [
+            row.variant.id,
+            row.variant.notation,
+            row.reference.length if row.reference is not None else None,
+            row.changed.length if row.changed is not None else None,
+            *rounded(_probabilities(row.reference)),
+            *rounded(_probabilities(row.changed)),
+            *rounded(delta),
+            None if change is None else round(change[0], 4),
+            _label(self.names, change),
+            row.status(self.max_length),
+            self._calibration if delta is not None else None,
+        ]
+
+    def write(self, row: VariantRow) -> None:
+        values = self.values(row)
+        count = len(self.names)
         if self._csv is None:
-            self.handle.write(
-                json.dumps(
-                    {
-                        "id": row.variant.id,
-                        "variant": row.variant.notation,
-                        "length": length,
-                        "variant_length": variant_length,
-                        "reference_probabilities": _named(names, reference),
-                        "variant_probabilities": _named(names, changed),
-                        "delta": _named(names, delta),
-                        "largest_change": None if change is None else round(change[0], 4),
-                        "largest_change_label": _label(names, change),
-                        "status": status,
-                        "calibration": calibration,
-                    }
-                )
-                + "\n"
-            )
+            blocks = [values[4 + k * count : 4 + (k + 1) * count] for k in range(3)]
+            named = [None if b[0] is None else dict(zip(self.names, b)) for b in blocks]
+            keys = ["id", "variant", "length", "variant_length"]
+            tail = ["largest_change", "largest_change_label", "status", "calibration"]
+            record = {
+                **dict(zip(keys, values[:4])),
+                "reference_probabilities": named[0],
+                "variant_probabilities": named[1],
+                "delta": named[2],
+                **dict(zip(tail, values[4 + 3 * count :])),
+            }
+            self.handle.write(json.dumps(record) + "\n")
             return
-        self._csv.writerow(
-            [
-                text(row.variant.id),
-                text(row.variant.notation),
-                "" if length is None else length,
-                "" if variant_length is None else variant_length,
-                *_cells(reference, len(names), "{:.4f}"),
-                *_cells(changed, len(names), "{:.4f}"),
-                *_cells(delta, len(names), "{:+.4f}"),
-                "" if change is None else f"{change[0]:+.4f}",
-                text(_label(names, change) or ""),
-                text(status),
-                calibration or "",
-            ]
-        )
+        text = self._text
+        cells = []
+        for position, value in enumerate(values):
+            if value is None:
+                cells.append("")
+            elif isinstance(value, str):
+                cells.append(text(value))
+            elif isinstance(value, int):
+                cells.append(value)
+            elif position >= 4 + 2 * count:  # differences, and the largest: signed
+                cells.append(f"{value:+.4f}")
+            else:
+                cells.append(f"{value:.4f}")
+        self._csv.writerow(cells)
 
 
 def calibration_text(calibrated: list[str], label_names: list[str]) -> str:
@@ -202,13 +213,3 @@ def _label(names: list[str], change: tuple[float, int | None] | None) -> str | N
 
 def _probabilities(prediction: Prediction | None) -> np.ndarray | None:
     return None if prediction is None else prediction.probabilities
-
-
-def _named(names: list[str], values: np.ndarray | None) -> dict | None:
-    if values is None:
-        return None
-    return {n: round(float(v), 4) for n, v in zip(names, values)}
-
-
-def _cells(values: np.ndarray | None, count: int, form: str) -> list[str]:
-    return [""] * count if values is None else [form.format(float(v)) for v in values]
