@@ -1,4 +1,5 @@
-"""--threads / SYNNAV_THREADS, and the default from affinity and cgroup quota."""
+"""--threads / SYNNAV_THREADS, the default from affinity, cgroup quota and load, and OpenMP's
+wait policy."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from synnav_cli import console
 from synnav_cli.cli.main import cli
 from synnav_cli.runtime import threads
 
@@ -22,6 +24,7 @@ def keep_torch_threads(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("SYNNAV_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
@@ -80,6 +83,7 @@ def test_default_under_restricted_affinity():
 
 def test_default_respects_omp_and_torchrun(monkeypatch):
     monkeypatch.setattr(threads, "available_cpus", lambda: 8)
+    monkeypatch.setattr(threads, "running_others", lambda: 0.0)
     assert threads.default_threads() == 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert threads.default_threads() == 2
@@ -103,3 +107,95 @@ def test_bad_thread_count_is_a_usage_error(runner):
     result = runner.invoke(cli, ["predict", str(EXAMPLE), "--threads", "0"])
     assert result.exit_code == 2
     assert "--threads" in result.output
+
+
+@pytest.mark.parametrize(
+    "cpus, others, host, chosen",
+    [
+        (2, 0.0, 2, 2),  # idle: every CPU
+        (2, 0.4, 2, 2),
+        (2, 1.0, 2, 1),  # one other busy task on two cores
+        (2, 2.0, 2, 1),  # two busy: one thread, never zero
+        (2, 9.0, 2, 1),
+        (8, 3.0, 8, 5),
+        (4, 32.0, 64, 2),  # a quarter of a half-busy host's load falls on our 4 CPUs
+        (4, None, 4, 4),  # load unknown: the CPUs available
+        (1, 0.0, 1, 1),
+    ],
+)
+def test_choose_threads_leaves_busy_cpus_to_others(cpus, others, host, chosen):
+    assert threads.choose_threads(cpus, others, host) == chosen
+
+
+def test_running_others_reads_the_runnable_count(tmp_path, monkeypatch):
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("3.10 2.50 1.20 4/512 12345\n")
+    assert threads.running_others(loadavg, samples=2) == 3.0  # 4 running, one of them us
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.0, 0.5))  # no /proc: macOS
+    assert threads.running_others(tmp_path / "missing", samples=2) == 1.5
+
+
+def test_default_is_one_thread_on_a_busy_machine(monkeypatch):
+    monkeypatch.setattr(threads, "available_cpus", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "running_others", lambda: 2.0)
+    assert threads.default_choice() == (1, "2 CPUs available, 2 other tasks running")
+    monkeypatch.setattr(threads, "running_others", lambda: 0.0)
+    assert threads.default_threads() == 2
+    monkeypatch.setattr(threads, "running_others", lambda: 2.0)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")  # the allocation's cores are the job's own
+    assert threads.default_threads() == 2
+
+
+def test_wait_policy_is_passive_unless_the_user_chose():
+    environ = {}
+    if "torch" in sys.modules:  # it is, in this test process: nothing can be set any more
+        assert "spin" in threads.prepare_openmp(environ)
+        assert environ == {}
+    environ = {"GOMP_SPINCOUNT": "1000"}
+    assert threads.prepare_openmp(environ) == "OpenMP GOMP_SPINCOUNT=1000"
+    assert environ == {"GOMP_SPINCOUNT": "1000"}
+
+
+def test_cli_sets_the_wait_policy_before_torch_loads():
+    """libgomp reads OMP_WAIT_POLICY once, as torch loads it: the CLI must set it first."""
+    code = f"""
+import os, sys
+seen = []
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("OMP_WAIT_POLICY"))
+sys.meta_path.insert(0, Watch())
+from synnav_cli.cli.main import cli
+try:
+    cli.main(["predict", {str(EXAMPLE)!r}, "-q", "--device", "cpu"], standalone_mode=False)
+finally:
+    import torch
+    print(seen, torch.get_num_threads(), file=sys.stderr)
+"""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "SYNNAV_THREADS"):
+        env.pop(name, None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.split()[0] == "['PASSIVE']", out.stderr
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--threads", "1", "-v"], "threads: 1 (--threads or SYNNAV_THREADS; OpenMP "),
+        (["-v"], "threads: 1 (2 CPUs available, 3 other tasks running; OpenMP "),
+    ],
+)
+def test_verbose_says_the_threads_and_why(runner, monkeypatch, args, expected):
+    monkeypatch.setattr(console, "_level", 1)  # -v sets it for the process; put it back after
+    monkeypatch.setattr(threads, "available_cpus", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "running_others", lambda: 3.0)
+    result = runner.invoke(cli, ["predict", str(EXAMPLE), "--device", "cpu", *args])
+    assert result.exit_code == 0, result.output
+    assert expected in result.stderr
+    quiet = runner.invoke(cli, ["predict", str(EXAMPLE), "--device", "cpu", "-q", *args[:-1]])
+    assert "threads:" not in quiet.stderr

@@ -100,8 +100,10 @@ def cli() -> None:
     """Predict where proteins go in a neuron (cytosol, ER, mitochondrion, nucleus, excitatory and
     inhibitory synapse) with fine-tuned protein language models."""
     from synnav_cli.runtime.allocator import prefer_expandable_segments
+    from synnav_cli.runtime.threads import prepare_openmp
 
     prefer_expandable_segments()
+    prepare_openmp()  # before any option callback imports torch, which loads OpenMP
 
 
 @cli.command()

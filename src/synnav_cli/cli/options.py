@@ -37,6 +37,7 @@ def common_options(function):
         "--verbose",
         "-v",
         is_flag=True,
+        is_eager=True,  # before --threads, which reports under -v
         expose_value=False,
         callback=_verbosity,
         help="Say more on stderr.  [default: off]",
@@ -45,6 +46,7 @@ def common_options(function):
         "--quiet",
         "-q",
         is_flag=True,
+        is_eager=True,  # before --threads, which reports under -v
         expose_value=False,
         callback=_verbosity,
         help="Say nothing on stderr but errors and warnings.  [default: off]",
@@ -62,7 +64,8 @@ def common_options(function):
         expose_value=False,
         callback=_threads,
         help="CPU threads for torch.  [default: the CPUs this process may use (affinity and "
-        "cgroup quota), or OMP_NUM_THREADS; env: SYNNAV_THREADS]",
+        "cgroup quota) less those other tasks keep busy, at least 1; or OMP_NUM_THREADS; "
+        "env: SYNNAV_THREADS]",
     )(function)
     function = click.option(
         "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."

@@ -1,21 +1,35 @@
-"""How many CPU threads torch uses: ``--threads``, ``SYNNAV_THREADS``, or the CPUs we may use.
+"""How many CPU threads torch uses, and how they wait: ``--threads``, ``SYNNAV_THREADS``, or a
+default from the CPUs we may use and how busy they are.
 
 torch's own default is the host's core count. On a shared node, in a SLURM allocation or in a
-container that is more threads than the process may run at once, and oversubscribed threads
-spin against each other (docs/benchmarks.md). The default here is what the process may actually
-use: its CPU affinity, further limited by a cgroup CPU quota (v2 ``cpu.max``, v1
-``cpu.cfs_quota_us``/``cpu.cfs_period_us``), shared among the local processes of a torchrun
-job, and never below 1. An explicit ``OMP_NUM_THREADS`` is respected as the default.
+container that is more threads than the process may run at once. The default here starts from
+what the process may use: its CPU affinity, further limited by a cgroup CPU quota (v2
+``cpu.max``, v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us``), shared among the local processes of
+a torchrun job, and never below 1. An explicit ``OMP_NUM_THREADS`` is respected as the default.
+
+Other people's work counts too: CPUs already running other tasks are left to them, so on a busy
+machine the default is fewer threads, down to one (:func:`choose_threads`). And torch's OpenMP
+threads are told to sleep while they wait (``OMP_WAIT_POLICY=PASSIVE``, :func:`prepare_openmp`):
+by default libgomp spins at every barrier, and a thread that spins on a busy core holds the CPU
+its partner needs, which made two threads 7-15x slower than one (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import statistics
+import sys
+import time
 from pathlib import Path
+
+from synnav_cli import console
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
+PROC_LOADAVG = Path("/proc/loadavg")
+# libgomp reads these once, when torch loads it; either one set by the user is left alone.
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def parse_cpu_max(text: str) -> float | None:
@@ -86,21 +100,90 @@ def available_cpus(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) ->
     return max(1, cpus)
 
 
-def default_threads() -> int:
-    """The thread count used without ``--threads``/``SYNNAV_THREADS``."""
+def running_others(loadavg: Path = PROC_LOADAVG, samples: int = 9) -> float | None:
+    """Tasks running on the host besides this one, now: the median of a few samples of the
+    kernel's runnable count (``/proc/loadavg``, fourth field), over about 40 ms. The 1-minute
+    load average is the fallback (macOS): it lags, and it still holds our own previous run
+    when synnav runs back to back, so it is a poorer guide. None where neither exists."""
+    counts = []
+    for sample in range(samples):
+        text = _read(loadavg)
+        try:
+            counts.append(int(text.split()[3].split("/")[0]) - 1)  # the reader is running
+        except (AttributeError, IndexError, ValueError):
+            break
+        if sample + 1 < samples:
+            time.sleep(0.005)
+    if counts:
+        return float(statistics.median(counts))
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def choose_threads(cpus: int, others: float | None, host_cpus: int) -> int:
+    """Threads for ``cpus`` usable CPUs while ``others`` tasks run on a host of ``host_cpus``.
+
+    The others are taken as spread evenly over the host, so ``others * cpus / host_cpus`` of
+    them run on our CPUs; the threads are the CPUs left over, rounded, from 1 to ``cpus``. Two
+    CPUs with 2 others busy: 1 thread; with none: 2. ``others`` None (unknown): ``cpus``.
+    """
+    if others is None or others <= 0:
+        return max(1, cpus)
+    busy = others * cpus / max(host_cpus, cpus)
+    return max(1, min(cpus, math.floor(cpus - busy + 0.5)))
+
+
+def default_choice() -> tuple[int, str]:
+    """The thread count used without ``--threads``/``SYNNAV_THREADS``, and why."""
     omp = os.environ.get("OMP_NUM_THREADS", "")
     if omp.isdigit() and int(omp) > 0:
-        return int(omp)
+        return int(omp), "OMP_NUM_THREADS"
     local = os.environ.get("LOCAL_WORLD_SIZE", "1")
     processes = int(local) if local.isdigit() and int(local) > 0 else 1
-    return max(1, available_cpus() // processes)
+    cpus = max(1, available_cpus() // processes)
+    where = f"{cpus} CPUs available" if processes == 1 else f"{cpus} CPUs per local rank"
+    if os.environ.get("SLURM_JOB_ID"):
+        # SLURM hands a job its own cores; the host's runnable count is other jobs' business.
+        return cpus, f"{where}, a SLURM job"
+    others = running_others()
+    if others is None:
+        return cpus, where
+    host = max(os.cpu_count() or cpus, cpus)
+    on_host = f" on {host} host CPUs" if host != cpus else ""
+    return choose_threads(cpus, others, host), f"{where}, {others:g} other tasks running{on_host}"
+
+
+def default_threads() -> int:
+    """The thread count used without ``--threads``/``SYNNAV_THREADS``."""
+    return default_choice()[0]
+
+
+def prepare_openmp(environ=os.environ) -> str:
+    """Make torch's OpenMP threads sleep rather than spin while they wait for each other
+    (``OMP_WAIT_POLICY=PASSIVE``). libgomp reads the setting once, as torch loads it, so this
+    only works before ``import torch``; a user's own ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``
+    is left alone. Returns how the threads wait, for ``-v``."""
+    for name in WAIT_VARIABLES:
+        if name in environ:
+            return f"OpenMP {name}={environ[name]}"
+    if "torch" in sys.modules:
+        return "OpenMP threads spin while they wait: torch was loaded before OMP_WAIT_POLICY was set"
+    environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return "OpenMP OMP_WAIT_POLICY=PASSIVE"
 
 
 def configure(threads: int | None) -> int:
-    """Set torch's intra-op threads to ``threads`` (None: :func:`default_threads`); returns it."""
+    """Set torch's intra-op threads to ``threads`` (None: :func:`default_choice`), after
+    :func:`prepare_openmp`; says which and why with ``-v``. Returns the count."""
+    from synnav_cli import console
+
+    waiting = prepare_openmp()
+    count, why = default_choice() if threads is None else (threads, "--threads or SYNNAV_THREADS")
     import torch
 
-    count = default_threads() if threads is None else threads
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
+    console.detail(f"threads: {count} ({why}; {waiting})")
     return count
