@@ -22,7 +22,6 @@ from pathlib import Path
 
 from synnav_cli.data.compressed import open_text
 from synnav_cli.errors import UserError, quoted
-from synnav_cli.predict.writer import original_text
 
 BINS = 20  # histogram bins of width 0.05 over [0, 1]
 MAX_LINE = 1 << 20  # bytes a row may take; a predict row is well under a kilobyte
@@ -31,7 +30,13 @@ MAX_LABEL_NAME = 100
 # Statuses predict writes, in the order a report lists them (windowed:N and invalid: why are
 # counted under their first word); anything else counts as "other".
 STATUSES = ("ok", "truncated", "windowed", "skipped", "short", "nucleotide", "invalid")
-SCORED = ("ok", "truncated", "windowed")
+
+
+def original_text(cell: str) -> str:
+    """A tsv/csv text cell without the ``'`` predict puts ahead of a formula's first sign
+    (``writer.spreadsheet_text``). Not imported from the writer: that pulls in numpy and the
+    model stack, seconds of start-up for a command that reads text."""
+    return cell.removeprefix("'")
 
 
 @dataclass
