@@ -12,6 +12,7 @@ import pytest
 from checks import one_error_line
 
 from synnav_cli.cli.main import cli
+from synnav_cli.data.fasta import read_fasta
 from synnav_cli.data.hgvs import apply_changes, parse_hgvs_protein
 from synnav_cli.data.variants import Variant, read_variants
 from synnav_cli.errors import UserError
@@ -139,6 +140,16 @@ def test_table_lines(tmp_path):
         (4, "P1", True), (5, "NP_1.2", True), (6, "P1", True), (7, "P1", False), (8, "P2", False)]
     assert [c.start for c in found[0].changes] == [5, 12]  # one haplotype, one row
     assert "names NP_9, not P2" in found[4].problem
+
+
+def test_lines_in_memory_read_as_a_table():
+    from synnav_cli.data.variants import variants_from_lines
+
+    found = variants_from_lines(["id variant", "P1 p.R5W p.G12S", "NP_1.2:p.Arg5=", "P1 p.R5"])
+    assert [(v.number, v.line, v.id, len(v.changes), v.problem is None) for v in found] == [
+        (1, 2, "P1", 2, True), (2, 3, "NP_1.2", 1, True), (3, 4, "P1", 0, False)]
+    with pytest.raises(UserError, match="holds no variants"):
+        variants_from_lines(["# nothing"])
 
 
 def test_vcf_with_vep_and_snpeff_annotations(tmp_path):
@@ -432,7 +443,7 @@ def test_a_reference_is_scored_once_across_chunks(runner, model_dir, tmp_path, m
     assert scored.count(REFERENCE) == 1
     assert len(scored) == 5  # P1, R5W; K2W, R5W again (another chunk); T3W
     variants = read_variants(table)
-    references = variants_module.check_variants(variants, fasta)
+    references = variants_module.check_variants(variants, read_fasta(fasta), "ref.fasta")
     assert variants_module.count_sequences(variants, references) == len(scored)  # the progress total
     rows = _rows(result.stdout)
     assert rows[0] == {**rows[3]}  # a repeat scored in another chunk gives the same row

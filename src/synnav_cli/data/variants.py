@@ -9,7 +9,7 @@ one variant per distinct protein change (:mod:`synnav_cli.data.vcf`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +57,18 @@ def read_variants(source: str | Path) -> list[Variant]:
         raise UserError(f"{label} is not a text file ({error.reason})") from None
     finally:
         handle.close()
+    return numbered(variants, label)
+
+
+def variants_from_lines(lines: Iterable[str], label: str = "the input") -> list[Variant]:
+    """Variants from table lines given in memory (``"P04637  p.Arg175His"``), read as
+    :func:`read_variants` reads a table's."""
+    numbered_lines = ((n, str(line).rstrip("\r\n")) for n, line in enumerate(lines, 1))
+    return numbered(list(_read_table(numbered_lines, label)), label)
+
+
+def numbered(variants: list[Variant], label: str) -> list[Variant]:
+    """``variants`` numbered 1, 2, ... (the keys of their rows); none at all is an error."""
     if not variants:
         raise UserError(f"{label} holds no variants (expected lines like: P04637  p.Arg175His)")
     for number, variant in enumerate(variants, 1):

@@ -188,7 +188,7 @@ class VariantWriter:
                 cells.append(text(value))
             elif isinstance(value, int):
                 cells.append(value)
-            elif position >= 4 + 2 * count:  # differences, and the largest: signed
+            elif 4 + 2 * count <= position <= 4 + 3 * count:  # differences, the largest: signed
                 cells.append(f"{value:+.4f}")
             else:
                 cells.append(f"{value:.4f}")

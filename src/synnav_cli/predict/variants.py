@@ -36,13 +36,16 @@ from synnav_cli.runtime import distributed
 from synnav_cli.scoring.load import LoadedModel, load_for_scoring
 
 
-def check_variants(variants: list[Variant], fasta: str | Path) -> dict[str, str]:
-    """Check every variant against its reference in ``fasta`` (read once, streaming; only the
-    references named are kept): each gets its problem set, or its ``changes`` are known to
-    apply. Returns the references of the valid variants, by the names variants use."""
+def check_variants(
+    variants: list[Variant], records: Iterable[FastaRecord], label: str
+) -> dict[str, str]:
+    """Check every variant against its reference among ``records`` (read once, streaming; only
+    the references named are kept; ``label`` names them in messages): each variant gets its
+    problem set, or its ``changes`` are known to apply. Returns the references of the valid
+    variants, by the names variants use."""
     wanted = {v.id for v in variants if v.problem is None}
     found: dict[str, FastaRecord] = {}
-    for record in read_fasta(fasta, keep_invalid=True):
+    for record in records:
         for name in _names(record.id):
             if name in wanted and name not in found:
                 found[name] = record
@@ -51,7 +54,7 @@ def check_variants(variants: list[Variant], fasta: str | Path) -> dict[str, str]
             continue
         record = found.get(variant.id)
         if record is None:
-            variant.problem = f"{variant.id} is not in {input_name(fasta)}"
+            variant.problem = f"{variant.id} is not in {label}"
         elif record.problem is not None:
             variant.problem = f"its reference {variant.id} is invalid: {record.problem}"
         else:
@@ -219,7 +222,8 @@ def run_variants(
     if explain_dir is not None:
         real_folder(explain_dir)  # a file or a link there is refused before anything runs
     variants = read_variants(variants_file)
-    references = check_variants(variants, fasta)
+    records = read_fasta(fasta, keep_invalid=True)
+    references = check_variants(variants, records, input_name(fasta))
     problem = refusal(variants, input_name(variants_file))
     if problem is not None and not skip_invalid:
         raise UserError(problem)
