@@ -38,7 +38,7 @@ from synnav_cli.domain.index import OTHER, DomainIndex, Neighbour, encode
 K = 5
 SPACE = 20**K
 POWERS = 20 ** np.arange(K - 1, -1, -1, dtype=np.int64)
-CANDIDATES = 3
+CANDIDATES = 2
 MIN_SHARED = 3
 MIN_SHARED_SHARE = 0.01
 # A k-mer more often than this in one protein is a repeat (poly-Q, collagen): its hits are
@@ -58,12 +58,27 @@ def kmers(codes: np.ndarray) -> np.ndarray:
 
 
 def _presence(rows: Sequence[np.ndarray]) -> sparse.csr_matrix:
-    """A 0/1 matrix [len(rows), 20^K] of the distinct k-mers each row holds."""
-    distinct = [np.unique(r[r >= 0]) for r in rows]
-    indptr = np.concatenate([[0], np.cumsum([len(d) for d in distinct])])
-    indices = np.concatenate(distinct) if distinct else np.empty(0, dtype=np.int64)
-    data = np.ones(len(indices), dtype=np.int32)
-    return sparse.csr_matrix((data, indices, indptr), shape=(len(rows), SPACE))
+    """A 0/1 matrix [len(rows), 20^K] of the distinct k-mers each row holds (one sort for all
+    rows: a key is row * 20^K + k-mer)."""
+    flat = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
+    row_of = np.repeat(np.arange(len(rows), dtype=np.int64), [len(r) for r in rows])
+    valid = flat >= 0
+    keys = np.sort(row_of[valid] * SPACE + flat[valid])
+    keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
+    indptr = np.searchsorted(keys // SPACE, np.arange(len(rows) + 1))
+    data = np.ones(len(keys), dtype=np.int32)
+    return sparse.csr_matrix((data, keys % SPACE, indptr), shape=(len(rows), SPACE))
+
+
+def _query_kmers(sequences: Sequence[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Codes and k-mers of each query, computed over all queries at once: joined by ``*`` (code
+    20), a window across two queries holds a non-standard residue and is no k-mer."""
+    codes = encode("*".join(sequences))
+    every = kmers(codes)
+    starts = np.concatenate([[0], np.cumsum([len(s) + 1 for s in sequences])[:-1]])
+    pieces = [codes[a : a + len(s)] for a, s in zip(starts, sequences)]
+    windows = [every[a : a + max(0, len(s) - K + 1)] for a, s in zip(starts, sequences)]
+    return pieces, windows
 
 
 class KmerSearch:
@@ -77,14 +92,17 @@ class KmerSearch:
         self._training = _presence(self._kmers).T.tocsr()
 
     def nearest(self, sequences: Sequence[str]) -> list[Neighbour]:
-        codes = [encode(s) for s in sequences]
-        query_kmers = [kmers(c) for c in codes]
-        shared = (_presence(query_kmers) @ self._training).tocsr()
+        if not sequences:
+            return []
+        codes, query_kmers = _query_kmers(sequences)
+        presence = _presence(query_kmers)
+        distinct = np.diff(presence.indptr)
+        shared = (presence @ self._training).tocsr()
         found = []
         for row, (query, query_k) in enumerate(zip(codes, query_kmers)):
             start, end = shared.indptr[row], shared.indptr[row + 1]
             counts, columns = shared.data[start:end], shared.indices[start:end]
-            keep = counts >= max(MIN_SHARED, MIN_SHARED_SHARE * len(np.unique(query_k)))
+            keep = counts >= max(MIN_SHARED, MIN_SHARED_SHARE * distinct[row])
             counts, columns = counts[keep], columns[keep]
             best = Neighbour(None)
             best_identical = 0
