@@ -134,6 +134,7 @@ def variants(
 
     \b
     Examples:
+      synnav variants data/example.fasta data/example-variants.tsv --sort delta
       synnav variants proteome.fasta variants.tsv > effects.tsv
       synnav variants proteome.fasta variants.tsv --sort delta -o ranked.csv
     """
