@@ -16,6 +16,7 @@ from synnav_cli.data.fasta import read_fasta
 from synnav_cli.data.hgvs import apply_changes, parse_hgvs_protein
 from synnav_cli.data.variants import Variant, read_variants
 from synnav_cli.errors import UserError
+from synnav_cli.predict import variant_scoring as scoring_module
 from synnav_cli.predict import variants as variants_module
 from synnav_cli.predict.variant_rows import VariantRow, sort_rows
 from synnav_cli.predict.writer import Prediction
@@ -238,14 +239,14 @@ def test_shard_needs_a_plain_out_in_input_order(runner, tmp_path, extra):
 
 def test_rows_no_op_and_each_sequence_scored_once(runner, model_dir, tmp_path, monkeypatch):
     scored: list[str] = []
-    real = variants_module.predict_chunks
+    real = scoring_module.predict_chunks
 
     def counting(model, backbone, records, runtime, **options):
         records = list(records)
         scored.extend(r.sequence for r in records)
         return real(model, backbone, records, runtime, **options)
 
-    monkeypatch.setattr(variants_module, "predict_chunks", counting)
+    monkeypatch.setattr(scoring_module, "predict_chunks", counting)
     fasta, table = _files(tmp_path, "P1\tp.Arg5Trp\nP1\tp.Arg5=\nQ2\tp.Q9=\nP1\tp.R5W\nP1\tp.Arg5Ter\n")
     result = runner.invoke(cli, ["variants", str(fasta), str(table), "--model", str(model_dir),
                                  "--device", "cpu"])
@@ -310,8 +311,8 @@ def test_out_resumes_after_an_interruption(runner, model_dir, tmp_path, monkeypa
     whole = runner.invoke(cli, base)
     assert whole.exit_code == 0, whole.output
 
-    monkeypatch.setattr(variants_module, "CHUNK_RECORDS", 2)
-    real, scored, calls = variants_module.predict_chunks, [], []
+    monkeypatch.setattr(scoring_module, "CHUNK_RECORDS", 2)
+    real, scored, calls = scoring_module.predict_chunks, [], []
 
     def failing_third(model, backbone, records, runtime, **options):
         calls.append(1)
@@ -321,7 +322,7 @@ def test_out_resumes_after_an_interruption(runner, model_dir, tmp_path, monkeypa
         scored.extend(r.sequence for r in records)
         return real(model, backbone, records, runtime, **options)
 
-    monkeypatch.setattr(variants_module, "predict_chunks", failing_third)
+    monkeypatch.setattr(scoring_module, "predict_chunks", failing_third)
     out = tmp_path / "effects.tsv"
     failing = True
     interrupted = runner.invoke(cli, [*base, "-o", str(out)])
@@ -427,15 +428,15 @@ def test_several_variants_from_one_vcf_line_keep_their_own_sequences(runner, mod
 
 
 def test_a_reference_is_scored_once_across_chunks(runner, model_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(variants_module, "CHUNK_RECORDS", 2)
-    real, scored = variants_module.predict_chunks, []
+    monkeypatch.setattr(scoring_module, "CHUNK_RECORDS", 2)
+    real, scored = scoring_module.predict_chunks, []
 
     def counting(model, backbone, records, runtime, **options):
         records = list(records)
         scored.extend(r.sequence for r in records)
         return real(model, backbone, records, runtime, **options)
 
-    monkeypatch.setattr(variants_module, "predict_chunks", counting)
+    monkeypatch.setattr(scoring_module, "predict_chunks", counting)
     fasta, table = _files(tmp_path, "P1\tp.R5W\nP1\tp.R5=\nP1\tp.K2W\nP1\tp.R5W\nP1\tp.T3W\n")
     result = runner.invoke(cli, ["variants", str(fasta), str(table), "--model", str(model_dir),
                                  "--device", "cpu"])
@@ -443,8 +444,8 @@ def test_a_reference_is_scored_once_across_chunks(runner, model_dir, tmp_path, m
     assert scored.count(REFERENCE) == 1
     assert len(scored) == 5  # P1, R5W; K2W, R5W again (another chunk); T3W
     variants = read_variants(table)
-    references = variants_module.check_variants(variants, read_fasta(fasta), "ref.fasta")
-    assert variants_module.count_sequences(variants, references) == len(scored)  # the progress total
+    references = scoring_module.check_variants(variants, read_fasta(fasta), "ref.fasta")
+    assert scoring_module.count_sequences(variants, references) == len(scored)  # the progress total
     rows = _rows(result.stdout)
     assert rows[0] == {**rows[3]}  # a repeat scored in another chunk gives the same row
 
@@ -468,3 +469,27 @@ def test_probabilities_are_predicts_with_a_calibrated_model(runner, model_dir, t
     labels = json.loads((calibrated / "synnav-model.json").read_text())["labels"]
     names = [n.replace(" ", "_") for n in labels]
     assert [row[f"reference_{n}"] for n in names] == [plain[n] for n in names]
+
+
+def test_variant_table_in_memory_matches_the_command(runner, model_dir, tmp_path):
+    from synnav_cli.data.variants import variants_from_lines
+    from synnav_cli.scoring.load import load_for_scoring
+
+    fasta, table = _files(tmp_path, "P1\tp.Arg5=\nP1\tp.Cys28delinsTrpValTrp\nP1\tp.Gly5Trp\n")
+    command = _rows(runner.invoke(cli, ["variants", str(fasta), str(table), "--model", str(model_dir),
+                                        "--device", "cpu", "--skip-invalid", "--sort", "delta"]).stdout)
+    loaded = load_for_scoring(str(model_dir), device="cpu")
+    variants = variants_from_lines(table.read_text().splitlines())
+    columns, rows = scoring_module.variant_table(loaded, variants, read_fasta(fasta, keep_invalid=True),
+                                                  skip_invalid=True, sort="delta")
+    assert columns == list(command[0])
+    for values, row in zip(rows, command, strict=True):
+        assert [("" if v is None else v) for v in values[:2]] == [row["id"], row["variant"]]
+        for name, value in zip(columns, values):
+            if isinstance(value, float):
+                assert value == pytest.approx(float(row[name]), abs=1e-4), name
+            else:
+                assert ("" if value is None else str(value)) == row[name], name
+    with pytest.raises(UserError, match="line 3 of the input"):
+        scoring_module.variant_table(loaded, variants_from_lines(table.read_text().splitlines()),
+                                      read_fasta(fasta))
