@@ -220,3 +220,23 @@ def test_train_fits_a_calibration_on_dev_that_lowers_its_error(tmp_path, runner)
     for name in info.calibration.calibrated_labels:
         before, after = stored["labels"][name]["dev_ece"]
         assert after < before
+
+
+def test_compare_shows_calibrated_probabilities_and_keeps_the_calls(tmp_path, runner):
+    plain_model = tiny_model_dir(tmp_path / "plain")
+    data = _dev_dataset(tmp_path / "dev.json")
+    model = tmp_path / "calibrated"
+    assert runner.invoke(cli, ["calibrate", "-m", str(plain_model), "-d", str(data), "-o", str(model)]).exit_code == 0
+    wild = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSG"
+    fasta = tmp_path / "pairs.fasta"
+    fasta.write_text(f">P1\n{wild}\n>P1_mut_I6W\n{wild[:5]}W{wild[6:]}\n")
+    shown = {r["id"]: r for r in _rows(runner.invoke(cli, ["predict", str(fasta), "-m", str(model)]).stdout)}
+    compared = runner.invoke(cli, ["predict", str(fasta), "-m", str(model), "--compare"])
+    assert compared.exit_code == 0, compared.output
+    row = _rows(compared.stdout)[0]
+    for label in LABELS[:3]:
+        assert float(row[f"mutant_{label}"]) == pytest.approx(float(shown["P1_mut_I6W"][label]), abs=1e-4)
+        assert float(row[f"wild_type_{label}"]) == pytest.approx(float(shown["P1"][label]), abs=1e-4)
+    before = _rows(runner.invoke(cli, ["predict", str(fasta), "-m", str(plain_model), "--compare"]).stdout)[0]
+    assert row["predicted"] == before["predicted"] == shown["P1_mut_I6W"]["predicted"]
+    assert [row[f"mutant_{n}"] for n in LABELS[:3]] != [before[f"mutant_{n}"] for n in LABELS[:3]]

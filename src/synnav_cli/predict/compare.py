@@ -18,6 +18,7 @@ from typing import IO
 import numpy as np
 
 from synnav_cli import console
+from synnav_cli.calibration import calibration_line
 from synnav_cli.data.dataset import column_name
 from synnav_cli.data.fasta import FastaRecord
 from synnav_cli.errors import UserError
@@ -92,24 +93,27 @@ def compare_records(
         )
     needed = {name for pair in pairs for name in pair}
     chosen = [r for r in records if r.id in needed]
-    scored = {
-        p.id: p.probabilities
-        for p in predict_records(
-            loaded.model,
-            loaded.backbone,
-            chosen,
-            loaded.runtime,
-            max_length=loaded.max_length,
-            long_policy=long_policy,
-        )
-    }
+    # Probabilities as predict writes them (calibrated where the model is), and the raw scores
+    # that calls are made on, at the model's raw thresholds.
+    scored, raw = {}, {}
+    for p in predict_records(
+        loaded.model,
+        loaded.backbone,
+        chosen,
+        loaded.runtime,
+        max_length=loaded.max_length,
+        long_policy=long_policy,
+        calibration=loaded.calibration,
+    ):
+        scored[p.id], raw[p.id] = p.probabilities, p.probabilities if p.scores is None else p.scores
     names = [column_name(n) for n in loaded.info.label_names]
     thresholds = np.asarray(loaded.thresholds)
     comparisons = []
     for mutant, wild in pairs:
         m, w = scored[mutant], scored[wild]
-        predicted = [] if m is None else [n for n, on in zip(names, m >= thresholds) if on]
-        wild_predicted = [] if w is None else [n for n, on in zip(names, w >= thresholds) if on]
+        m_raw, w_raw = raw[mutant], raw[wild]
+        predicted = [] if m is None else [n for n, on in zip(names, m_raw >= thresholds) if on]
+        wild_predicted = [] if w is None else [n for n, on in zip(names, w_raw >= thresholds) if on]
         delta = None if m is None or w is None else m - w
         comparisons.append(
             Comparison(
@@ -227,7 +231,9 @@ def run_comparison(
     from synnav_cli.data.fasta import read_fasta
     from synnav_cli.files import output_handle
 
-    console.info(threshold_line(loaded.info.label_names, loaded.thresholds))
+    shown = loaded.shown_thresholds or loaded.thresholds
+    console.info(threshold_line(loaded.info.label_names, shown))
+    console.info(calibration_line(loaded.calibration))
     comparisons = compare_records(loaded, read_fasta(fasta), long_policy=long_policy)
     with output_handle(out, inputs=[fasta], compression=compression) as handle:
         write_comparisons(comparisons, handle, fmt, loaded.info.label_names, raw_ids=raw_ids)
