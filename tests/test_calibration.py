@@ -240,3 +240,16 @@ def test_compare_shows_calibrated_probabilities_and_keeps_the_calls(tmp_path, ru
     before = _rows(runner.invoke(cli, ["predict", str(fasta), "-m", str(plain_model), "--compare"]).stdout)[0]
     assert row["predicted"] == before["predicted"] == shown["P1_mut_I6W"]["predicted"]
     assert [row[f"mutant_{n}"] for n in LABELS[:3]] != [before[f"mutant_{n}"] for n in LABELS[:3]]
+
+
+def test_models_show_says_how_each_label_is_calibrated(tmp_path, runner):
+    plain = tiny_model_dir(tmp_path / "plain")
+    shown = runner.invoke(cli, ["models", "show", str(plain)])
+    assert shown.exit_code == 0 and "calibration:    none" in shown.stdout
+    out = tmp_path / "calibrated"
+    data = _dev_dataset(tmp_path / "dev.json")
+    assert runner.invoke(cli, ["calibrate", "-m", str(plain), "-d", str(data), "-o", str(out),
+                               "--method", "isotonic"]).exit_code == 0
+    details = json.loads(runner.invoke(cli, ["models", "show", str(out), "--json"]).stdout)
+    assert details["calibration"] == {name: "isotonic" for name in LABELS[:3]}
+    assert "cytosol isotonic" in runner.invoke(cli, ["models", "show", str(out)]).stdout

@@ -119,6 +119,14 @@ def model_details(info: ModelInfo, default: Path | None = None) -> dict:
         "labels": [column_name(name) for name in info.label_names],
         "thresholds": _by_column(dict(zip(info.label_names, info.thresholds))),
         "threshold_metric": meta.get("threshold_metric"),
+        # Per label, the map that calibrates its probabilities (none: shown as scored); None
+        # for a model without a calibration.
+        "calibration": None
+        if info.calibration is None
+        else {
+            column_name(name): mapping.method if mapping else "none"
+            for name, mapping in zip(info.label_names, info.calibration.maps)
+        },
         "encoder_frozen": meta.get("encoder_frozen"),
         "best_epoch": meta.get("best_epoch"),
         "metrics": metrics,
@@ -236,11 +244,21 @@ def format_model_details(
         )
     if details["best_epoch"] is not None:
         lines.append(f"best epoch:     {details['best_epoch']}")
+    calibration = details["calibration"]
+    lines.append(
+        "calibration:    "
+        + (
+            ", ".join(f"{k} {v}" for k, v in calibration.items()) + " (fitted on dev)"
+            if calibration
+            else "none: probabilities are the model's scores (`synnav calibrate` adds one)"
+        )
+    )
     lines.append("")
     test = details["metrics"].get("test", {})
     per_label = test.get("labels", {})
     lines.append(
-        f"Thresholds (tuned on dev for {details['threshold_metric'] or 'f1'}) and test metrics:"
+        f"Thresholds (tuned on dev for {details['threshold_metric'] or 'f1'}, on the model's "
+        "scores) and test metrics:"
     )
     headers = ["label", "threshold", "f1", "roc_auc", "pr_auc", "mcc", "support"]
     rows = []
