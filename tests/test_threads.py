@@ -147,6 +147,19 @@ def test_default_is_one_thread_on_a_busy_machine(monkeypatch):
     assert threads.default_threads() == 2
 
 
+def test_torchrun_ranks_do_not_count_each_other_as_load(monkeypatch):
+    monkeypatch.setattr(threads, "available_cpus", lambda: 8)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr(threads, "running_others", lambda: 3.0)  # the other three ranks
+    assert threads.default_choice() == (
+        2,
+        "2 CPUs per local rank, 0 other tasks running on 8 host CPUs",
+    )
+    monkeypatch.setattr(threads, "running_others", lambda: 7.0)  # and four busy strangers
+    assert threads.default_threads() == 1
+
+
 def test_wait_policy_is_passive_unless_the_user_chose():
     environ = {}
     if "torch" in sys.modules:  # it is, in this test process: nothing can be set any more

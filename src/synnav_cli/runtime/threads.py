@@ -150,6 +150,7 @@ def default_choice() -> tuple[int, str]:
     others = running_others()
     if others is None:
         return cpus, where
+    others = max(0.0, others - (processes - 1))  # sibling ranks already have their share
     host = max(os.cpu_count() or cpus, cpus)
     on_host = f" on {host} host CPUs" if host != cpus else ""
     return choose_threads(cpus, others, host), f"{where}, {others:g} other tasks running{on_host}"
