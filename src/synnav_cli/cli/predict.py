@@ -50,7 +50,8 @@ from synnav_cli.resources import install_hint
     "--threshold",
     "thresholds",
     multiple=True,
-    help="Decision threshold: a number for every label, or LABEL=NUMBER; repeatable.  "
+    help="Decision threshold: a number for every label, or LABEL=NUMBER; repeatable. A "
+    "probability as the output shows it (calibrated, for a calibrated label).  "
     "[default: the model's tuned thresholds]",
 )
 @click.option(
