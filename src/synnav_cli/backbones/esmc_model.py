@@ -46,21 +46,24 @@ from synnav_cli.backbones import esmc_cpu
 from synnav_cli.backbones.esmc_cpu import Dense
 from synnav_cli.errors import UserError
 
-try:
-    from torch.nn.attention.varlen import varlen_attn
-except ImportError:  # torch releases before varlen attention was public
-    varlen_attn = None
+# torch.nn.attention.varlen imports torch._dynamo, seconds of every run's start on a busy CPU,
+# and only CUDA uses it: looked up on first use (_varlen). None: a torch without it.
+varlen_attn: Callable | None | bool = False
 
-__all__ = [
-    "ATTENTION_BACKENDS",
-    "ESMC_300M",
-    "ESMC_600M",
-    "ESMC_TINY",
-    "IGNORED_CHECKPOINT_PREFIXES",
-    "CheckpointMismatch",
-    "ESMCConfig",
-    "ESMCEncoder",
-]
+
+def _varlen() -> Callable | None:
+    global varlen_attn
+    if varlen_attn is False:
+        try:
+            from torch.nn.attention.varlen import varlen_attn as found
+        except ImportError:  # torch releases before varlen attention was public
+            found = None
+        varlen_attn = found
+    return varlen_attn
+
+
+__all__ = ["ATTENTION_BACKENDS", "ESMC_300M", "ESMC_600M", "ESMC_TINY"]
+__all__ += ["IGNORED_CHECKPOINT_PREFIXES", "CheckpointMismatch", "ESMCConfig", "ESMCEncoder"]
 
 ATTENTION_BACKENDS = ("auto", "padded", "varlen", "nested", "split")
 
@@ -155,7 +158,7 @@ def _attend_padded(q, k, v, *, key_mask: torch.Tensor) -> torch.Tensor:
 def _attend_varlen(q, k, v, *, cu_seqlens: torch.Tensor, max_len: int) -> torch.Tensor:
     # Only the seven positional arguments, which every torch release with varlen_attn accepts;
     # its default scale is 1/sqrt(d_head), as in SDPA.
-    return varlen_attn(q, k, v.contiguous(), cu_seqlens, cu_seqlens, max_len, max_len)
+    return _varlen()(q, k, v.contiguous(), cu_seqlens, cu_seqlens, max_len, max_len)
 
 
 def _attend_split(q, k, v, *, lengths: list[int]) -> torch.Tensor:
@@ -285,9 +288,9 @@ class ESMCEncoder(nn.Module):
         if self._attention_backend != "auto":
             return self._attention_backend
         if (
-            varlen_attn is not None
-            and device.type == "cuda"
+            device.type == "cuda"
             and dtype in (torch.float16, torch.bfloat16)
+            and _varlen() is not None
             and torch.cuda.get_device_capability(device) >= (8, 0)  # flash refuses sm70, sm75
         ):
             return "varlen"
@@ -304,7 +307,7 @@ class ESMCEncoder(nn.Module):
         if torch.is_autocast_enabled(input_ids.device.type):
             dtype = torch.get_autocast_dtype(input_ids.device.type)
         backend = self.resolved_attention_backend(input_ids.device, dtype)
-        if backend == "varlen" and varlen_attn is None:
+        if backend == "varlen" and _varlen() is None:
             raise RuntimeError("attention_backend 'varlen' needs torch.nn.attention.varlen")
         # Rotary positions count real tokens only, so every protein starts at 0 however it is
         # padded (with right padding, the usual case, this is the plain column index).

@@ -29,11 +29,14 @@ call (``assess.classify``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import sparse
 
 from synnav_cli.domain.index import OTHER, DomainIndex, Neighbour, encode
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 K = 5
 SPACE = 20**K
@@ -60,6 +63,10 @@ def kmers(codes: np.ndarray) -> np.ndarray:
 def _presence(rows: Sequence[np.ndarray]) -> sparse.csr_matrix:
     """A 0/1 matrix [len(rows), 20^K] of the distinct k-mers each row holds (one sort for all
     rows: a key is row * 20^K + k-mer)."""
+    # Imported here: scipy costs every predict and embed run a few tenths of a second to import
+    # (writer -> domain.assess imports this module), and only the k-mer search needs it.
+    from scipy import sparse
+
     flat = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
     row_of = np.repeat(np.arange(len(rows), dtype=np.int64), [len(r) for r in rows])
     valid = flat >= 0
