@@ -61,7 +61,8 @@ def test_every_scored_protein_names_its_most_likely_label_even_without_a_call(ru
     columns = ["ER", "excitatory_synapse", "nucleus"]
     # The existing columns keep their places; the new ones come last.
     assert header == ["id", "length", *columns, "predicted", "status", "top", "top_probability",
-                      "calibration"]
+                      "calibration", "nearest_training", "identity", "coverage", "embedding_distance",
+                      "domain"]
     rows = _table(result.stdout)
     assert [row["id"] for row in rows] == ["p1", "p2", "p3", "short", "dna", "bad"]
     for row in rows[:3]:
@@ -78,7 +79,8 @@ def test_every_scored_protein_names_its_most_likely_label_even_without_a_call(ru
     records = [json.loads(line) for line in jsonl.stdout.splitlines()]
     for record, row in zip(records, rows, strict=True):
         assert list(record) == ["id", "length", "probabilities", "predicted", "status", "top",
-                                "top_probability", "calibration"]
+                                "top_probability", "calibration", "nearest_training", "identity",
+                                "coverage", "embedding_distance", "domain"]
         if row["top"]:
             assert record["top"] == row["top"]
             assert record["top_probability"] == record["probabilities"][row["top"]]

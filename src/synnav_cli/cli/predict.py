@@ -111,6 +111,12 @@ from synnav_cli.resources import install_hint
     "gained and lost labels.  "
     "[default: off]",
 )
+@click.option(
+    "--no-domain",
+    is_flag=True,
+    help="Leave out the applicability-domain columns (nearest_training, identity, coverage, "
+    "embedding_distance, domain; docs/interpreting.md) and their cost.  [default: off: added]",
+)
 @precision_option
 @common_options
 def predict(
@@ -127,6 +133,7 @@ def predict(
     explain_dir: Path | None,
     explain_steps: int,
     compare: bool,
+    no_domain: bool,
     precision: str,
     device: str,
     offline: bool,
@@ -136,10 +143,12 @@ def predict(
     Writes one row per record, in input order: id, length, one probability per label, the
     predicted labels (those at or over their threshold), a status (ok, truncated, windowed:N,
     skipped, short for peptides under 20 residues, nucleotide for DNA/RNA, or invalid: why), and
-    top and top_probability, the most likely label of every scored record, called or not; and
+    top and top_probability, the most likely label of every scored record, called or not;
     calibration, whether the probabilities are calibrated (calibrated, uncalibrated, or
-    calibrated: the labels that are; calls are the same either way). The
-    thresholds in use are one line on stderr. With --compare the output (stdout or --out) is the
+    calibrated: the labels that are; calls are the same either way); then
+    how far each protein is from the training proteins: nearest_training, identity and coverage
+    of that protein, embedding_distance, and domain (in, edge, out; unknown for a model without
+    a domain index). The thresholds in use are one line on stderr. With --compare the output (stdout or --out) is the
     mutant comparison table instead; --explain adds files and leaves the output as it is.
     """
     from synnav_cli.predict.run import run_prediction
@@ -166,6 +175,7 @@ def predict(
             precision=precision,
             raw_ids=raw_ids,
             compression=compression,
+            domain=not no_domain,
         )
         return
     if shard is not None:
@@ -217,6 +227,7 @@ def predict(
                 precision=precision,
                 raw_ids=raw_ids,
                 compression=compression,
+                domain=not no_domain,
             )
         if explain_dir is not None:
             from synnav_cli.modeldir import resolve_model

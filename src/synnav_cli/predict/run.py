@@ -31,10 +31,11 @@ from synnav_cli.errors import UserError
 from synnav_cli.files import check_output_file, exclusive_lock, input_name, readable_twice
 from synnav_cli.model import LocalizationModel
 from synnav_cli.modeldir import METADATA_FILE, WEIGHTS_FILE, ModelInfo
+from synnav_cli.predict import domain_rows
 from synnav_cli.predict.resumable import ResumableOutput, input_digest
-from synnav_cli.predict.writer import Prediction, PredictionWriter, threshold_line
+from synnav_cli.predict.writer import Prediction, PredictionWriter, model_writer, threshold_line
 from synnav_cli.runtime import distributed
-from synnav_cli.scoring.load import load_for_scoring
+from synnav_cli.scoring.load import LoadedModel, load_for_scoring
 from synnav_cli.scoring.score import Runtime, score_sequences
 from synnav_cli.scoring.windows import Window, plan_windows, pooled_probabilities, window_sums
 
@@ -78,6 +79,7 @@ def predict_chunks(
     chunk_records: int = CHUNK_RECORDS,
     progress=None,
     calibration: Calibration | None = None,
+    domain: domain_rows.DomainAssessor | None = None,
 ) -> Iterator[list[Prediction]]:
     """Predictions for ``records`` a chunk at a time, in input order.
 
@@ -86,7 +88,8 @@ def predict_chunks(
     :mod:`synnav_cli.scoring.windows`), or skipped (reported, not dropped).
     Under torchrun rank 0 reads ``records`` (other ranks pass None), every rank scores its share
     of each chunk and every rank gets the whole chunk's predictions. The next chunk is read
-    only when the caller asks for it.
+    only when the caller asks for it. With ``domain``, each scored prediction carries its
+    applicability-domain call (:mod:`synnav_cli.predict.domain_rows`).
     """
     if long_policy not in LONG_POLICIES:
         raise UserError(
@@ -96,8 +99,12 @@ def predict_chunks(
     # This chunk's progress, moved with every batch scored: a chunk can take minutes.
     moved = None
 
+    # The domain's embedding distance reads the pooled vectors the head reads: no second pass.
+    wide = domain is not None and domain.wants_embeddings
+    labels = model.head.linear.out_features
+
     def score(part: list[str]) -> np.ndarray:
-        return score_sequences(model, backbone, part, runtime, progress=moved)
+        return score_sequences(model, backbone, part, runtime, progress=moved, with_pooled=wide)
 
     def pool(windows: list[Window]) -> np.ndarray:
         return window_sums(model, backbone, windows, runtime, progress=moved)
@@ -115,17 +122,23 @@ def predict_chunks(
             sums = distributed.score_sharded(pool, flat)
             lengths = [len(windows) for windows in windowed]
             scored_windows = iter(pooled_probabilities(model, sums, lengths, runtime))
-        predictions = []
+            means = iter(domain_rows.window_means(sums, lengths) if wide else ())
+        predictions, pooled = [], []
         for record, (pieces, status) in zip(chunk, plans):
             probs = None
             if pieces:
                 probs = next(scored_windows if isinstance(pieces[0], Window) else scored)
+                if wide:  # a windowed protein's pooled vector comes from its window sums
+                    pooled.append(next(means) if isinstance(pieces[0], Window) else probs[labels:])
+                    probs = probs[:labels]
             if probs is not None and calibration is not None:  # calls stay on the raw scores
                 predictions.append(
                     Prediction(record.id, record.length, calibration.apply(probs), status, probs)
                 )
                 continue
             predictions.append(Prediction(record.id, record.length, probs, status))
+        if domain is not None:
+            domain_rows.attach(domain, [r.sequence for r in chunk], predictions, pooled)
         if moved is not None:
             moved.finish()
         yield predictions
@@ -141,6 +154,33 @@ def predict_records(
     """One prediction per record, in input order; options as for :func:`predict_chunks`."""
     for chunk in predict_chunks(model, backbone, records, runtime, **options):
         yield from chunk
+
+
+def predict_loaded(
+    loaded: LoadedModel,
+    records: Iterable[FastaRecord] | None,
+    *,
+    long_policy: str = "truncate",
+    chunk_records: int | None = None,
+    progress=None,
+    domain: domain_rows.DomainAssessor | None = None,
+) -> Iterator[list[Prediction]]:
+    """:func:`predict_chunks` with all that ``loaded`` holds (network, length limit,
+    calibration): ``synnav predict`` and the Python API score through here. ``domain``: add the
+    applicability-domain calls (``domain_rows.open_assessor(loaded.info)``). ``chunk_records``
+    None: :data:`CHUNK_RECORDS` as it is when called (tests set it smaller)."""
+    return predict_chunks(
+        loaded.model,
+        loaded.backbone,
+        records,
+        loaded.runtime,
+        max_length=loaded.max_length,
+        long_policy=long_policy,
+        chunk_records=chunk_records or CHUNK_RECORDS,
+        progress=progress,
+        calibration=loaded.calibration,
+        domain=domain,
+    )
 
 
 def run_prediction(
@@ -159,6 +199,7 @@ def run_prediction(
     precision: str = "auto",
     raw_ids: bool = False,
     compression: str | None = None,
+    domain: bool = True,
 ) -> int:
     """Predict every record of ``fasta`` (path or ``-``) to ``out`` or stdout; returns the count.
 
@@ -185,6 +226,8 @@ def run_prediction(
             resumable ``--out`` file's fingerprint, so a resumed run never mixes precisions.
         raw_ids: tsv ids and label names as they are, without the ``'`` that keeps a
             spreadsheet from running one as a formula (``writer.text_cells``; csv always has it).
+        domain: add the applicability-domain columns (nearest training protein, identity,
+            coverage, embedding distance, in/edge/out; docs/interpreting.md).
     """
     shard_index, shard_count = distributed.parse_shard(shard) if shard else (0, 1)
     if compression is not None and shard_count > 1:
@@ -212,8 +255,11 @@ def run_prediction(
             offline=offline,
             precision=precision,
         )
-        info, backbone, model, runtime = loaded.info, loaded.backbone, loaded.model, loaded.runtime
+        info, runtime = loaded.info, loaded.runtime
         thresholds, limit = loaded.thresholds, loaded.max_length
+        assessor = domain_rows.open_assessor(info) if domain else None
+        if assessor is not None:
+            stack.callback(assessor.close)
 
         writes = distributed.is_main()
         if writes:  # the calls' thresholds where the calls are made, out of the table's way
@@ -234,6 +280,8 @@ def run_prediction(
                 fingerprint["precision"] = runtime.precision
                 if raw_ids:
                     fingerprint["raw_ids"] = True
+                if domain:  # other columns: a file of a --no-domain run is not continued
+                    fingerprint["domain"] = True
                 resumable = ResumableOutput(out, fingerprint, compression)
                 if shard_count > 1:  # merge checks the part against this (parts.write_record)
                     sha, _ = input_digest(source, keep_invalid=skip_invalid)
@@ -246,16 +294,8 @@ def run_prediction(
         )
         progress = console.Progress(todo if writes else None, "predict")
         stack.callback(progress.close)
-        chunks = predict_chunks(
-            model,
-            backbone,
-            records,
-            runtime,
-            max_length=limit,
-            long_policy=long_policy,
-            chunk_records=CHUNK_RECORDS,
-            progress=progress,
-            calibration=loaded.calibration,
+        chunks = predict_loaded(
+            loaded, records, long_policy=long_policy, progress=progress, domain=assessor
         )
         # The whole input was validated above, so nothing fails after rows are written.
         first = next(chunks, None)
@@ -267,15 +307,8 @@ def run_prediction(
             raise UserError("no records to predict")
         if first is None and shard_count > 1:
             console.warn(f"shard {shard_index + 1}/{shard_count} holds no records")
-        return _write_predictions(
-            itertools.chain([first] if first else [], chunks),
-            resumable,
-            fmt,
-            info.label_names,
-            thresholds,
-            raw_ids,
-            loaded.calibration.calibrated_labels if loaded.calibration else [],
-        )
+        rows = itertools.chain([first] if first else [], chunks)
+        return _write_predictions(rows, resumable, fmt, loaded, raw_ids, domain)
 
 
 def validate_input(source: str, label: str, skip_invalid: bool) -> int:
@@ -290,40 +323,27 @@ def validate_input(source: str, label: str, skip_invalid: bool) -> int:
         except UserError as error:
             verdict = (0, str(error))
         else:
-            problem = None
-            if found.invalid and not skip_invalid:
-                problem = found.problem_report(label)
-            elif found.nucleotide and found.nucleotide == found.records - found.invalid:
-                problem = (
-                    f"{label} holds nucleotide sequences (DNA or RNA), not proteins; "
-                    "translate them first"
-                )
-            elif found.invalid:
-                console.warn(
-                    f"{found.invalid:,} of {found.records:,} records are invalid; their "
-                    "rows say why in the status column"
-                )
-            verdict = (found.records, problem)
+            verdict = (found.records, found.refusal(label, skip_invalid))
     records, problem = distributed.broadcast(verdict)
     if problem is not None:
         raise UserError(problem)
     return records
 
 
+
 def _write_predictions(
     chunks: Iterable[list[Prediction]],
     resumable: ResumableOutput | None,
     fmt: str,
-    label_names: list[str],
-    thresholds: list[float],
+    loaded: LoadedModel,
     raw_ids: bool,
-    calibrated: list[str] = (),
+    domain: bool = False,
 ) -> int:
+    """Write the rows through :func:`~synnav_cli.predict.writer.model_writer` (the Python API's
+    DataFrame comes from one too) to stdout or ``resumable``; returns the count."""
     count = 0
     if resumable is None:
-        writer = PredictionWriter(
-            sys.stdout, fmt, label_names, thresholds, raw_ids=raw_ids, calibrated=calibrated
-        )
+        writer = model_writer(sys.stdout, fmt, loaded, raw_ids=raw_ids, domain=domain)
         sys.stdout.write(writer.header)
         for chunk in chunks:
             for prediction in chunk:
@@ -332,16 +352,9 @@ def _write_predictions(
         sys.stdout.flush()
         console.detail(f"{count} proteins predicted")
         return count
-    header = PredictionWriter(io.StringIO(), fmt, label_names, thresholds, raw_ids=raw_ids).header
+    header = model_writer(io.StringIO(), fmt, loaded, raw_ids=raw_ids, domain=domain).header
     try:
-        writer = PredictionWriter(
-            resumable.open(header),
-            fmt,
-            label_names,
-            thresholds,
-            raw_ids=raw_ids,
-            calibrated=calibrated,
-        )
+        writer = model_writer(resumable.open(header), fmt, loaded, raw_ids=raw_ids, domain=domain)
         for chunk in chunks:
             for prediction in chunk:
                 writer.write(prediction)

@@ -14,13 +14,17 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
 from synnav_cli.data.dataset import column_name
+from synnav_cli.domain.assess import DOMAIN_COLUMNS, DomainCall
 from synnav_cli.errors import UserError
 from synnav_cli.files import OUTPUT_COMPRESSIONS
+
+if TYPE_CHECKING:
+    from synnav_cli.scoring.load import LoadedModel
 
 FORMATS = ("tsv", "csv", "jsonl")
 # --out suffix -> format. ``.json`` is not here: JSON lines are not one JSON document.
@@ -109,6 +113,8 @@ class Prediction:
     # The model's raw scores when ``probabilities`` are calibrated: calls are made on these, at
     # the model's raw thresholds, so a calibration never changes them (see calibration.py).
     scores: np.ndarray | None = None
+    # How far the protein is from the training proteins (domain/assess.py); None: not assessed.
+    domain: DomainCall | None = None
 
 
 class PredictionWriter:
@@ -130,6 +136,7 @@ class PredictionWriter:
         *,
         raw_ids: bool = False,
         calibrated: list[str] = (),
+        domain: bool = False,
     ):
         if fmt not in FORMATS:
             raise UserError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
@@ -149,6 +156,9 @@ class PredictionWriter:
             "top_probability",
             "calibration",
         ]
+        self.domain = domain  # the applicability-domain columns, last (docs/interpreting.md)
+        if domain:
+            self.columns += DOMAIN_COLUMNS
         # What the calibration column says: which label columns hold calibrated probabilities.
         shown = [column_name(name) for name in calibrated]
         if not shown:
@@ -168,7 +178,12 @@ class PredictionWriter:
             self.header = line.getvalue()
             self._csv = csv.writer(handle, **dialect)
 
-    def write(self, prediction: Prediction) -> None:
+    def values(self, prediction: Prediction) -> list:
+        """``prediction``'s row, one value per :attr:`columns` entry, before any format: the id as
+        given, the length, each label's probability rounded to 4 decimals, the called labels
+        (a list), the status, the top label and its probability; None where a record not scored
+        has no value. Every format writes these (:meth:`write`), and the Python API's DataFrame
+        is made of them (``synnav_cli.api``), so a column added here reaches both."""
         top, top_probability, calibration = None, None, None
         if prediction.probabilities is None:
             probs = [None] * len(self.label_names)
@@ -181,23 +196,64 @@ class PredictionWriter:
             if self._ranked.any():
                 best = int(np.argmax(np.where(self._ranked, prediction.probabilities, -np.inf)))
                 top, top_probability = self.label_names[best], probs[best]
+        return [
+            prediction.id,
+            prediction.length,
+            *probs,
+            predicted,
+            prediction.status,
+            top,
+            top_probability,
+            calibration,
+            *(domain_values(prediction.domain) if self.domain else []),
+        ]
+
+    def write(self, prediction: Prediction) -> None:
+        values = self.values(prediction)
         if self._csv is not None:
-            cells = ["" if p is None else f"{p:.4f}" for p in probs]
-            identifier, labels = self._text(prediction.id), self._text(";".join(predicted))
-            best_cells = ["", ""] if top is None else [self._text(top), f"{top_probability:.4f}"]
-            self._csv.writerow(
-                [identifier, prediction.length, *cells, labels, prediction.status, *best_cells,
-                 calibration or ""]
-            )
-        else:
-            row = {
-                "id": prediction.id,
-                "length": prediction.length,
-                "probabilities": dict(zip(self.label_names, probs)),
-                "predicted": predicted,
-                "status": prediction.status,
-                "top": top,
-                "top_probability": top_probability,
-                "calibration": calibration,
-            }
-            self.handle.write(json.dumps(row) + "\n")
+            self._csv.writerow([self._cell(value) for value in values])
+            return
+        labels = len(self.label_names)
+        row = {
+            "id": values[0],
+            "length": values[1],
+            "probabilities": dict(zip(self.label_names, values[2 : 2 + labels])),
+            **dict(zip(self.columns[2 + labels :], values[2 + labels :])),
+        }
+        self.handle.write(json.dumps(row) + "\n")
+
+    def _cell(self, value) -> str | int:
+        """A value of :meth:`values` as a tsv/csv cell: empty for None, 4 decimals for a
+        probability, labels joined by ``;``, text cells as :func:`text_cells` says."""
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        if isinstance(value, list):
+            return self._text(";".join(value))
+        return self._text(value) if isinstance(value, str) else value
+
+
+def domain_values(call: DomainCall | None) -> list:
+    """The domain columns' values: empty (null) for a record not assessed (not scored)."""
+    if call is None:
+        return [None] * len(DOMAIN_COLUMNS)
+    return [call.nearest, call.identity, call.coverage, call.distance, call.domain]
+
+
+def model_writer(
+    handle: IO[str], fmt: str, loaded: LoadedModel, *, raw_ids: bool = False, domain: bool = False
+) -> PredictionWriter:
+    """The writer of ``loaded``'s rows: its labels, thresholds and calibrated labels. ``synnav
+    predict`` writes through one, and the Python API makes its DataFrame with one's
+    :meth:`PredictionWriter.values`, so the two never differ."""
+    calibration = loaded.calibration
+    return PredictionWriter(
+        handle,
+        fmt,
+        loaded.info.label_names,
+        loaded.thresholds,
+        raw_ids=raw_ids,
+        calibrated=calibration.calibrated_labels if calibration is not None else [],
+        domain=domain,
+    )
