@@ -53,8 +53,8 @@ def classify(neighbour: Neighbour, distance: float | None, t: Thresholds | None)
 
 
 def nearest_distances(index_embeddings: np.ndarray, pooled: np.ndarray) -> np.ndarray:
-    """Cosine distance (1 - cosine similarity) of each row of ``pooled`` to its nearest stored
-    training embedding."""
+    """Cosine distance (1 - cosine similarity) of each row of ``pooled`` (standardised:
+    ``DomainIndex.standardize``) to its nearest stored training embedding."""
     queries = unit_rows(pooled)
     out = np.empty(len(queries), dtype=np.float32)
     for start in range(0, len(queries), _BLOCK):
@@ -105,7 +105,8 @@ class DomainAssessor:
                     f"embeddings, but the model gives {pooled.shape[1]}: the index is not this "
                     "model's; rebuild it (docs/interpreting.md)"
                 )
-            distances = [float(d) for d in nearest_distances(self.index.embeddings, pooled)]
+            standard = self.index.standardize(pooled)
+            distances = [float(d) for d in nearest_distances(self.index.embeddings, standard)]
         return [
             DomainCall(
                 None if n.index is None else self.index.ids[n.index],

@@ -2,7 +2,9 @@
 
 Tensors: ``residues`` (uint8 codes of every training sequence, concatenated), ``offsets``
 (int64, one more than the proteins), ``embeddings`` (float16 [n, dim], a seeded sample of at most
-:data:`MAX_EMBEDDINGS` training proteins' pooled embeddings, each scaled to length 1). The
+:data:`MAX_EMBEDDINGS` training proteins' pooled embeddings, standardised and each scaled to
+length 1), ``center`` and ``scale`` (float32 [dim]: the training mean and standard deviation of
+each dimension, which standardise a query's embedding the same way). The
 header's metadata holds the ids (JSON), the thresholds set on dev and the format version.
 
 Everything read is checked and bounded: the file's size, the header's, every shape and dtype,
@@ -74,9 +76,17 @@ class DomainIndex:
     ids: list[str]
     residues: np.ndarray  # uint8 codes, concatenated
     offsets: np.ndarray  # int64 [n + 1]
-    embeddings: np.ndarray | None  # float32 [m, dim], unit length; None: not stored
+    embeddings: np.ndarray | None  # float32 [m, dim], standardised, unit length; None: not stored
     thresholds: Thresholds | None
     info: dict = field(default_factory=dict)  # how it was built (dev counts, sample sizes)
+    center: np.ndarray | None = None  # float32 [dim]
+    scale: np.ndarray | None = None  # float32 [dim], positive
+
+    def standardize(self, pooled: np.ndarray) -> np.ndarray:
+        """``pooled`` [n, dim] as the stored embeddings are: each dimension centred and scaled
+        by training's statistics, so that large-valued features (length, composition) do not
+        outweigh the rest in a cosine."""
+        return (np.asarray(pooled, dtype=np.float32) - self.center) / self.scale
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -124,7 +134,12 @@ def write_index(
         rows = np.asarray(embeddings, dtype=np.float32)[keep]
         if len(rows) > MAX_EMBEDDINGS:
             rows = rows[np.sort(rng.choice(len(rows), MAX_EMBEDDINGS, replace=False))]
-        tensors["embeddings"] = torch.from_numpy(unit_rows(rows).astype(np.float16))
+        center = rows.mean(axis=0)
+        scale = np.maximum(rows.std(axis=0), 1e-6)
+        standard = unit_rows((rows - center) / scale)
+        tensors["embeddings"] = torch.from_numpy(standard.astype(np.float16))
+        tensors["center"] = torch.from_numpy(center.astype(np.float32))
+        tensors["scale"] = torch.from_numpy(scale.astype(np.float32))
     meta = {
         "format": FORMAT,
         "ids": json.dumps([ids[i][:MAX_ID_CHARS] for i in keep]),
@@ -173,7 +188,7 @@ def read_index(model_dir: Path) -> DomainIndex | None:
 def _checked(meta: dict, tensors: dict) -> DomainIndex:
     if meta.get("format") != FORMAT:
         raise ValueError(f"format {quoted(meta.get('format'))}, not {FORMAT}")
-    extra = set(tensors) - {"residues", "offsets", "embeddings"}
+    extra = set(tensors) - {"residues", "offsets", "embeddings", "center", "scale"}
     if extra:
         raise ValueError(f"unexpected tensors {sorted(extra)}")
     residues, offsets = tensors.get("residues"), tensors.get("offsets")
@@ -211,6 +226,20 @@ def _checked(meta: dict, tensors: dict) -> DomainIndex:
         ):
             raise ValueError("'embeddings' must be finite float16 [proteins, dim], within bounds")
         embeddings = unit_rows(embeddings.float().numpy())
+        center, scale = tensors.get("center"), tensors.get("scale")
+        for name, vector in (("center", center), ("scale", scale)):
+            if (
+                vector is None
+                or vector.dtype != torch.float32
+                or tuple(vector.shape) != (embeddings.shape[1],)
+                or not bool(torch.isfinite(vector).all())
+            ):
+                raise ValueError(f"{name!r} must be a finite float32 vector, one per dimension")
+        if not bool((scale > 0).all()):
+            raise ValueError("'scale' must be positive")
+        center, scale = center.numpy(), scale.numpy()
+    else:
+        center = scale = None
     thresholds = None
     if "thresholds" in meta:
         values = json.loads(meta["thresholds"])
@@ -224,5 +253,12 @@ def _checked(meta: dict, tensors: dict) -> DomainIndex:
         thresholds = Thresholds(**{k: float(v) for k, v in values.items()})
     info = json.loads(meta.get("info", "{}"))
     return DomainIndex(
-        ids, residues, offsets, embeddings, thresholds, info if isinstance(info, dict) else {}
+        ids,
+        residues,
+        offsets,
+        embeddings,
+        thresholds,
+        info if isinstance(info, dict) else {},
+        center,
+        scale,
     )

@@ -61,7 +61,7 @@ def build_domain_index(
     write_index(path, train.entries, train.sequences, train_pooled, None)
     # Dev distances against what the file holds (a sample when training is large).
     stored = read_index(folder)
-    distances = nearest_distances(stored.embeddings, pooled(dev.sequences))
+    distances = nearest_distances(stored.embeddings, stored.standardize(pooled(dev.sequences)))
     thresholds = dev_thresholds(distances)
     info = {
         "training_proteins": len(train),
