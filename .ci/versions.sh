@@ -13,7 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-pins=(torch==2.13.0+cpu transformers==5.17.0 huggingface_hub==1.33.0)
+# pandas 2.2.3: the floor of the pandas extra (the Python API's DataFrame; docs/python.md).
+pins=(torch==2.13.0+cpu transformers==5.17.0 huggingface_hub==1.33.0 pandas==2.2.3)
 start=$(date +%s)
 venv="$root/.ci-venvs/versions"
 rm -rf "$venv"

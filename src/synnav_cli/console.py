@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _level = 1  # 0 quiet, 1 normal, 2 verbose
 
@@ -12,6 +14,18 @@ _level = 1  # 0 quiet, 1 normal, 2 verbose
 def set_verbosity(*, quiet: bool = False, verbose: bool = False) -> None:
     global _level
     _level = 0 if quiet else 2 if verbose else 1
+
+
+@contextmanager
+def quieted() -> Iterator[None]:
+    """Say nothing but warnings and errors inside the block, as ``--quiet`` does, then restore
+    the level: the Python API's calls run so (docs/python.md)."""
+    global _level
+    saved, _level = _level, 0
+    try:
+        yield
+    finally:
+        _level = saved
 
 
 def info(message: str) -> None:
@@ -44,13 +58,16 @@ class Progress:
     most every :attr:`INTERVAL` seconds and at each 10% step, with done/total, rate and ETA;
     nothing in the first :attr:`QUIET_START` seconds, so a quick loop leaves the log alone.
     ``total`` None (or 0) means unknown, e.g. a stream: then done and rate only. A caller that
-    learns the total later sets :attr:`total`.
+    learns the total later sets :attr:`total`. ``bar``: a live bar whatever the level and
+    wherever stderr goes (the Python API's ``progress=True``: a notebook's stderr is no terminal).
     """
 
     INTERVAL = 30.0
     QUIET_START = 5.0
 
-    def __init__(self, total: int | None, label: str, unit: str = "proteins") -> None:
+    def __init__(
+        self, total: int | None, label: str, unit: str = "proteins", *, bar: bool = False
+    ) -> None:
         self.total, self.label, self.unit = total or None, label, unit
         self.done = 0
         self.start = _clock()
@@ -59,6 +76,8 @@ class Progress:
         self._logged = -1  # ``done`` at the last plain line
         shown = _level >= 1 and os.environ.get("RANK", "0") == "0"
         self.mode = "off" if not shown else "bar" if _isatty(sys.stderr) else "log"
+        if bar:
+            self.mode = "bar"
         self._bar = None
         if self.mode == "bar":
             from tqdm import tqdm

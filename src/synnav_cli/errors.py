@@ -10,6 +10,18 @@ class UserError(Exception):
     """Bad input, unknown names, missing files: anything the user can correct."""
 
 
+class SynnavError(UserError):
+    """What the Python API (``synnav_cli.load_model`` and the model it returns) raises for every
+    error the CLI would end with ``Error: ...``: its message is that line without ``Error: ``
+    (docs/python.md). A UserError, so ``except UserError`` catches it too."""
+
+
+def os_error_line(error: OSError) -> str:
+    """A full disk, a lost mount, a permission, in one line: the reason and the file."""
+    where = f": {error.filename}" if error.filename else ""
+    return f"{error.strerror or error}{where}"
+
+
 def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
     """``repr(value)`` cut to ``limit`` characters, so a message about a 200 MB header stays short.
 

@@ -9,7 +9,12 @@ from pathlib import Path
 BUNDLED_PACKAGE = "synnav_cli.bundled"
 
 # The optional extras of pyproject.toml and what each installs.
-EXTRAS = {"plots": "matplotlib>=3.7", "hdf5": "h5py>=3.8", "parquet": "pyarrow>=15"}
+EXTRAS = {
+    "plots": "matplotlib>=3.7",
+    "hdf5": "h5py>=3.8",
+    "parquet": "pyarrow>=15",
+    "pandas": "pandas>=2.2",
+}
 
 
 def install_hint(extra: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from synnav_cli.errors import UserError
+from synnav_cli.errors import UserError, os_error_line
 
 EXAMPLES = """
 \b
@@ -70,8 +70,7 @@ class SynnavGroup(click.Group):
             ctx.exit(0)
         except OSError as error:
             # A full disk, a lost mount, a permission: the environment's to fix, said in one line.
-            where = f": {error.filename}" if error.filename else ""
-            click.echo(f"Error: {error.strerror or error}{where}", err=True)
+            click.echo(f"Error: {os_error_line(error)}", err=True)
             ctx.exit(1)
 
 

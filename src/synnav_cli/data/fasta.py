@@ -8,13 +8,14 @@ and sequences hold amino-acid codes only.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
+from synnav_cli import console
 from synnav_cli.data.compressed import open_text
 from synnav_cli.errors import UserError, quoted
 from synnav_cli.files import input_name
@@ -151,9 +152,27 @@ def _parse_fasta(handle: IO[str], label: str, *, keep_invalid: bool) -> Iterator
         raise UserError(f"{label} is empty: expected FASTA records")
     if not first.startswith(">"):
         raise UserError(f"{label} is not FASTA: the first line does not start with '>'")
-    seen: set[str] = set()
-    for number, (title, raw) in enumerate(SimpleFastaParser(itertools.chain([first], lines)), 1):
+    entries = SimpleFastaParser(itertools.chain([first], lines))
+    yield from checked_records(_split_titles(entries), label, keep_invalid=keep_invalid)
+
+
+def _split_titles(entries: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str, str]]:
+    """``(title, raw)`` -> ``(identifier, description, raw)``: the identifier is the title up to
+    its first space."""
+    for title, raw in entries:
         record_id, _, description = title.strip().partition(" ")
+        yield record_id, description, raw
+
+
+def checked_records(
+    entries: Iterable[tuple[str, str, str]], label: str, *, keep_invalid: bool = False
+) -> Iterator[FastaRecord]:
+    """Records of ``(identifier, description, raw sequence)`` entries, checked as FASTA records
+    are: a FASTA file's, and the Python API's sequences given in memory (``label`` names them in
+    messages). An invalid one raises, or with ``keep_invalid`` is yielded with its ``problem``.
+    """
+    seen: set[str] = set()
+    for number, (record_id, description, raw) in enumerate(entries, 1):
         try:
             sequence = _check_record(record_id, raw, seen)
         except UserError as error:
@@ -208,6 +227,25 @@ class Validation:
             f"scored (--skip-invalid scores the rest): {'; '.join(self.examples)}{tail}"
         )
 
+    def refusal(self, label: str, skip_invalid: bool) -> str | None:
+        """Why the whole input is refused before anything is scored (invalid records without
+        ``skip_invalid``, nothing but nucleotides), or None; warns of the invalid records that
+        ``skip_invalid`` keeps. predict and embed ask it of a FASTA file
+        (``predict.run.validate_input``) and the Python API of sequences in memory."""
+        if self.invalid and not skip_invalid:
+            return self.problem_report(label)
+        if self.nucleotide and self.nucleotide == self.records - self.invalid:
+            return (
+                f"{label} holds nucleotide sequences (DNA or RNA), not proteins; "
+                "translate them first"
+            )
+        if self.invalid:
+            console.warn(
+                f"{self.invalid:,} of {self.records:,} records are invalid; their "
+                "rows say why in the status column"
+            )
+        return None
+
 
 def validate_fasta(source: str | Path, *, examples: int = 5) -> Validation:
     """Check every record of ``source`` in one streaming pass (memory: the identifiers seen).
@@ -215,8 +253,13 @@ def validate_fasta(source: str | Path, *, examples: int = 5) -> Validation:
     Problems are counted, and the first ``examples`` are kept with their record numbers; a file
     that is not FASTA at all raises at once.
     """
+    return validate_records(read_fasta(source, keep_invalid=True), examples=examples)
+
+
+def validate_records(records: Iterable[FastaRecord], *, examples: int = 5) -> Validation:
+    """:func:`validate_fasta` for records already read with ``keep_invalid``."""
     found = Validation()
-    for number, record in enumerate(read_fasta(source, keep_invalid=True), 1):
+    for number, record in enumerate(records, 1):
         found.records = number
         if record.problem is not None:
             found.invalid += 1

@@ -38,7 +38,12 @@ from synnav_cli.predict.resumable import ResumableOutput, input_digest
 from synnav_cli.predict.run import model_identity, validate_input
 from synnav_cli.runtime import distributed
 from synnav_cli.scoring.embed import embed_sequences
-from synnav_cli.scoring.load import cast_encoder, load_for_scoring, scoring_runtime
+from synnav_cli.scoring.load import (
+    LoadedModel,
+    cast_encoder,
+    load_for_scoring,
+    scoring_runtime,
+)
 from synnav_cli.scoring.score import Runtime
 
 # Proteins a chunk (and a resume step) holds, as in predict. Residue vectors are some hundred
@@ -69,15 +74,7 @@ def load_encoder(
         loaded = load_for_scoring(
             model_name, device=device, max_tokens=max_tokens, offline=offline, precision=precision
         )
-        backbone = loaded.backbone
-        identity = {"model": model_name, **model_identity(loaded.info)}
-        return Encoder(
-            backbone,
-            loaded.model.encoder,
-            loaded.runtime,
-            loaded.max_length,
-            {"backbone": backbone.id, **identity},
-        )
+        return model_encoder(loaded, model_name)
     backbone = get_backbone(backbone_name)
     if backbone.random_encoder and distributed.is_main():
         console.warn(
@@ -90,6 +87,20 @@ def load_encoder(
     cast_encoder(encoder, runtime)
     identity = {"backbone": backbone.id, "weights": backbone.fingerprint(), "model": None}
     return Encoder(backbone, encoder, runtime, backbone.max_length, identity)
+
+
+def model_encoder(loaded: LoadedModel, model_name: str) -> Encoder:
+    """The encoder of a loaded model (fine-tuned, or its frozen one), as ``synnav embed
+    --model`` and the Python API's ``embed`` use it."""
+    backbone = loaded.backbone
+    identity = {"model": model_name, **model_identity(loaded.info)}
+    return Encoder(
+        backbone,
+        loaded.model.encoder,
+        loaded.runtime,
+        loaded.max_length,
+        {"backbone": backbone.id, **identity},
+    )
 
 
 def embed_chunks(
