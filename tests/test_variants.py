@@ -239,14 +239,14 @@ def test_shard_needs_a_plain_out_in_input_order(runner, tmp_path, extra):
 
 def test_rows_no_op_and_each_sequence_scored_once(runner, model_dir, tmp_path, monkeypatch):
     scored: list[str] = []
-    real = scoring_module.predict_chunks
+    real = scoring_module.predict_loaded
 
-    def counting(model, backbone, records, runtime, **options):
+    def counting(loaded, records, **options):
         records = list(records)
         scored.extend(r.sequence for r in records)
-        return real(model, backbone, records, runtime, **options)
+        return real(loaded, records, **options)
 
-    monkeypatch.setattr(scoring_module, "predict_chunks", counting)
+    monkeypatch.setattr(scoring_module, "predict_loaded", counting)
     fasta, table = _files(tmp_path, "P1\tp.Arg5Trp\nP1\tp.Arg5=\nQ2\tp.Q9=\nP1\tp.R5W\nP1\tp.Arg5Ter\n")
     result = runner.invoke(cli, ["variants", str(fasta), str(table), "--model", str(model_dir),
                                  "--device", "cpu"])
@@ -257,7 +257,8 @@ def test_rows_no_op_and_each_sequence_scored_once(runner, model_dir, tmp_path, m
     assert list(rows[0]) == ["id", "variant", "length", "variant_length",
                              *(f"reference_{n}" for n in names), *(f"variant_{n}" for n in names),
                              *(f"delta_{n}" for n in names), "largest_change", "largest_change_label",
-                             "status", "calibration"]
+                             "status", "calibration", "nearest_training", "identity", "coverage",
+                             "embedding_distance", "domain"]
     # P1, P1 R5W and Q2 (by its UniProt accession): each once; the 4-residue truncation is short.
     assert sorted(scored) == sorted([REFERENCE, REFERENCE[:4] + "W" + REFERENCE[5:], REFERENCE[::-1],
                                      REFERENCE[:4]])
@@ -278,6 +279,9 @@ def test_rows_no_op_and_each_sequence_scored_once(runner, model_dir, tmp_path, m
         assert float(rows[0][f"delta_{n}"]) == pytest.approx(deltas[n], abs=2e-4)
         assert rows[0][f"reference_{n}"] == plain[0][n]
     assert rows[0]["calibration"] == plain[0]["calibration"] and rows[4]["calibration"] == ""
+    domain = ["nearest_training", "identity", "coverage", "embedding_distance", "domain"]
+    assert [rows[0][c] for c in domain] == [plain[1][c] for c in domain]  # the variant's, as predict
+    assert rows[4]["domain"] == "" and rows[2]["domain"] != ""
     largest = max(names, key=lambda n: abs(float(rows[0][f"delta_{n}"])))
     assert rows[0]["largest_change_label"] == largest
 
@@ -295,9 +299,10 @@ def test_skip_invalid_sort_and_formats(runner, model_dir, tmp_path):
     assert [r["variant"] for r in rows] == ["p.Cys28delinsTrpValTrp", "p.Arg5=", "p.Arg5=", "p.Gly5Trp"]
     assert rows[-1]["status"].startswith("invalid: residue 5 of P1 is Arg")
     assert rows[0]["variant_length"] == "42" and rows[-1]["length"] == ""
-    lines = runner.invoke(cli, [*base, "--skip-invalid", "--format", "jsonl"]).stdout.splitlines()
+    lines = runner.invoke(cli, [*base, "--skip-invalid", "--format", "jsonl", "--no-domain"]).stdout.splitlines()
     first = json.loads(lines[0])
     assert first["id"] == "P1" and set(first["delta"].values()) == {0.0}
+    assert "domain" not in first and list(first)[-1] == "calibration"  # --no-domain: no domain columns
     assert json.loads(lines[1])["delta"] is None
 
 
@@ -312,17 +317,17 @@ def test_out_resumes_after_an_interruption(runner, model_dir, tmp_path, monkeypa
     assert whole.exit_code == 0, whole.output
 
     monkeypatch.setattr(scoring_module, "CHUNK_RECORDS", 2)
-    real, scored, calls = scoring_module.predict_chunks, [], []
+    real, scored, calls = scoring_module.predict_loaded, [], []
 
-    def failing_third(model, backbone, records, runtime, **options):
+    def failing_third(loaded, records, **options):
         calls.append(1)
         if len(calls) == 3 and failing:
             raise KeyboardInterrupt
         records = list(records)
         scored.extend(r.sequence for r in records)
-        return real(model, backbone, records, runtime, **options)
+        return real(loaded, records, **options)
 
-    monkeypatch.setattr(scoring_module, "predict_chunks", failing_third)
+    monkeypatch.setattr(scoring_module, "predict_loaded", failing_third)
     out = tmp_path / "effects.tsv"
     failing = True
     interrupted = runner.invoke(cli, [*base, "-o", str(out)])
@@ -429,14 +434,14 @@ def test_several_variants_from_one_vcf_line_keep_their_own_sequences(runner, mod
 
 def test_a_reference_is_scored_once_across_chunks(runner, model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(scoring_module, "CHUNK_RECORDS", 2)
-    real, scored = scoring_module.predict_chunks, []
+    real, scored = scoring_module.predict_loaded, []
 
-    def counting(model, backbone, records, runtime, **options):
+    def counting(loaded, records, **options):
         records = list(records)
         scored.extend(r.sequence for r in records)
-        return real(model, backbone, records, runtime, **options)
+        return real(loaded, records, **options)
 
-    monkeypatch.setattr(scoring_module, "predict_chunks", counting)
+    monkeypatch.setattr(scoring_module, "predict_loaded", counting)
     fasta, table = _files(tmp_path, "P1\tp.R5W\nP1\tp.R5=\nP1\tp.K2W\nP1\tp.R5W\nP1\tp.T3W\n")
     result = runner.invoke(cli, ["variants", str(fasta), str(table), "--model", str(model_dir),
                                  "--device", "cpu"])

@@ -98,6 +98,13 @@ from synnav_cli.errors import UserError
     show_default=True,
     help="Integration steps per sequence for --explain; more is smoother and slower.",
 )
+@click.option(
+    "--no-domain",
+    is_flag=True,
+    help="Leave out the variant's applicability-domain columns (nearest_training, identity, "
+    "coverage, embedding_distance, domain; docs/interpreting.md) and their cost.  "
+    "[default: off: added]",
+)
 @precision_option
 @common_options
 def variants(
@@ -114,6 +121,7 @@ def variants(
     shard: str | None,
     explain_dir: Path | None,
     explain_steps: int,
+    no_domain: bool,
     precision: str,
     device: str,
     offline: bool,
@@ -130,7 +138,8 @@ def variants(
 
     Writes one row per variant: id, variant, length, variant_length, the reference's and the
     variant's probability per label, their difference (delta_<label>, variant - reference),
-    largest_change and largest_change_label, status and calibration (docs/variants.md).
+    largest_change and largest_change_label, status, calibration, and the variant's
+    applicability-domain columns as predict writes them (docs/variants.md).
 
     \b
     Examples:
@@ -164,4 +173,5 @@ def variants(
         explain_dir=explain_dir,
         explain_steps=explain_steps,
         shard=shard,
+        domain=not no_domain,
     )

@@ -2,11 +2,13 @@
 change, a status; ranked on request; written as TSV, CSV or JSON lines.
 
 Columns: ``id, variant, length, variant_length, reference_<label>..., variant_<label>...,
-delta_<label>..., largest_change, largest_change_label, status, calibration`` (which label
-columns hold calibrated probabilities, as in predict's rows; empty when not scored). ``delta`` is variant minus
-reference; ``largest_change`` is the delta of largest size (sign kept) among the labels the
-model had training data for, ``largest_change_label`` its label (the first on a tie; empty
-when nothing changed).
+delta_<label>..., largest_change, largest_change_label, status, calibration`` and, unless left
+out, the variant's applicability-domain columns (``nearest_training, identity, coverage,
+embedding_distance, domain``), as in predict's rows. ``delta`` is variant minus reference;
+``largest_change`` is the delta of largest size (sign kept) among the labels the model had
+training data for, ``largest_change_label`` its label (the first on a tie; empty when nothing
+changed). ``calibration`` says which label columns hold calibrated probabilities (empty when
+not scored).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import numpy as np
 
 from synnav_cli.data.dataset import column_name
 from synnav_cli.data.variants import Variant
+from synnav_cli.domain.assess import DOMAIN_COLUMNS
 from synnav_cli.errors import UserError
-from synnav_cli.predict.writer import FORMATS, Prediction, text_cells
+from synnav_cli.predict.writer import FORMATS, Prediction, domain_values, text_cells
 
 SORTS = ("input", "delta")
 
@@ -87,10 +90,9 @@ def sort_rows(rows: list[VariantRow], sort: str, thresholds: list[float]) -> lis
     return sorted(rows, key=key)  # sorted is stable: ties keep input order
 
 
-def columns(label_names: list[str]) -> list[str]:
+def columns(label_names: list[str], *, domain: bool = False) -> list[str]:
     names = [column_name(n) for n in label_names]
-    # Columns added later go last, so that every earlier column keeps its place. The domain
-    # columns predict rows carry belong here too, the variant's, once predict rows have them.
+    # Columns added later go last, so that every earlier column keeps its place.
     return [
         "id",
         "variant",
@@ -103,6 +105,7 @@ def columns(label_names: list[str]) -> list[str]:
         "largest_change_label",
         "status",
         "calibration",
+        *(DOMAIN_COLUMNS if domain else []),
     ]
 
 
@@ -120,12 +123,14 @@ class VariantWriter:
         *,
         raw_ids: bool = False,
         calibrated: list[str] = (),
+        domain: bool = False,
     ) -> None:
         if fmt not in FORMATS:
             raise UserError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
         self.handle, self.thresholds, self.max_length = handle, thresholds, max_length
         self.names = [column_name(n) for n in label_names]
-        self.columns = columns(label_names)
+        self.columns = columns(label_names, domain=domain)
+        self.domain = domain
         self._text = text_cells(fmt, raw_ids)
         self._calibration = calibration_text(calibrated, label_names)
         self._csv = None
@@ -160,6 +165,8 @@ class VariantWriter:
             _label(self.names, change),
             row.status(self.max_length),
             self._calibration if delta is not None else None,
+            # The variant's applicability domain: how far it is from the training proteins.
+            *(domain_values(_domain(row.changed)) if self.domain else []),
         ]
 
     def write(self, row: VariantRow) -> None:
@@ -169,7 +176,7 @@ class VariantWriter:
             blocks = [values[4 + k * count : 4 + (k + 1) * count] for k in range(3)]
             named = [None if b[0] is None else dict(zip(self.names, b)) for b in blocks]
             keys = ["id", "variant", "length", "variant_length"]
-            tail = ["largest_change", "largest_change_label", "status", "calibration"]
+            tail = self.columns[4 + 3 * count :]
             record = {
                 **dict(zip(keys, values[:4])),
                 "reference_probabilities": named[0],
@@ -209,6 +216,10 @@ def calibration_text(calibrated: list[str], label_names: list[str]) -> str:
 def _label(names: list[str], change: tuple[float, int | None] | None) -> str | None:
     """The label of the largest change; None when nothing changed (no label moved most)."""
     return None if change is None or change[1] is None else names[change[1]]
+
+
+def _domain(prediction: Prediction | None):
+    return None if prediction is None else prediction.domain
 
 
 def _probabilities(prediction: Prediction | None) -> np.ndarray | None:

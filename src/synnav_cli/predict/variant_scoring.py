@@ -16,7 +16,8 @@ from synnav_cli.data.fasta import FastaRecord
 from synnav_cli.data.hgvs import apply_changes
 from synnav_cli.data.variants import Variant, variant_sequence
 from synnav_cli.errors import UserError
-from synnav_cli.predict.run import CHUNK_RECORDS, predict_chunks
+from synnav_cli.predict import domain_rows
+from synnav_cli.predict.run import CHUNK_RECORDS, predict_loaded
 from synnav_cli.predict.variant_rows import SORTS, VariantRow, VariantWriter, sort_rows
 from synnav_cli.predict.writer import Prediction
 from synnav_cli.scoring.load import LoadedModel
@@ -107,24 +108,24 @@ def score_variants(
     *,
     long_policy: str = "truncate",
     progress=None,
+    domain: domain_rows.DomainAssessor | None = None,
 ) -> Iterator[list[VariantRow]]:
     """Rows for ``variants``, in input order, a chunk of variants at a time (see :func:`_plans`
-    for what is scored once)."""
+    for what is scored once). With ``domain`` (``domain_rows.open_assessor``), every sequence
+    scored carries its applicability-domain call, as predict's rows do."""
     proteins = set(references.values())
     kept: dict[str, Prediction] = {}  # the references' predictions, for the whole run
     for chunk, sequences, new in _plans(variants, references):
         records = [FastaRecord(str(i), "", sequence) for i, sequence in enumerate(new)]
         scored = dict(kept)
-        for predictions in predict_chunks(
-            loaded.model,
-            loaded.backbone,
+        # predict's own scoring: its probabilities (calibrated or not) and its domain calls
+        for predictions in predict_loaded(
+            loaded,
             records,
-            loaded.runtime,
-            max_length=loaded.max_length,
             long_policy=long_policy,
             chunk_records=CHUNK_RECORDS,
             progress=progress,
-            calibration=loaded.calibration,  # the probabilities predict writes, calibrated or not
+            domain=domain,
         ):
             for prediction in predictions:
                 sequence = records[int(prediction.id)].sequence
@@ -156,6 +157,7 @@ def variant_table(
     skip_invalid: bool = False,
     sort: str = "input",
     progress=None,
+    domain: bool = True,
 ) -> tuple[list[str], list[list]]:
     """The columns and the rows' values (``VariantWriter.values``) of ``synnav variants``, in
     memory: what a Python caller gets, checked and scored as the command does.
@@ -166,6 +168,7 @@ def variant_table(
         records: the reference proteins; ``label`` names them in messages.
         long_policy, skip_invalid, sort: as for :func:`run_variants`.
         progress: a ``console.Progress`` to move, or None.
+        domain: add the variant's applicability-domain columns, as predict's rows have.
     """
     if sort not in SORTS:
         raise UserError(f"unknown sort {sort!r}; choose {', '.join(SORTS)}")
@@ -175,13 +178,14 @@ def variant_table(
         raise UserError(problem)
     if progress is not None:
         progress.total = count_sequences(variants, references)
+    assessor = domain_rows.open_assessor(loaded.info) if domain else None
     chunks = score_variants(
-        loaded, variants, references, long_policy=long_policy, progress=progress
+        loaded, variants, references, long_policy=long_policy, progress=progress, domain=assessor
     )
     rows = sort_rows([row for chunk in chunks for row in chunk], sort, loaded.thresholds)
     writer = VariantWriter(
         io.StringIO(), "jsonl", loaded.info.label_names, loaded.thresholds, loaded.max_length,
-        calibrated=calibrated_labels(loaded),
+        calibrated=calibrated_labels(loaded), domain=domain,
     )  # fmt: skip
     return writer.columns, [writer.values(row) for row in rows]
 

@@ -25,6 +25,7 @@ from synnav_cli.files import (
     output_handle,
     real_folder,
 )
+from synnav_cli.predict import domain_rows
 from synnav_cli.predict.resumable import ResumableOutput, digest_record
 from synnav_cli.predict.run import LONG_POLICIES, model_identity
 from synnav_cli.predict.variant_rows import SORTS, VariantRow, VariantWriter, columns, sort_rows
@@ -58,6 +59,7 @@ def run_variants(
     explain_dir: Path | None = None,
     explain_steps: int = 32,
     shard: str | None = None,
+    domain: bool = True,
 ) -> int:
     """Score every variant in ``variants_file`` against its reference in ``fasta``; write one
     row per variant to ``out`` (or stdout). Returns the number of variants written.
@@ -81,6 +83,8 @@ def run_variants(
         shard: ``I/N`` scores variants I-1, I-1+N, ... only, into ``out`` (needed, plain, in
             input order) with a shard record beside it, for ``synnav merge``. Every variant is
             still checked.
+        domain: add the variant's applicability-domain columns (nearest training protein,
+            identity, coverage, embedding distance, in/edge/out), as predict's rows have.
     """
     if sort not in SORTS:
         raise UserError(f"unknown sort {sort!r}; choose {', '.join(SORTS)}")
@@ -118,6 +122,7 @@ def run_variants(
     label_names, thresholds = loaded.info.label_names, loaded.thresholds
     console.info(calibration_line(loaded.calibration))
     calibrated = calibrated_labels(loaded)
+    assessor = domain_rows.open_assessor(loaded.info) if domain else None
     mine = variants[shard_index::shard_count]
     with ExitStack() as stack:
         todo: Iterable[Variant] = mine
@@ -125,6 +130,7 @@ def run_variants(
         if out is not None and sort == "input":
             stack.enter_context(exclusive_lock(ResumableOutput.lock_path(out), str(out)))
             fingerprint = _fingerprint(loaded, fmt, long_policy, raw_ids)
+            fingerprint["columns"] = columns(label_names, domain=domain)  # other columns: redone
             fingerprint["shard"] = [shard_index, shard_count]
             resumable = ResumableOutput(out, fingerprint, compression)
             if shard_count > 1:  # merge checks the part against this (parts.write_record)
@@ -138,20 +144,20 @@ def run_variants(
         progress = console.Progress(total, "variants", unit="sequences")
         stack.callback(progress.close)
         chunks = score_variants(
-            loaded, todo, references, long_policy=long_policy, progress=progress
+            loaded, todo, references, long_policy=long_policy, progress=progress, domain=assessor
         )
         kept: list[VariantRow] = []  # the rows --explain explains, after the table is written
         if explain_dir is not None:
             chunks = _keeping(chunks, kept)
         if resumable is not None:
-            count = _write_resumable(chunks, resumable, fmt, loaded, raw_ids)
+            count = _write_resumable(chunks, resumable, fmt, loaded, raw_ids, domain)
         else:
             rows = [row for chunk in chunks for row in chunk]
             rows = sort_rows(rows, sort, thresholds)
             with output_handle(out, inputs=[fasta, variants_file], compression=compression) as h:
                 writer = VariantWriter(
                     h, fmt, label_names, thresholds, loaded.max_length, raw_ids=raw_ids,
-                    calibrated=calibrated,
+                    calibrated=calibrated, domain=domain,
                 )  # fmt: skip
                 h.write(writer.header)
                 for row in rows:
@@ -196,18 +202,20 @@ def _write_resumable(
     fmt: str,
     loaded: LoadedModel,
     raw_ids: bool,
+    domain: bool,
 ) -> int:
     label_names, thresholds, limit = loaded.info.label_names, loaded.thresholds, loaded.max_length
     calibrated = calibrated_labels(loaded)
     header = VariantWriter(
-        io.StringIO(), fmt, label_names, thresholds, limit, calibrated=calibrated
+        io.StringIO(), fmt, label_names, thresholds, limit, calibrated=calibrated, domain=domain
     ).header
     count = resumable.rows_done
     try:
         handle = resumable.open(header)
         writer = VariantWriter(
-            handle, fmt, label_names, thresholds, limit, raw_ids=raw_ids, calibrated=calibrated
-        )
+            handle, fmt, label_names, thresholds, limit, raw_ids=raw_ids, calibrated=calibrated,
+            domain=domain,
+        )  # fmt: skip
         for chunk in chunks:
             for row in chunk:
                 writer.write(row)
