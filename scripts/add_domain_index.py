@@ -4,7 +4,7 @@
 The index is built from the training and dev splits of the dataset the model was trained on,
 exactly as ``synnav train`` builds it for new models (``train/domain_index.py``): training ids
 and sequences, the training proteins' pooled embeddings from this model, distance thresholds
-from the dev proteins. Deterministic: the same model and dataset give the same file.
+from the dev proteins.
 
 Usage (from the repository root; the bundled model, from its shipped dataset):
     python scripts/add_domain_index.py --model src/synnav_cli/bundled/model --data data/dataset.json
