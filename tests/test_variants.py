@@ -15,7 +15,7 @@ from synnav_cli.cli.main import cli
 from synnav_cli.data.fasta import read_fasta
 from synnav_cli.data.hgvs import apply_changes, parse_hgvs_protein
 from synnav_cli.data.variants import Variant, read_variants
-from synnav_cli.errors import UserError
+from synnav_cli.errors import SynnavError, UserError
 from synnav_cli.predict import variant_scoring as scoring_module
 from synnav_cli.predict import variants as variants_module
 from synnav_cli.predict.variant_rows import VariantRow, sort_rows
@@ -495,6 +495,24 @@ def test_variant_table_in_memory_matches_the_command(runner, model_dir, tmp_path
                 assert value == pytest.approx(float(row[name]), abs=1e-4), name
             else:
                 assert ("" if value is None else str(value)) == row[name], name
-    with pytest.raises(UserError, match="line 3 of the input"):
+    with pytest.raises(UserError, match="line 3 of the variants"):
         scoring_module.variant_table(loaded, variants_from_lines(table.read_text().splitlines()),
                                       read_fasta(fasta))
+
+
+def test_python_api_twin_gives_the_command_s_table(runner, model_dir, tmp_path):
+    from synnav_cli import load_model
+
+    fasta, table = _files(tmp_path, "P1\tp.Arg5=\nP1\tp.Cys28delinsTrpValTrp\nP1\tp.Gly5Trp\n")
+    command = _rows(runner.invoke(cli, ["variants", str(fasta), str(table), "--model", str(model_dir),
+                                        "--device", "cpu", "--skip-invalid", "--sort", "delta"]).stdout)
+    model = load_model(str(model_dir), device="cpu")
+    frame = model.variants(str(fasta), str(table), skip_invalid=True, sort="delta")
+    assert list(frame.columns) == list(command[0])
+    assert list(frame["variant"]) == [r["variant"] for r in command]
+    assert list(frame["delta_ER"].fillna(-9)) == pytest.approx(
+        [float(r["delta_ER"]) if r["delta_ER"] else -9 for r in command], abs=1e-4)
+    in_memory = model.variants({"P1": REFERENCE}, ["P1 p.Arg5=", "P1 p.R5W"])
+    assert list(in_memory["largest_change"])[0] == 0.0 and len(in_memory) == 2
+    with pytest.raises(SynnavError, match="line 1 of the variants"):
+        model.variants({"P1": REFERENCE}, ["P1 p.Gly5Trp"])

@@ -36,12 +36,14 @@ from synnav_cli.data.fasta import (
     read_fasta,
     validate_records,
 )
+from synnav_cli.data.variants import read_variants, variants_from_lines
 from synnav_cli.errors import SynnavError, UserError, os_error_line, quoted
 from synnav_cli.files import input_name, readable_twice
 from synnav_cli.predict import domain_rows
 from synnav_cli.predict.embed import CHUNK_RECORDS as EMBED_CHUNK_RECORDS
 from synnav_cli.predict.embed import embed_chunks, model_encoder
 from synnav_cli.predict.run import LONG_POLICIES, predict_loaded, validate_input
+from synnav_cli.predict.variant_scoring import variant_table
 from synnav_cli.predict.writer import model_writer
 from synnav_cli.resources import install_hint
 from synnav_cli.runtime import threads as torch_threads
@@ -237,6 +239,30 @@ class Model:
         if not pooled:
             raise UserError("no records to embed")
         return np.concatenate(pooled)
+
+    @_one_error_type
+    def variants(self, references, variants, *, long: str = "truncate", skip_invalid: bool = False,
+                 sort: str = "input", domain: bool = True, progress: bool = False):  # fmt: skip
+        """The table ``synnav variants`` writes, as a pandas DataFrame (docs/variants.md).
+
+        Arguments:
+            references: the reference proteins, given as :class:`Model` takes sequences.
+            variants: a variant table or annotated VCF (a path), or its lines in memory
+                (``["P04637 p.Arg175His", ...]``).
+            long, skip_invalid, domain, progress: as for :meth:`predict`.
+            sort: ``input``, or ``delta`` (largest change first; ties keep input order).
+        """
+        pandas = _pandas()  # before anything is read or scored
+        _check_long(long)
+        paths = [isinstance(given, (str, os.PathLike)) for given in (references, variants)]
+        where = input_name(os.fspath(references)) if paths[0] else IN_MEMORY
+        label = input_name(os.fspath(variants)) if paths[1] else "the variants"
+        found = read_variants(os.fspath(variants)) if paths[1] else variants_from_lines(variants)
+        with _records(references, True) as (_, records), _progress(progress, 0, "variants") as bar:
+            options = {"long_policy": long, "skip_invalid": skip_invalid, "sort": sort}
+            table = variant_table(self._loaded, found, records, where, label, progress=bar,
+                                  domain=domain, **options)  # fmt: skip
+        return _frame(pandas, *table)
 
 
 def _pandas():

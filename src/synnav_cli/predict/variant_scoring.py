@@ -152,6 +152,7 @@ def variant_table(
     variants: list[Variant],
     records: Iterable[FastaRecord],
     label: str = "the input",
+    variants_label: str = "the variants",
     *,
     long_policy: str = "truncate",
     skip_invalid: bool = False,
@@ -165,7 +166,8 @@ def variant_table(
     Arguments:
         loaded: the model (``scoring.load.load_for_scoring``).
         variants: from ``data.variants.read_variants`` or ``variants_from_lines``.
-        records: the reference proteins; ``label`` names them in messages.
+        records: the reference proteins; ``label`` names them in messages, and
+            ``variants_label`` the variants.
         long_policy, skip_invalid, sort: as for :func:`run_variants`.
         progress: a ``console.Progress`` to move, or None.
         domain: add the variant's applicability-domain columns, as predict's rows have.
@@ -173,16 +175,25 @@ def variant_table(
     if sort not in SORTS:
         raise UserError(f"unknown sort {sort!r}; choose {', '.join(SORTS)}")
     references = check_variants(variants, records, label)
-    problem = refusal(variants, label)
+    problem = refusal(variants, variants_label)
     if problem is not None and not skip_invalid:
         raise UserError(problem)
     if progress is not None:
         progress.total = count_sequences(variants, references)
     assessor = domain_rows.open_assessor(loaded.info) if domain else None
-    chunks = score_variants(
-        loaded, variants, references, long_policy=long_policy, progress=progress, domain=assessor
-    )
-    rows = sort_rows([row for chunk in chunks for row in chunk], sort, loaded.thresholds)
+    try:
+        chunks = score_variants(
+            loaded,
+            variants,
+            references,
+            long_policy=long_policy,
+            progress=progress,
+            domain=assessor,
+        )
+        rows = sort_rows([row for chunk in chunks for row in chunk], sort, loaded.thresholds)
+    finally:
+        if assessor is not None:
+            assessor.close()  # its search's temporary files
     writer = VariantWriter(
         io.StringIO(), "jsonl", loaded.info.label_names, loaded.thresholds, loaded.max_length,
         calibrated=calibrated_labels(loaded), domain=domain,

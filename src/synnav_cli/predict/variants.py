@@ -125,6 +125,8 @@ def run_variants(
     assessor = domain_rows.open_assessor(loaded.info) if domain else None
     mine = variants[shard_index::shard_count]
     with ExitStack() as stack:
+        if assessor is not None:
+            stack.callback(assessor.close)  # its search's temporary files
         todo: Iterable[Variant] = mine
         resumable = None
         if out is not None and sort == "input":
