@@ -50,8 +50,14 @@ def _score(loaded, sequences: list[str], policy: str) -> np.ndarray:
         return np.stack([probabilities[e - len(g) : e].mean(axis=0) for e, g in zip(ends, windows)])
     limit = loaded.backbone.max_length if policy == "whole" else loaded.max_length
     records = [FastaRecord(f"p{i}", "", sequence) for i, sequence in enumerate(sequences)]
-    rows = predict_records(loaded.model, loaded.backbone, records, loaded.runtime,
-                           max_length=limit, long_policy="truncate" if policy == "whole" else policy)
+    rows = predict_records(
+        loaded.model,
+        loaded.backbone,
+        records,
+        loaded.runtime,
+        max_length=limit,
+        long_policy="truncate" if policy == "whole" else policy,
+    )
     return np.stack([row.probabilities for row in rows])
 
 
@@ -60,8 +66,10 @@ def _calls(loaded, scored: dict[str, np.ndarray]) -> str:
     parts = []
     for policy, probabilities in scored.items():
         called = probabilities >= thresholds
-        parts.append(f"{policy}: {int(called.sum())} labels called, "
-                     f"{int((~called.any(axis=1)).sum())} proteins with none")
+        parts.append(
+            f"{policy}: {int(called.sum())} labels called, "
+            f"{int((~called.any(axis=1)).sum())} proteins with none"
+        )
     return "; ".join(parts)
 
 
@@ -75,12 +83,16 @@ def main(argv: list[str] | None = None) -> int:
 
     loaded = load_for_scoring(args.model, device="cpu")
     limit, reach = loaded.max_length, loaded.backbone.max_length
-    dataset = assign_splits(read_dataset(args.data),
-                            seed=int(loaded.info.meta.get("config", {}).get("seed", 0)))
+    dataset = assign_splits(
+        read_dataset(args.data), seed=int(loaded.info.meta.get("config", {}).get("seed", 0))
+    )
     label_names = loaded.info.label_names
     columns = [dataset.label_names.index(name) for name in label_names]
-    chosen = [i for i, (split, sequence) in enumerate(zip(dataset.splits, dataset.sequences))
-              if split == args.split and len(sequence) > limit]
+    chosen = [
+        i
+        for i, (split, sequence) in enumerate(zip(dataset.splits, dataset.sequences))
+        if split == args.split and len(sequence) > limit
+    ]
     if not chosen:
         print(f"no {args.split} protein over {limit} residues", file=sys.stderr)
         return 1
@@ -93,10 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
 
     lengths = np.array([len(s) for s in sequences])
-    print(f"model {loaded.info.name} ({loaded.info.meta['backbone']}, maximum {limit}), "
-          f"{args.split} split of {args.data}: {len(chosen)} proteins over {limit} residues "
-          f"(median {int(np.median(lengths))}, {int(inside.sum())} within the backbone's {reach} "
-          f"for `whole`); scored in {elapsed:.1f} s\n")
+    print(
+        f"model {loaded.info.name} ({loaded.info.meta['backbone']}, maximum {limit}), "
+        f"{args.split} split of {args.data}: {len(chosen)} proteins over {limit} residues "
+        f"(median {int(np.median(lengths))}, {int(inside.sum())} within the backbone's {reach} "
+        f"for `whole`); scored in {elapsed:.1f} s\n"
+    )
     header = " | ".join(f"{p} ROC-AUC | {p} F1" for p in POLICIES)
     print(f"| label | known | {header} |")
     print("|---|---|" + "---|" * (2 * len(POLICIES)))
@@ -104,11 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     for j, name in enumerate(label_names):
         cells = []
         for policy in POLICIES:
-            y, p = (labels[inside, j], whole[:, j]) if policy == "whole" else (labels[:, j], scored[policy][:, j])
+            y, p = (
+                (labels[inside, j], whole[:, j])
+                if policy == "whole"
+                else (labels[:, j], scored[policy][:, j])
+            )
             m = label_metrics(y, p, loaded.thresholds[j])
             means[policy].append((m["roc_auc"], m["f1"]))
-            cells.append(f"{m['roc_auc'] if m['roc_auc'] is not None else float('nan'):.3f} | "
-                         f"{m['f1'] if m['f1'] is not None else float('nan'):.3f}")
+            cells.append(
+                f"{m['roc_auc'] if m['roc_auc'] is not None else float('nan'):.3f} | "
+                f"{m['f1'] if m['f1'] is not None else float('nan'):.3f}"
+            )
         known = int((~np.isnan(labels[:, j])).sum())
         print(f"| {name} | {known} | " + " | ".join(cells) + " |")
     summary = []
@@ -121,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.fasta is not None:
         long = [r.sequence for r in read_fasta(str(args.fasta)) if len(r.sequence) > limit]
         fasta_scored = {policy: _score(loaded, long, policy) for policy in POLICIES[:3]}
-        print(f"\nCalls on the {len(long)} proteins of {args.fasta} over {limit} residues: "
-              + _calls(loaded, fasta_scored))
+        print(
+            f"\nCalls on the {len(long)} proteins of {args.fasta} over {limit} residues: "
+            + _calls(loaded, fasta_scored)
+        )
     return 0
 
 
