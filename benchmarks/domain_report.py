@@ -72,7 +72,7 @@ class _Clock:
 
 
 def _records(sequences, prefix="q"):
-    return [FastaRecord(f"{prefix}{i}", s) for i, s in enumerate(sequences)]
+    return [FastaRecord(f"{prefix}{i}", "", s) for i, s in enumerate(sequences)]
 
 
 def _predict(loaded, records, domain):
