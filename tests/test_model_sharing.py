@@ -178,6 +178,23 @@ def test_push_refuses_a_pickle_posing_as_safetensors(runner, monkeypatch, model)
     assert recorder.commits == []
 
 
+def test_a_safetensors_header_length_ending_in_0x80_is_not_a_pickle(tmp_path):
+    # The first byte of a safetensors file is the low byte of its header's length; 0x80 (a
+    # pickle's first byte) is a valid one and must not be refused.
+    from safetensors.torch import save_file
+
+    path = tmp_path / "index.safetensors"
+    for padding in range(400):
+        save_file({"w": torch.zeros(2)}, str(path), metadata={"pad": "x" * padding})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    assert sharing_files.content_problem(path, path.name, path.stat().st_size) is None
+    pickled = tmp_path / "pickled.safetensors"
+    pickled.write_bytes(b"\x80\x04\x95" + bytes(64))
+    assert "is a pickle" in sharing_files.content_problem(pickled, pickled.name, 67)
+
+
 def test_push_refuses_unlisted_kinds_and_needs_a_token(runner, monkeypatch, model):
     meta = json.loads((model / "synnav-model.json").read_text())
     (model / "synnav-model.json").write_text(json.dumps({**meta, "files": ["calibration.pkl"]}))
@@ -203,6 +220,9 @@ def test_round_trip_push_pull_predict_gives_the_same_tsv(runner, monkeypatch, mo
     fasta = _fasta(tmp_path / "p.fasta")
     local = runner.invoke(cli, ["predict", str(fasta), "--model", model.name, "--device", "cpu"])
     assert local.exit_code == 0, local.output
+    # The trained model's domain index travels too: its domain column is filled, here and pulled.
+    rows = local.stdout.splitlines()
+    assert rows[0].endswith("\tdomain") and not any(row.endswith("\tunknown") for row in rows[1:])
 
     result, recorder = _push(runner, monkeypatch, model)
     assert result.exit_code == 0, result.output
@@ -427,6 +447,22 @@ def test_online_pull_of_a_missing_repository_is_one_line(runner, monkeypatch, ti
                    "my-lab/nothing was not found", "hf auth login")
 
 
+@pytest.mark.parametrize("client", ["httpx", "httpx2", "requests.exceptions"])
+def test_online_pull_without_a_network_is_one_line(runner, monkeypatch, tiny_hub, client):
+    # The HTTP client's own exception class (not a builtin ConnectionError), as huggingface_hub
+    # raises it when the Hub cannot be reached.
+    connect_error = type("ConnectError", (Exception,), {"__module__": client})
+
+    def model_info(*args, **kwargs):  # set on HfApi, so it is called as a method
+        raise connect_error("[Errno -2] Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("SYNNAV_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    one_error_line(runner.invoke(cli, ["models", "pull", "my-lab/nothing"]),
+                   "network failure while reading my-lab/nothing", "Name or service not known")
+
+
 @pytest.mark.parametrize("ref", ["no-org", "a/b/c", "my-lab/x@../../etc", "my-lab/x@"])
 def test_a_malformed_hub_name_is_one_line(runner, ref):
     result = runner.invoke(cli, ["models", "pull", ref])
@@ -452,7 +488,8 @@ def test_a_file_added_after_saving_travels_once_listed(runner, monkeypatch, mode
 
     sharing_files.list_model_file(model, "added-later.safetensors")
     sharing_files.list_model_file(model, "added-later.safetensors")  # listed once, however often
-    assert json.loads((model / "synnav-model.json").read_text())["files"] == ["added-later.safetensors"]
+    listed = json.loads((model / "synnav-model.json").read_text())["files"]
+    assert listed == ["domain.safetensors", "added-later.safetensors"]
     result, recorder = _push(runner, monkeypatch, model)
     assert result.exit_code == 0, result.output
     assert recorder.files["added-later.safetensors"] == (model / "added-later.safetensors").read_bytes()

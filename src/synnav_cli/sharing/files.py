@@ -121,14 +121,17 @@ def content_problem(path: Path, name: str, size: int) -> str | None:
 
 def _safetensors_problem(path: Path, name: str, size: int) -> str | None:
     with open(path, "rb") as stream:
-        head = stream.read(8)
+        head = stream.read(9)
     if head.startswith(b"PK\x03\x04"):
         return f"{name} is a zip archive (a torch checkpoint, which runs code when loaded), not safetensors"
-    if head[:1] == b"\x80":
+    declared = int.from_bytes(head[:8], "little")
+    # A header length whose low byte is 0x80 is as valid as any other, so a leading 0x80 means a
+    # pickle only when the file does not read as a length followed by a JSON header.
+    header_fits = len(head) == 9 and 8 + declared <= size and head[8:9] == b"{"
+    if head[:1] == b"\x80" and not header_fits:
         return f"{name} is a pickle (which runs code when loaded), not safetensors"
     if len(head) < 8:
         return f"{name} is too short to be safetensors ({size} bytes)"
-    declared = int.from_bytes(head, "little")
     if declared > MAX_HEADER_BYTES:
         return (
             f"{name} declares a {declared:,}-byte header (safetensors allows {MAX_HEADER_BYTES:,})"

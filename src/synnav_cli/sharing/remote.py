@@ -8,7 +8,9 @@ from synnav_cli.errors import UserError, one_line
 from synnav_cli.weights import hub
 
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}")
-_NETWORK_MODULES = {"requests", "urllib3", "httpx", "httpcore", "ssl"}
+# Packages whose exceptions mean the network failed; a prefix, since HTTP clients ship renamed
+# major versions (httpx2, httpcore2) that huggingface_hub may use.
+_NETWORK_MODULES = ("requests", "urllib3", "httpx", "httpcore", "ssl", "socket")
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -77,7 +79,7 @@ def hub_failure(error: Exception, repo_id: str, doing: str) -> UserError | None:
             )
         return UserError(f"the Hugging Face Hub failed while {doing} {repo_id}: {one_line(error)}")
     network = isinstance(error, (ConnectionError, TimeoutError)) or any(
-        cls.__module__.split(".")[0] in _NETWORK_MODULES for cls in type(error).__mro__
+        cls.__module__.split(".")[0].startswith(_NETWORK_MODULES) for cls in type(error).__mro__
     )
     if network:
         return UserError(

@@ -19,12 +19,20 @@ from synnav_cli.domain.assess import dev_thresholds, nearest_distances
 from synnav_cli.domain.index import INDEX_FILE, read_index, write_index
 from synnav_cli.model import LocalizationModel
 from synnav_cli.scoring.embed import embed_sequences
+from synnav_cli.sharing.files import list_model_file
 from synnav_cli.scoring.score import Runtime
 from synnav_cli.train.setup import RunSetup
 
 
-def index_training_proteins(setup: RunSetup, model: LocalizationModel) -> Path:
-    """The domain index of a model ``synnav train`` just saved in ``setup.out``."""
+def index_training_proteins(
+    setup: RunSetup, model: LocalizationModel, pooled: dict[str, np.ndarray] | None = None
+) -> Path:
+    """The domain index of a model ``synnav train`` just saved in ``setup.out``.
+
+    ``pooled`` holds the train and dev proteins' pooled embeddings when the run already has them
+    (a frozen backbone: the cached features the head was trained on), so the encoder, which such
+    a run never builds, is not needed.
+    """
     runtime = Runtime(setup.device, setup.precision, setup.budget.max_tokens)
     limit = min(setup.config.max_length, setup.backbone.max_length)
     dataset = setup.dataset
@@ -37,6 +45,7 @@ def index_training_proteins(setup: RunSetup, model: LocalizationModel) -> Path:
         dataset.subset("train"),
         dataset.subset("dev"),
         limit,
+        pooled,
     )
 
 
@@ -48,20 +57,26 @@ def build_domain_index(
     train: Dataset,
     dev: Dataset,
     max_length: int,
+    known: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write ``folder/domain.safetensors``; ``train`` and ``dev`` hold whole sequences."""
+    """Write ``folder/domain.safetensors``; ``train`` and ``dev`` hold whole sequences.
 
-    def pooled(sequences: list[str]) -> np.ndarray:
+    ``known`` maps ``"train"``/``"dev"`` to pooled embeddings already computed, in their order.
+    """
+
+    def pooled(sequences: list[str], split: str) -> np.ndarray:
+        if known is not None and split in known:
+            return np.asarray(known[split], dtype=np.float32)
         cut = [s[:max_length] for s in sequences]
         return embed_sequences(model.encoder, backbone, cut, runtime).pooled
 
     console.detail(f"Domain index: embedding {len(train):,} training and {len(dev):,} dev proteins")
     path = Path(folder) / INDEX_FILE
-    train_pooled = pooled(train.sequences)
+    train_pooled = pooled(train.sequences, "train")
     write_index(path, train.entries, train.sequences, train_pooled, None)
     # Dev distances against what the file holds (a sample when training is large).
     stored = read_index(folder)
-    distances = nearest_distances(stored.embeddings, stored.standardize(pooled(dev.sequences)))
+    distances = nearest_distances(stored.embeddings, stored.standardize(pooled(dev.sequences, "dev")))
     thresholds = dev_thresholds(distances)
     info = {
         "training_proteins": len(train),
@@ -72,4 +87,5 @@ def build_domain_index(
         },
     }
     write_index(path, train.entries, train.sequences, train_pooled, thresholds, info)
+    list_model_file(folder, INDEX_FILE)  # so that `synnav models push` carries it
     return path

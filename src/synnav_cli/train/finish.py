@@ -27,10 +27,12 @@ def finish(
     probabilities: dict[str, np.ndarray],
     best_epoch: int,
     history: list[dict],
+    pooled: dict[str, np.ndarray] | None = None,
 ) -> TrainResult:
     """Tune thresholds on dev, score every split, write the model directory, drop the workspace.
 
-    ``probabilities`` holds the best epoch's scores of each non-empty split.
+    ``probabilities`` holds the best epoch's scores of each non-empty split; ``pooled``, the
+    splits' pooled embeddings when the run has them (a frozen backbone), for the domain index.
     """
     label_names = setup.dataset.label_names
     unseen = unlearned_labels(setup.parts["train"].labels)
@@ -68,7 +70,7 @@ def finish(
         save_model_dir(
             setup.out, model, meta, encoder_frozen=setup.config.freeze, force=setup.record["force"]
         )
-        index_training_proteins(setup, model)  # domain.safetensors: predict's domain columns
+        index_training_proteins(setup, model, pooled)  # domain.safetensors: predict's domain columns
         shutil.rmtree(setup.workspace, ignore_errors=True)
     distributed.barrier()
     console.info(f"Saved model to {setup.out} (best epoch {best_epoch}).")

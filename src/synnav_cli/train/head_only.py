@@ -191,4 +191,6 @@ def train_head(setup: RunSetup, *, offline: bool) -> TrainResult:
         schedule=lr_factor,
         device=setup.device,
     )
-    return finish(setup, result.model, result.probabilities, result.best_epoch, result.history)
+    return finish(
+        setup, result.model, result.probabilities, result.best_epoch, result.history, features
+    )
