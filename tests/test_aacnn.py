@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 
 from synnav_cli.backbones.aacnn import C_TERMINAL, N_TERMINAL, AACNNBackbone, AACNNEncoder
 from synnav_cli.cli.main import cli
+from synnav_cli.data.dataset import column_name
 from synnav_cli.modeldir import load_model, resolve_model
 from synnav_cli.plugins import backbone_registry, get_backbone
 from synnav_cli.resources import bundled_model_path
@@ -194,8 +196,8 @@ def test_bundled_model_on_the_example_fasta(runner):
     _, rows = _predict_rows(runner, example)
     ids = [line[1:].split()[0] for line in example.read_text().splitlines() if line.startswith(">")]
     assert [row["id"] for row in rows] == ids
-    by_id = {row["id"]: {k: float(v) for k, v in row.items() if k not in {"id", "predicted", "status", "top", "top_probability", "calibration"}}
-             for row in rows}
+    columns = [column_name(label) for label in resolve_model("bundled")[0].meta["labels"]]
+    by_id = {row["id"]: {column: float(row[column]) for column in columns} for row in rows}
     compartments = ("cytosol", "ER", "mitochondrion", "nucleus")
     assert max(compartments, key=by_id["P06748"].get) == "nucleus", by_id["P06748"]  # nucleophosmin
     # Protein disulfide-isomerase (ER lumen) and TOMM20 (mitochondrial outer membrane) score
@@ -209,11 +211,13 @@ def test_bundled_model_on_the_example_fasta(runner):
 def test_docs_table_matches_the_shipped_model():
     """docs/bundled-model.md reports the test metrics the shipped model recorded."""
     doc = (Path(__file__).parent.parent / "docs" / "bundled-model.md").read_text()
-    header = next(line for line in doc.splitlines() if line.startswith("| label |"))
-    columns = [c.strip() for c in header.strip("|").split("|")]
+    lines = doc.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| label |"))
+    table = [line for line in itertools.takewhile(lambda line: line.startswith("|"), lines[start:])]
+    columns = [c.strip() for c in table[0].strip("|").split("|")]
     info, _ = resolve_model("bundled")
     test = info.meta["metrics"]["test"]["labels"]
-    rows = [line for line in doc.splitlines() if line.startswith("| ") and line.split("|")[1].strip() in test]
+    rows = [line for line in table if line.split("|")[1].strip() in test]
     assert len(rows) == len(test)
     for line in rows:
         cells = dict(zip(columns, (c.strip() for c in line.strip("|").split("|"))))

@@ -303,8 +303,11 @@ def test_evaluate_several_models_side_by_side(runner, model_dir, dataset_path):
     assert rows[-1].startswith("| mean |")
     labels = [row.split("|")[1].strip() for row in rows[:-1]]
     assert labels == [column_name(n) for n in json.loads((model_dir / "synnav-model.json").read_text())["labels"]]
+    per_model = ["f1", "roc_auc", "pr_auc", "mcc", "ece_raw", "ece", "support"]
+    assert [c.strip() for c in header.split("|")[2:-1]] == [
+        f"{name} {metric}" for name in ("tiny-user-features", "bundled") for metric in per_model]
     cells = rows[-1].split("|")[2:-1]
-    assert len(cells) == 2 * 5  # five metrics per model
+    assert len(cells) == 2 * len(per_model)
     assert all(0.0 <= float(c) <= 1.0 for c in cells if c.strip() and c.strip() != "n/a" and not c.startswith(" -"))
 
 
