@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import struct
+from pathlib import Path
 
 import launch
 import numpy as np
@@ -180,6 +181,18 @@ def test_train_stores_an_index_that_predict_reads(tmp_path, runner, small_datase
     result = runner.invoke(cli, ["predict", str(fasta), "-m", str(out), "--no-domain"])
     assert result.exit_code == 0, result.output
     assert not set(DOMAIN_COLUMNS) & set(result.stdout.splitlines()[0].split("\t"))
+
+
+def test_the_default_search_is_kmers_whether_or_not_mmseqs_is_installed(monkeypatch, runner):
+    # The same columns on every machine: MMseqs2 only when asked for.
+    import synnav_cli.domain.assess as assess
+
+    monkeypatch.delenv("SYNNAV_DOMAIN_METHOD", raising=False)
+    monkeypatch.setattr(assess, "mmseqs_available", lambda: True)
+    fasta = Path(__file__).parent.parent / "data" / "example.fasta"
+    result = runner.invoke(cli, ["predict", str(fasta), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "training proteins by k-mer" in result.stderr
 
 
 def _bundled_split(split: str):

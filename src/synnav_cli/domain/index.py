@@ -28,6 +28,7 @@ INDEX_FILE = "domain.safetensors"
 FORMAT = "1"
 ALPHABET = "ACDEFGHIKLMNPQRSTVWY"  # code 20: anything else (X, B, Z, U, O, ...)
 OTHER = len(ALPHABET)
+_LETTERS = np.frombuffer((ALPHABET + "X").encode("ascii"), dtype=np.uint8)  # code -> letter
 # Bounds: a training set larger than this keeps a seeded sample (ids and sequences together).
 MAX_PROTEINS = 200_000
 MAX_RESIDUES = 80_000_000
@@ -95,7 +96,7 @@ class DomainIndex:
         return self.residues[self.offsets[i] : self.offsets[i + 1]]
 
     def sequence(self, i: int) -> str:
-        return "".join(ALPHABET[c] if c < OTHER else "X" for c in self.sequence_codes(i))
+        return _LETTERS[self.sequence_codes(i)].tobytes().decode("ascii")
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
