@@ -12,6 +12,7 @@ from checks import one_error_line
 from launch import normal_verbosity  # noqa: F401  (an autouse fixture)
 
 from synnav_cli.cli.main import cli
+from synnav_cli.domain.assess import DOMAIN_COLUMNS
 from synnav_cli.predict import run as predict_run
 
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
@@ -124,7 +125,7 @@ def test_output_columns_have_no_spaces_and_thresholds_take_both_spellings(runner
     fasta.write_text(_proteins(3))
     header = runner.invoke(cli, ["predict", str(fasta), "--model", str(model)]).stdout.splitlines()[0]
     assert header.split("\t") == ["id", "length", "ER", "excitatory_synapse", "predicted", "status", "top",
-                                  "top_probability", "calibration"]
+                                  "top_probability", "calibration", *DOMAIN_COLUMNS]
     for spelling in ("excitatory_synapse=0", "excitatory synapse=0", "Excitatory_Synapse=0"):
         result = runner.invoke(cli, ["predict", str(fasta), "--model", str(model), "--threshold", spelling,
                                      "--format", "jsonl"])

@@ -212,3 +212,17 @@ def test_verbose_says_the_threads_and_why(runner, monkeypatch, args, expected):
     assert expected in result.stderr
     quiet = runner.invoke(cli, ["predict", str(EXAMPLE), "--device", "cpu", "-q", *args[:-1]])
     assert "threads:" not in quiet.stderr
+
+
+def test_training_threads_do_not_follow_the_load(monkeypatch):
+    # The thread count changes floating-point sums: a resumed or repeated training run must use
+    # the same count whatever else runs, while predict leaves busy CPUs to their owners.
+    from synnav_cli.runtime import threads as thread_choice
+
+    for name in ("OMP_NUM_THREADS", "SLURM_JOB_ID", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(thread_choice, "available_cpus", lambda *a, **k: 4)
+    monkeypatch.setattr(thread_choice, "running_others", lambda *a, **k: 8.0)
+    monkeypatch.setattr(thread_choice.os, "cpu_count", lambda: 4)
+    assert thread_choice.default_choice()[0] == 1
+    assert thread_choice.default_choice(load_aware=False)[0] == 4

@@ -173,8 +173,11 @@ def test_evaluate_with_scores_matches_metrics(model_dir, dataset_path):
     info = read_model_info(model_dir)
     result, scores = evaluate_with_scores(info, dataset_path, split="test", device="cpu")
     assert scores.probabilities.shape == scores.labels.shape == (result["proteins"], len(info.label_names))
-    assert evaluate_predictions(scores.labels, scores.probabilities, info.label_names, info.thresholds)["labels"] \
-        == result["labels"]
+    metrics = evaluate_predictions(scores.labels, scores.probabilities, info.label_names, info.thresholds)["labels"]
+    # evaluate adds the calibration errors (ece_raw, ece, brier_raw, brier) to the same metrics.
+    assert {label: {k: v for k, v in values.items() if k in metrics[label]}
+            for label, values in result["labels"].items()} == metrics
+    assert {"ece_raw", "ece"} <= set(result["labels"][info.label_names[0]])
     assert evaluate(info, dataset_path, split="test", device="cpu")["labels"] == result["labels"]
 
 

@@ -26,7 +26,8 @@ def _threads(ctx: click.Context, param: click.Parameter, value: int | None) -> i
         return value
     from synnav_cli.runtime import threads
 
-    threads.configure(value)  # once, before any model is built
+    # Once, before any model is built; training takes the same count whatever the load.
+    threads.configure(value, load_aware=ctx.info_name != "train")
     return value
 
 
@@ -64,7 +65,8 @@ def common_options(function):
         expose_value=False,
         callback=_threads,
         help="CPU threads for torch.  [default: the CPUs this process may use (affinity and "
-        "cgroup quota) less those other tasks keep busy, at least 1; or OMP_NUM_THREADS; "
+        "cgroup quota) less those other tasks keep busy (not for train), at least 1; or "
+        "OMP_NUM_THREADS; "
         "env: SYNNAV_THREADS]",
     )(function)
     function = click.option(

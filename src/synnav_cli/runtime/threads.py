@@ -135,8 +135,13 @@ def choose_threads(cpus: int, others: float | None, host_cpus: int) -> int:
     return max(1, min(cpus, math.floor(cpus - busy + 0.5)))
 
 
-def default_choice() -> tuple[int, str]:
-    """The thread count used without ``--threads``/``SYNNAV_THREADS``, and why."""
+def default_choice(load_aware: bool = True) -> tuple[int, str]:
+    """The thread count used without ``--threads``/``SYNNAV_THREADS``, and why.
+
+    ``load_aware`` False leaves other tasks out of it: training wants the same count every
+    time, since the thread count changes the order of floating-point sums, and a model trained
+    again with the same seed, or resumed, must come out bit for bit the same whatever else ran.
+    """
     omp = os.environ.get("OMP_NUM_THREADS", "")
     if omp.isdigit() and int(omp) > 0:
         return int(omp), "OMP_NUM_THREADS"
@@ -147,6 +152,8 @@ def default_choice() -> tuple[int, str]:
     if os.environ.get("SLURM_JOB_ID"):
         # SLURM hands a job its own cores; the host's runnable count is other jobs' business.
         return cpus, f"{where}, a SLURM job"
+    if not load_aware:
+        return cpus, f"{where}; training does not follow the machine's load, to repeat exactly"
     others = running_others()
     if others is None:
         return cpus, where
@@ -175,13 +182,15 @@ def prepare_openmp(environ=os.environ) -> str:
     return "OpenMP OMP_WAIT_POLICY=PASSIVE"
 
 
-def configure(threads: int | None) -> int:
+def configure(threads: int | None, load_aware: bool = True) -> int:
     """Set torch's intra-op threads to ``threads`` (None: :func:`default_choice`), after
     :func:`prepare_openmp`; says which and why with ``-v``. Returns the count."""
     from synnav_cli import console
 
     waiting = prepare_openmp()
-    count, why = default_choice() if threads is None else (threads, "--threads or SYNNAV_THREADS")
+    count, why = (
+        default_choice(load_aware) if threads is None else (threads, "--threads or SYNNAV_THREADS")
+    )
     import torch
 
     if torch.get_num_threads() != count:
