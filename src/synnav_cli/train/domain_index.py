@@ -19,8 +19,8 @@ from synnav_cli.domain.assess import dev_thresholds, nearest_distances
 from synnav_cli.domain.index import INDEX_FILE, read_index, write_index
 from synnav_cli.model import LocalizationModel
 from synnav_cli.scoring.embed import embed_sequences
-from synnav_cli.sharing.files import list_model_file
 from synnav_cli.scoring.score import Runtime
+from synnav_cli.sharing.files import list_model_file
 from synnav_cli.train.setup import RunSetup
 
 
@@ -76,7 +76,9 @@ def build_domain_index(
     write_index(path, train.entries, train.sequences, train_pooled, None)
     # Dev distances against what the file holds (a sample when training is large).
     stored = read_index(folder)
-    distances = nearest_distances(stored.embeddings, stored.standardize(pooled(dev.sequences, "dev")))
+    distances = nearest_distances(
+        stored.embeddings, stored.standardize(pooled(dev.sequences, "dev"))
+    )
     thresholds = dev_thresholds(distances)
     info = {
         "training_proteins": len(train),

@@ -70,7 +70,8 @@ def finish(
         save_model_dir(
             setup.out, model, meta, encoder_frozen=setup.config.freeze, force=setup.record["force"]
         )
-        index_training_proteins(setup, model, pooled)  # domain.safetensors: predict's domain columns
+        # domain.safetensors: predict's domain columns
+        index_training_proteins(setup, model, pooled)
         shutil.rmtree(setup.workspace, ignore_errors=True)
     distributed.barrier()
     console.info(f"Saved model to {setup.out} (best epoch {best_epoch}).")
