@@ -14,6 +14,10 @@ from synnav_cli.domain.kmer import KmerSearch
 from synnav_cli.errors import UserError
 
 METHODS = ("auto", "mmseqs", "kmer")
+# k-mers unless asked: the same columns on every machine, with MMseqs2 installed or not, and no
+# fixed cost (an MMseqs2 search builds its index of the training proteins every time: about 5 s
+# for the bundled model's 3,910 on one CPU thread, even for one query; docs/interpreting.md).
+DEFAULT_METHOD = "kmer"
 DOMAINS = ("in", "edge", "out", "unknown")
 # The columns predict adds, after every other (predict/writer.py); docs/data-format.md.
 DOMAIN_COLUMNS = ["nearest_training", "identity", "coverage", "embedding_distance", "domain"]
@@ -66,11 +70,11 @@ def nearest_distances(index_embeddings: np.ndarray, pooled: np.ndarray) -> np.nd
 class DomainAssessor:
     """Domain calls for batches of scored proteins, against one model's index.
 
-    ``method``: ``auto`` (MMseqs2 when ``mmseqs`` is on PATH, else k-mers), ``mmseqs`` or
-    ``kmer``. ``index`` None (a model trained before indexes were stored): every call unknown.
+    ``method``: ``kmer`` (:data:`DEFAULT_METHOD`), ``mmseqs``, or ``auto`` (MMseqs2 when
+    ``mmseqs`` is on PATH, else k-mers). ``index`` None (a model trained before indexes were stored): every call unknown.
     """
 
-    def __init__(self, index: DomainIndex | None, method: str = "auto", threads: int = 1):
+    def __init__(self, index: DomainIndex | None, method: str = DEFAULT_METHOD, threads: int = 1):
         if method not in METHODS:
             raise UserError(f"unknown domain method {method!r}; choose {', '.join(METHODS)}")
         self.index = index

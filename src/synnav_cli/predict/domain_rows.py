@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from synnav_cli import console
-from synnav_cli.domain.assess import DomainAssessor
+from synnav_cli.domain.assess import DEFAULT_METHOD, DomainAssessor
 from synnav_cli.domain.index import read_index
 from synnav_cli.modeldir import ModelInfo
 from synnav_cli.predict.writer import Prediction
@@ -19,12 +19,10 @@ from synnav_cli.predict.writer import Prediction
 def open_assessor(info: ModelInfo, method: str | None = None) -> DomainAssessor:
     """The domain assessor of ``info``'s model; says on stderr how identity is found.
 
-    ``method``: auto, mmseqs or kmer; None reads ``SYNNAV_DOMAIN_METHOD``, default ``kmer``: the
-    same columns on every machine, whether MMseqs2 is installed or not, and no fixed cost (an
-    MMseqs2 search builds its index of the training proteins each time: about 5 s for the
-    bundled model's 3,910, on one CPU thread, even for one query).
+    ``method``: auto, mmseqs or kmer; None reads ``SYNNAV_DOMAIN_METHOD``, else
+    :data:`~synnav_cli.domain.assess.DEFAULT_METHOD` (k-mers).
     """
-    method = method or os.environ.get("SYNNAV_DOMAIN_METHOD") or "kmer"
+    method = method or os.environ.get("SYNNAV_DOMAIN_METHOD") or DEFAULT_METHOD
     index = read_index(info.path)
     assessor = DomainAssessor(index, method)
     if index is None:
