@@ -226,3 +226,43 @@ def test_training_threads_do_not_follow_the_load(monkeypatch):
     monkeypatch.setattr(thread_choice.os, "cpu_count", lambda: 4)
     assert thread_choice.default_choice()[0] == 1
     assert thread_choice.default_choice(load_aware=False)[0] == 4
+
+
+def test_small_operation_backbones_run_one_thread_by_default(runner, monkeypatch):
+    # The bundled model's CNNs ran 1.3-1.6x slower at 2 threads than at 1 on an idle 2-core
+    # CPU: the default is one thread for them, whatever the free CPUs; --threads still wins.
+    monkeypatch.setattr(console, "_level", 1)
+    monkeypatch.setattr(threads, "available_cpus", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "running_others", lambda: 0.0)
+    used = []
+    original = threads.fit_to_backbone
+
+    def record(backbone, device):
+        used.append(original(backbone, device))
+        return used[-1]
+
+    monkeypatch.setattr(threads, "fit_to_backbone", record)
+    result = runner.invoke(cli, ["predict", str(EXAMPLE), "--device", "cpu", "-v"])
+    assert result.exit_code == 0, result.output
+    assert "threads: 2 (2 CPUs available" in result.stderr
+    assert "threads: 1 (backbone aacnn-ensemble runs many small operations" in result.stderr
+    assert used == [1] and torch.get_num_threads() == 1
+    used.clear()
+    chosen = runner.invoke(cli, ["predict", str(EXAMPLE), "--device", "cpu", "--threads", "2"])
+    assert chosen.exit_code == 0, chosen.output
+    assert used == [2] and torch.get_num_threads() == 2
+
+
+def test_other_backbones_keep_the_default(monkeypatch):
+    from synnav_cli.plugins import get_backbone
+
+    monkeypatch.setattr(threads, "available_cpus", lambda: 2)
+    monkeypatch.setattr(threads, "running_others", lambda: 0.0)
+    assert threads.configure(None) == 2
+    assert threads.fit_to_backbone(get_backbone("esm2-8m"), torch.device("cpu")) == 2
+    assert threads.fit_to_backbone(get_backbone("aacnn"), torch.device("meta")) == 2
+    assert threads.fit_to_backbone(get_backbone("aacnn"), torch.device("cpu")) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's own count is kept
+    assert threads.configure(None) == 2
+    assert threads.fit_to_backbone(get_backbone("aacnn"), torch.device("cpu")) == 2

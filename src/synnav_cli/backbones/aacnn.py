@@ -317,6 +317,9 @@ class AACNNBackbone(Backbone):
     description = "small dilated residual CNN over amino acids, trained from scratch (no download)"
     weights_repo = None
     random_encoder = True  # the "pretrained" encoder is a fixed-seed initialisation
+    # Thousands of small convolutions a batch: the bundled model (three of these) took 1.3-1.6x
+    # longer at 2 threads than at 1 on an idle 2-core CPU (docs/benchmarks.md, threads).
+    cpu_threads_pay = False
 
     def tokenize(self, sequences: Sequence[str]) -> TokenBatch:
         return ESM_VOCABULARY.batch(sequences)

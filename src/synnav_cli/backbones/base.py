@@ -164,6 +164,10 @@ class Backbone(abc.ABC):
     random_encoder: bool = False
     # Tokens tokenize() adds to every protein (ESM's <cls> and <eos>); batch budgets count them.
     special_tokens: int = 2
+    # Whether more than one CPU thread speeds the forward up. False for an encoder of many small
+    # operations, where threads spend longer waking each other than computing: synnav's default
+    # thread count then becomes 1 on the CPU (runtime/threads.py; --threads still overrides).
+    cpu_threads_pay: bool = True
 
     @abc.abstractmethod
     def tokenize(self, sequences: Sequence[str]) -> TokenBatch:

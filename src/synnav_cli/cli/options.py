@@ -65,8 +65,8 @@ def common_options(function):
         expose_value=False,
         callback=_threads,
         help="CPU threads for torch.  [default: the CPUs this process may use (affinity and "
-        "cgroup quota) less those other tasks keep busy (not for train), at least 1; or "
-        "OMP_NUM_THREADS; "
+        "cgroup quota) less those other tasks keep busy (not for train), at least 1; one for "
+        "models of many small operations, such as the bundled one; or OMP_NUM_THREADS; "
         "env: SYNNAV_THREADS]",
     )(function)
     function = click.option(

@@ -36,7 +36,7 @@ from synnav_cli.predict.embed_files import EmbeddingChunk, format_of, require, w
 from synnav_cli.predict.embed_store import EmbeddingStore
 from synnav_cli.predict.resumable import ResumableOutput, input_digest
 from synnav_cli.predict.run import model_identity, validate_input
-from synnav_cli.runtime import distributed
+from synnav_cli.runtime import distributed, threads
 from synnav_cli.scoring.embed import embed_sequences
 from synnav_cli.scoring.load import (
     LoadedModel,
@@ -83,6 +83,7 @@ def load_encoder(
             "trained model's encoder"
         )
     runtime = scoring_runtime(backbone, device, backbone.max_length, max_tokens, precision)
+    threads.fit_to_backbone(backbone, runtime.device)
     encoder = backbone.build_encoder(pretrained=True, offline=offline).to(runtime.device)
     cast_encoder(encoder, runtime)
     identity = {"backbone": backbone.id, "weights": backbone.fingerprint(), "model": None}

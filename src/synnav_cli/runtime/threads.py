@@ -12,6 +12,12 @@ machine the default is fewer threads, down to one (:func:`choose_threads`). And 
 threads are told to sleep while they wait (``OMP_WAIT_POLICY=PASSIVE``, :func:`prepare_openmp`):
 by default libgomp spins at every barrier, and a thread that spins on a busy core holds the CPU
 its partner needs, which made two threads 7-15x slower than one (docs/benchmarks.md).
+
+Some models gain nothing from threads at all: an encoder of many small operations (the aacnn
+CNNs of the bundled model) spends more time waking its partner thread than the partner saves,
+even on an idle machine. Once the model is known, :func:`fit_to_backbone` takes the default down
+to one thread for a backbone that says so (``Backbone.cpu_threads_pay``); a count the user chose
+is kept.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ PROC_CGROUP = Path("/proc/self/cgroup")
 PROC_LOADAVG = Path("/proc/loadavg")
 # libgomp reads these once, when torch loads it; either one set by the user is left alone.
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+# Whether the count configure() set is synnav's default (no --threads, SYNNAV_THREADS or
+# OMP_NUM_THREADS): only a default is fitted to the backbone afterwards.
+_default_in_use = False
 
 
 def parse_cpu_max(text: str) -> float | None:
@@ -187,13 +196,37 @@ def configure(threads: int | None, load_aware: bool = True) -> int:
     :func:`prepare_openmp`; says which and why with ``-v``. Returns the count."""
     from synnav_cli import console
 
+    global _default_in_use
     waiting = prepare_openmp()
     count, why = (
         default_choice(load_aware) if threads is None else (threads, "--threads or SYNNAV_THREADS")
     )
+    _default_in_use = threads is None and why != "OMP_NUM_THREADS"
     import torch
 
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     console.detail(f"threads: {count} ({why}; {waiting})")
     return count
+
+
+def fit_to_backbone(backbone, device) -> int:
+    """Take the default thread count down to one for a backbone whose forward is many small
+    operations (``backbone.cpu_threads_pay`` False) when it runs on the CPU; a count the user
+    chose, and other backbones and devices, are left as they are. Returns the count in use."""
+    import torch
+
+    count = torch.get_num_threads()
+    if (
+        not _default_in_use
+        or getattr(device, "type", str(device)) != "cpu"
+        or getattr(backbone, "cpu_threads_pay", True)
+        or count == 1
+    ):
+        return count
+    torch.set_num_threads(1)
+    console.detail(
+        f"threads: 1 (backbone {backbone.id} runs many small operations: more threads wait "
+        "more than they work; --threads N overrides)"
+    )
+    return 1

@@ -21,7 +21,7 @@ from synnav_cli.errors import UserError
 from synnav_cli.model import LocalizationModel
 from synnav_cli.modeldir import ModelInfo, load_model, resolve_model
 from synnav_cli.plugins import get_backbone
-from synnav_cli.runtime import distributed, hardware
+from synnav_cli.runtime import distributed, hardware, threads
 from synnav_cli.scoring.score import Runtime
 
 
@@ -96,6 +96,7 @@ def open_model(
     )
     runtime = scoring_runtime(backbone, device, limit, max_tokens, precision)
     torch_device = runtime.device
+    threads.fit_to_backbone(backbone, torch_device)
     model = load_model(info, backbone, torch_device, offline=offline)
     if runtime.weights_cast:
         cast_encoder(model.encoder, runtime)
