@@ -19,7 +19,7 @@ python - "$wheel" <<'PY'
 import sys, zipfile
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
 needed = ["synnav_cli/bundled/model/model.safetensors", "synnav_cli/bundled/model/synnav-model.json",
-          "synnav_cli/bundled/dataset.json"]
+          "synnav_cli/bundled/dataset.json", "synnav_cli/bundled/shift.json"]
 missing = [n for n in needed if n not in names]
 sys.exit(f"the wheel lacks {missing}" if missing else 0)
 PY

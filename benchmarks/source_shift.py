@@ -13,8 +13,13 @@ mitochondrion, nucleus (nucleoli counted as nucleus).
 Prints per-label ROC-AUC and the expected calibration error of the model's scores (ece_raw) and
 of the probabilities predict writes (ece), as ``synnav evaluate`` computes them.
 
+``shifted_records()`` imports without torch (the model code loads in ``main`` only):
+scripts/build_shift_set.py puts these proteins, half in dev and half in test, into
+data/shift.json beside GO-labelled dataset proteins that HOU does not label. This script
+scores all of them together, as before.
+
 Usage (from the repository root):
-    python benchmarks/source_shift.py [--model bundled] [--out shift.json]
+    python benchmarks/source_shift.py [--model bundled] [--out results.json]
 """
 
 from __future__ import annotations
@@ -24,9 +29,6 @@ import csv
 import json
 import tempfile
 from pathlib import Path
-
-from synnav_cli.evaluate import evaluate_with_scores
-from synnav_cli.modeldir import resolve_model
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path("/work/shared/data/seq2loc_hou")
@@ -64,6 +66,9 @@ def shifted_records(shared: Path = SHARED, dataset: Path = REPO / "data" / "data
 
 
 def main() -> None:
+    from synnav_cli.evaluate import evaluate_with_scores
+    from synnav_cli.modeldir import resolve_model
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")

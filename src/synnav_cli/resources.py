@@ -1,5 +1,5 @@
-"""Files that ship inside the package: the dataset and the bundled model; how to install the
-optional extras."""
+"""Files that ship inside the package: the dataset, the source-shift set and the bundled model;
+how to install the optional extras."""
 
 from __future__ import annotations
 
@@ -35,6 +35,15 @@ def bundled_dataset_path() -> Path | None:
     """``data/dataset.json`` as shipped (a link into the source tree, a copy in wheels)."""
     root = _bundled_dir()
     path = root / "dataset.json" if root else None
+    return path if path is not None and path.is_file() else None
+
+
+def bundled_shift_path() -> Path | None:
+    """``data/shift.json`` as shipped (a link into the source tree, a copy in wheels): dev and test
+    proteins whose compartment labels come from GO or OpenCell rather than HOU, for checking a
+    model on another labelling source (see data/README.md)."""
+    root = _bundled_dir()
+    path = root / "shift.json" if root else None
     return path if path is not None and path.is_file() else None
 
 
