@@ -8,7 +8,18 @@ import click
 
 from synnav_cli import console
 from synnav_cli.cli.options import common_options, default_dataset, precision_option
+from synnav_cli.errors import UserError
 from synnav_cli.resources import install_hint
+
+
+def shift_dataset() -> Path:
+    """The source-shift set shipped with the package (data/shift.json): --shift's dataset."""
+    from synnav_cli.resources import bundled_shift_path
+
+    path = bundled_shift_path()
+    if path is None:
+        raise UserError("this installation ships no source-shift set (data/shift.json)")
+    return path
 
 
 @click.command()
@@ -24,9 +35,18 @@ from synnav_cli.resources import install_hint
 @click.option(
     "--data",
     "-d",
+    "datasets",
     type=click.Path(path_type=Path),
-    default=None,
-    help="Labelled dataset.  [default: the bundled data/dataset.json]",
+    multiple=True,
+    help="Labelled dataset; repeat to score each, side by side.  "
+    "[default: the bundled data/dataset.json]",
+)
+@click.option(
+    "--shift",
+    is_flag=True,
+    help="Also score the bundled source-shift set (data/shift.json: compartment labels from GO "
+    "and OpenCell, another source than the training data's) on the same split, beside the "
+    "rest.  [default: off]",
 )
 @click.option(
     "--split",
@@ -62,7 +82,8 @@ from synnav_cli.resources import install_hint
 @common_options
 def evaluate(
     models: tuple[str, ...],
-    data: Path | None,
+    datasets: tuple[Path, ...],
+    shift: bool,
     split: str,
     fmt: str,
     max_tokens: int | None,
@@ -75,7 +96,14 @@ def evaluate(
 
     ece_raw is the expected calibration error (10 equal-width bins) of the model's scores; ece
     is that of the probabilities `predict` writes, which differ only for a model with a
-    calibration (`synnav calibrate`, or fitted by `synnav train`)."""
+    calibration (`synnav calibrate`, or fitted by `synnav train`).
+
+    With several datasets (--data twice, or --shift) each model gets a column group per
+    dataset, named MODEL/DATASET (the file's name without its suffix).
+
+    \b
+      synnav evaluate --split test --shift     # the test split beside labels of another source
+    """
     from synnav_cli.cli.views import format_evaluation
     from synnav_cli.evaluate import evaluate_with_scores
     from synnav_cli.modeldir import resolve_model
@@ -86,23 +114,32 @@ def evaluate(
         pyplot()  # a missing matplotlib fails before any model runs
     from synnav_cli.cli.views import evaluation_by_column
 
-    data = data or default_dataset()
+    paths = list(datasets) or [default_dataset()]
+    if shift:
+        paths.append(shift_dataset())
+    for path in paths:  # a missing file fails before any model runs
+        if not path.is_file():
+            raise UserError(f"no dataset at {path}")
     results, scored = [], []
     for name in models or (None,):
         info, _how = resolve_model(name, offline=offline)
-        result, scores = evaluate_with_scores(
-            info,
-            data,
-            split=split,
-            device=device,
-            max_tokens=max_tokens,
-            offline=offline,
-            precision=precision,
-        )
-        # Labels as predict's columns spell them (excitatory_synapse): one spelling to join on.
-        result, scores = evaluation_by_column(result, scores)
-        results.append(result)
-        scored.append((info.name, result, scores))
+        for path in paths:
+            result, scores = evaluate_with_scores(
+                info,
+                path,
+                split=split,
+                device=device,
+                max_tokens=max_tokens,
+                offline=offline,
+                precision=precision,
+            )
+            # Labels as predict's columns spell them (excitatory_synapse): one spelling to join.
+            result, scores = evaluation_by_column(result, scores)
+            result["data"] = str(path)
+            if len(paths) > 1:
+                result["name"] = f"{info.name}/{path.name.split('.')[0]}"
+            results.append(result)
+            scored.append((result["name"], result, scores))
     click.echo(format_evaluation(results, fmt), nl=False)
     from synnav_cli.runtime import distributed
 

@@ -345,5 +345,9 @@ def format_evaluation(results: list[dict], fmt: str) -> str:
         return "\n".join(lines) + "\n"
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [headers, *rows]]
-    header = f"{results[0]['split']} split, {results[0]['proteins']} proteins\n"
+    if len({r.get("data") for r in results}) > 1:
+        sizes = dict.fromkeys(f"{r['name']} {r['proteins']}" for r in results)
+        header = f"{results[0]['split']} split, proteins: {', '.join(sizes)}\n"
+    else:
+        header = f"{results[0]['split']} split, {results[0]['proteins']} proteins\n"
     return header + "\n".join(lines) + "\n"

@@ -1,0 +1,82 @@
+"""`synnav evaluate` with several datasets side by side (--data twice, --shift)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from launch import LABELS, tiny_model_dir
+
+from synnav_cli.cli.main import cli
+
+
+def _dataset(path, count, seed):
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
+    records = []
+    for i in range(count):
+        sequence = "".join(rng.choice(letters, size=int(rng.integers(30, 80))))
+        labels = {name: int(rng.random() < 0.3) for name in LABELS[:3]}
+        records.append({"entry": f"Q{seed}{i:04d}", "sequence": sequence, "labels": labels,
+                        "split": "test"})
+    path.write_text(json.dumps(records))
+    return path
+
+
+def _table(output: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(output), delimiter="\t"))
+
+
+def test_two_datasets_are_scored_side_by_side(tmp_path, runner):
+    model = tiny_model_dir(tmp_path / "m")
+    first = _dataset(tmp_path / "first.json", 40, seed=1)
+    second = _dataset(tmp_path / "other.json", 30, seed=2)
+    both = runner.invoke(cli, ["evaluate", "-m", str(model), "-d", str(first), "-d", str(second),
+                               "--format", "tsv"])
+    assert both.exit_code == 0, both.output
+    alone = runner.invoke(cli, ["evaluate", "-m", str(model), "-d", str(second), "--format", "tsv"])
+    assert alone.exit_code == 0, alone.output
+    rows, single = _table(both.stdout), _table(alone.stdout)
+    assert [r["label"] for r in rows] == [r["label"] for r in single]
+    # Each dataset's columns are that dataset's own figures, under MODEL/DATASET.
+    for row, own in zip(rows, single):
+        assert row["m/other roc_auc"] == own["roc_auc"]
+        assert row["m/other ece"] == own["ece"]
+    assert "m/first roc_auc" in rows[0]
+    assert [r["m/first roc_auc"] for r in rows] != [r["m/other roc_auc"] for r in rows]
+
+    table = runner.invoke(cli, ["evaluate", "-m", str(model), "-d", str(first), "-d", str(second)])
+    assert table.stdout.splitlines()[0] == "test split, proteins: m/first 40, m/other 30"
+    records = json.loads(
+        runner.invoke(cli, ["evaluate", "-m", str(model), "-d", str(first), "-d", str(second),
+                            "--format", "json"]).stdout
+    )
+    assert [r["data"] for r in records] == [str(first), str(second)]
+
+
+def test_a_missing_dataset_fails_before_any_model_runs(tmp_path, runner):
+    model = tiny_model_dir(tmp_path / "m")
+    first = _dataset(tmp_path / "first.json", 10, seed=1)
+    result = runner.invoke(cli, ["evaluate", "-m", str(model), "-d", str(first),
+                                 "-d", str(tmp_path / "nothing.json")])
+    assert result.exit_code == 1
+    assert f"no dataset at {tmp_path / 'nothing.json'}" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_shift_adds_the_bundled_source_shift_set(tmp_path, runner):
+    from synnav_cli.resources import bundled_shift_path
+
+    model = tiny_model_dir(tmp_path / "m")
+    first = _dataset(tmp_path / "first.json", 20, seed=1)
+    result = runner.invoke(cli, ["evaluate", "-m", str(model), "-d", str(first), "--shift",
+                                 "--format", "json"])
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)
+    assert [r["data"] for r in records] == [str(first), str(bundled_shift_path())]
+    assert [r["name"] for r in records] == ["m/first", "m/shift"]
+    shifted = json.loads(bundled_shift_path().read_text())
+    assert records[1]["proteins"] == sum(r["split"] == "test" for r in shifted)
