@@ -55,8 +55,10 @@ def run_once(fasta: Path, setting: str) -> tuple[float, float, str]:
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    chosen = re.search(r"^threads: (\d+)", done.stderr, re.MULTILINE)
-    return wall, cpu, chosen.group(1) if chosen else "?"
+    # The last line counts: the default is taken down to 1 once the model is known
+    # (Backbone.cpu_threads_pay), which -v reports on a second line.
+    chosen = re.findall(r"^threads: (\d+)", done.stderr, re.MULTILINE)
+    return wall, cpu, chosen[-1] if chosen else "?"
 
 
 def phase(name: str, fasta: Path, rounds: int, settings: list[str]) -> None:
