@@ -108,6 +108,48 @@ def test_classify_reads_identity_then_distance():
     assert classify(Neighbour(None), None, t) == "unknown"
 
 
+def test_the_models_implausibility_score_calls_out():
+    t = Thresholds(distance_in=0.1, distance_out=0.3, implausible_out=4.0)
+    assert classify(Neighbour(None), 0.05, t, 20.0) == "out"  # near in embedding, yet no protein
+    assert classify(Neighbour(None), 0.05, t, 3.9) == "in"
+    assert classify(Neighbour(3, 1.0, 1.0), 0.05, t, 20.0) == "in"  # a training protein's copy
+    assert classify(Neighbour(None), 0.05, Thresholds(0.1, 0.3), 20.0) == "in"  # no threshold
+
+
+def test_dev_sets_the_implausibility_threshold_and_the_index_keeps_it(tmp_path):
+    from synnav_cli.domain.assess import dev_thresholds
+
+    assert dev_thresholds(np.array([0.1, 0.2])).implausible_out is None
+    assert dev_thresholds(np.array([0.1, 0.2]), np.array([0.0, 0.2])).implausible_out == 1.0
+    t = dev_thresholds(np.array([0.1, 0.2]), np.array([0.3, 1.9]))
+    assert t.implausible_out == 3.8
+    rng = np.random.default_rng(0)
+    write_index(tmp_path / INDEX_FILE, ["a", "b"], ["MKT", "MLV"], rng.normal(size=(2, 4)), t)
+    assert read_index(tmp_path).thresholds == t
+    older = Thresholds(0.1, 0.2)  # an index written before the score: five thresholds
+    write_index(tmp_path / INDEX_FILE, ["a", "b"], ["MKT", "MLV"], rng.normal(size=(2, 4)), older)
+    assert read_index(tmp_path).thresholds.implausible_out is None
+
+
+@pytest.mark.parametrize("value", [-1.0, "3", float("inf"), True])
+def test_a_crafted_implausibility_threshold_is_one_line(tmp_path, value):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / INDEX_FILE
+    write_index(path, ["a"], ["MKT"], rng.normal(size=(1, 4)), Thresholds(0.1, 0.2, 0.5, 0.5, 0.3, 4.0))
+    with safe_open(str(path), framework="pt") as handle:
+        meta = dict(handle.metadata())
+    values = json.loads(meta["thresholds"])
+    values["implausible_out"] = value
+    meta["thresholds"] = json.dumps(values)
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    with pytest.raises(UserError) as error:
+        read_index(tmp_path)
+    assert "\n" not in str(error.value)
+
+
 def _damage(path, offset: int, data: bytes) -> None:
     raw = bytearray(path.read_bytes())
     raw[offset : offset + len(data)] = data
@@ -208,6 +250,8 @@ def _bundled_rows(tmp_path, runner) -> tuple[dict, list[int]]:
     records = [(f"train_{i}", train.sequences[i]) for i in (0, 100, 2000)]
     records += [(f"shuffled_{i}", "".join(rng.permutation(list(test.sequences[i])))) for i in picks]
     records += [(f"foreign_{k}", _random_protein(rng, 400)) for k in range(5)]
+    # Random sequences that start, as real proteins do, with a methionine (see the xfail below).
+    records += [(f"met_foreign_{k}", "M" + _random_protein(rng, 399)) for k in range(5)]
     fasta = tmp_path / "q.fasta"
     fasta.write_text("".join(f">{name}\n{seq}\n" for name, seq in records))
     result = runner.invoke(cli, ["predict", str(fasta), "--device", "cpu", "--max-tokens", "16384"])
@@ -226,17 +270,35 @@ def test_bundled_model_calls_a_training_protein_in(tmp_path, runner):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="in the bundled model's pooled space shuffled and random sequences lie closer to "
-    "training proteins (cosine distance 0.04-0.13) than real test proteins do (median 0.40): "
-    "its embedding distance cannot flag them (docs/interpreting.md)",
-)
 def test_bundled_model_calls_shuffled_and_foreign_sequences_out(tmp_path, runner):
+    # The embedding distance alone called them in (shuffled and random sequences lie closer to
+    # training proteins in the bundled model's pooled space than real test proteins do); the
+    # model's own implausibility score calls them out.
     rows, picks = _bundled_rows(tmp_path, runner)
     shuffled = [rows[f"shuffled_{i}"]["domain"] for i in picks]
     assert shuffled.count("out") >= 18, shuffled
-    assert [rows[f"foreign_{k}"]["domain"] for k in range(5)] == ["out"] * 5
+    # The first letter decides (next test): every foreign sequence without a leading M is out.
+    names = [f"foreign_{k}" for k in range(5)]
+    plain = [n for n in names if not _sequence_of(tmp_path, n).startswith("M")]
+    assert len(plain) >= 3, plain  # the check below is not empty
+    assert [rows[n]["domain"] for n in plain] == ["out"] * len(plain)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="the bundled model's decoy score learned that a real protein starts with a methionine "
+    "(its decoys were shuffled proteins, which seldom do): of 300 uniformly random sequences, "
+    "95% were out and the other 5% were exactly those starting with M (docs/interpreting.md)",
+)
+def test_bundled_model_calls_foreign_sequences_starting_with_met_out(tmp_path, runner):
+    rows, _ = _bundled_rows(tmp_path, runner)
+    assert [rows[f"met_foreign_{k}"]["domain"] for k in range(5)] == ["out"] * 5
+
+
+def _sequence_of(tmp_path, name: str) -> str:
+    lines = (tmp_path / "q.fasta").read_text().splitlines()
+    return lines[lines.index(f">{name}") + 1]
 
 
 @pytest.mark.slow

@@ -324,6 +324,10 @@ class AACNNBackbone(Backbone):
     def tokenize(self, sequences: Sequence[str]) -> TokenBatch:
         return ESM_VOCABULARY.batch(sequences)
 
+    def implausibility(self, pooled: np.ndarray) -> np.ndarray:
+        # The encoder's last feature, the same at every position, so its mean is the score.
+        return np.asarray(pooled)[:, self.embedding_dim - 1]
+
     def fingerprint(self) -> str:
         # The architecture's version: a model trained on an earlier aacnn (without the global
         # descriptors) is refused by name instead of failing on mismatched tensors.

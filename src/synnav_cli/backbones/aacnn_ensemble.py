@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -83,6 +84,12 @@ class AACNNEnsembleBackbone(AACNNBackbone):
 
     def fingerprint(self) -> str:
         return f"{super().fingerprint()}-x{MEMBERS}"
+
+    def implausibility(self, pooled: np.ndarray) -> np.ndarray:
+        # The members' own scores (each member's last feature), averaged.
+        width = AACNNBackbone.embedding_dim
+        columns = [k * width + width - 1 for k in range(MEMBERS)]
+        return np.asarray(pooled)[:, columns].mean(axis=1)
 
     def new_encoder(self) -> nn.Module:
         return AACNNEnsembleEncoder()

@@ -182,6 +182,12 @@ class Backbone(abc.ABC):
         initialised, to receive a state dict from a trained synnav model directory.
         """
 
+    def implausibility(self, pooled: np.ndarray) -> np.ndarray | None:
+        """A score per protein, from its pooled embedding ``[proteins, embedding_dim]``, that
+        grows on sequences unlike real proteins (shuffled or random letters), for the ``domain``
+        column; None (the default) when the encoder has no such score."""
+        return None
+
     def weights_cached(self) -> bool | None:
         """Whether pretrained weights are in the local cache; None when none are needed."""
         return None if self.weights_repo is None else False

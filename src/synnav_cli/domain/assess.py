@@ -3,7 +3,7 @@ distance, and the ``in`` / ``edge`` / ``out`` call (:func:`classify`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,17 +36,31 @@ class DomainCall:
 UNKNOWN = DomainCall(None, None, None, None, "unknown")
 
 
-def classify(neighbour: Neighbour, distance: float | None, t: Thresholds | None) -> str:
+def classify(
+    neighbour: Neighbour,
+    distance: float | None,
+    t: Thresholds | None,
+    implausibility: float | None = None,
+) -> str:
     """``in``: a training protein at ``identity_in`` or more over ``coverage_in`` of the query,
-    or an embedding no farther from training than the median dev protein's; ``out``: no
-    training protein at ``identity_out`` over ``coverage_in`` and an embedding farther than 95%
-    of dev proteins'; ``edge``: between. ``unknown`` without thresholds or a distance, unless a
-    close homologue alone says ``in``."""
+    or an embedding no farther from training than the median dev protein's; ``out``: the
+    model's own implausibility score above ``implausible_out`` (a sequence unlike any real
+    protein), or no training protein at ``identity_out`` over ``coverage_in`` and an embedding
+    farther than 95% of dev proteins'; ``edge``: between. ``unknown`` without thresholds or a
+    distance, unless a close homologue alone says ``in``."""
     if t is None:
         return "unknown"
     covered = neighbour.index is not None and neighbour.coverage >= t.coverage_in
     if covered and neighbour.identity >= t.identity_in:
         return "in"
+    if (
+        implausibility is not None
+        and t.implausible_out is not None
+        and implausibility > t.implausible_out
+    ):
+        # A composition-driven embedding puts shuffled sequences next to real proteins; the
+        # model's decoy score does not (docs/interpreting.md).
+        return "out"
     if distance is None:
         return "unknown"
     if distance <= t.distance_in:
@@ -74,7 +88,16 @@ class DomainAssessor:
     ``mmseqs`` is on PATH, else k-mers). ``index`` None (a model trained before indexes were stored): every call unknown.
     """
 
-    def __init__(self, index: DomainIndex | None, method: str = DEFAULT_METHOD, threads: int = 1):
+    def __init__(
+        self,
+        index: DomainIndex | None,
+        method: str = DEFAULT_METHOD,
+        threads: int = 1,
+        implausibility: Callable[[np.ndarray], np.ndarray | None] | None = None,
+    ):
+        # ``implausibility``: the model's backbone's score of raw pooled embeddings
+        # (``Backbone.implausibility``), read against the index's ``implausible_out``.
+        self.implausibility = implausibility
         if method not in METHODS:
             raise UserError(f"unknown domain method {method!r}; choose {', '.join(METHODS)}")
         self.index = index
@@ -111,25 +134,39 @@ class DomainAssessor:
                 )
             standard = self.index.standardize(pooled)
             distances = [float(d) for d in nearest_distances(self.index.embeddings, standard)]
+        scores: list[float | None] = [None] * len(sequences)
+        if pooled is not None and self.implausibility is not None:
+            found = self.implausibility(pooled)
+            if found is not None:
+                scores = [float(v) for v in found]
         return [
             DomainCall(
                 None if n.index is None else self.index.ids[n.index],
                 round(n.identity, 4),
                 round(n.coverage, 4),
                 None if d is None else round(d, 4),
-                classify(n, d, self.index.thresholds),
+                classify(n, d, self.index.thresholds, score),
             )
-            for n, d in zip(neighbours, distances)
+            for n, d, score in zip(neighbours, distances, scores)
         ]
 
 
-def dev_thresholds(dev_distances: np.ndarray) -> Thresholds:
+def dev_thresholds(
+    dev_distances: np.ndarray, dev_implausibility: np.ndarray | None = None
+) -> Thresholds:
     """Distance thresholds from the dev proteins' distances to training: the median (``in`` at
-    or below) and the 95th percentile (``out`` above, without a homologue)."""
+    or below) and the 95th percentile (``out`` above, without a homologue). With the dev
+    proteins' implausibility scores, ``implausible_out`` is twice the largest of them, and at
+    least 1: no real dev protein comes near it, while the bundled model scores shuffled
+    proteins about 20 against at most 1.6 for its test proteins (docs/interpreting.md)."""
     dev_distances = np.asarray(dev_distances, dtype=np.float64)
     if len(dev_distances) == 0:
         raise UserError("no dev proteins to set the domain thresholds on")
+    implausible_out = None
+    if dev_implausibility is not None and len(dev_implausibility):
+        implausible_out = round(max(1.0, 2.0 * float(np.max(dev_implausibility))), 6)
     return Thresholds(
         distance_in=round(float(np.quantile(dev_distances, 0.5)), 6),
         distance_out=round(float(np.quantile(dev_distances, 0.95)), 6),
+        implausible_out=implausible_out,
     )

@@ -14,6 +14,7 @@ offsets that rise and end at the residue count, codes inside the alphabet, finit
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,9 @@ class Thresholds:
     identity_in: float = 0.5  # a training protein this identical, over ...
     coverage_in: float = 0.5  # ... this much of the query, is a close homologue: in
     identity_out: float = 0.3  # below this identity only the embedding can say in or edge
+    # Above this score of the model's own (Backbone.implausibility) a protein is out, whatever
+    # its embedding distance; None: the backbone has no such score, or the index predates it.
+    implausible_out: float | None = None
 
 
 @dataclass
@@ -147,7 +151,9 @@ def write_index(
         "info": json.dumps(info or {}),
     }
     if thresholds is not None:
-        meta["thresholds"] = json.dumps(thresholds.__dict__)
+        meta["thresholds"] = json.dumps(
+            {k: v for k, v in thresholds.__dict__.items() if v is not None}
+        )
     from safetensors.torch import save_file
 
     # files.save_tensors takes no metadata: the same atomic replacement, with the header's.
@@ -244,14 +250,26 @@ def _checked(meta: dict, tensors: dict) -> DomainIndex:
     thresholds = None
     if "thresholds" in meta:
         values = json.loads(meta["thresholds"])
-        if not isinstance(values, dict) or set(values) != set(Thresholds.__dataclass_fields__):
+        five = set(Thresholds.__dataclass_fields__) - {"implausible_out"}
+        if not isinstance(values, dict) or set(values) - {"implausible_out"} != five:
             raise ValueError("'thresholds' must hold the five domain thresholds")
+        score = values.pop("implausible_out", None)
         if not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 2
             for v in values.values()
         ):
             raise ValueError("the domain thresholds must be numbers between 0 and 2")
-        thresholds = Thresholds(**{k: float(v) for k, v in values.items()})
+        if score is not None and not (
+            isinstance(score, (int, float))
+            and not isinstance(score, bool)
+            and math.isfinite(score)
+            and score >= 0
+        ):
+            raise ValueError("'implausible_out' must be a finite number, 0 or more")
+        thresholds = Thresholds(
+            **{k: float(v) for k, v in values.items()},
+            implausible_out=None if score is None else float(score),
+        )
     info = json.loads(meta.get("info", "{}"))
     return DomainIndex(
         ids,

@@ -13,6 +13,7 @@ from synnav_cli import console
 from synnav_cli.domain.assess import DEFAULT_METHOD, DomainAssessor
 from synnav_cli.domain.index import read_index
 from synnav_cli.modeldir import ModelInfo
+from synnav_cli.plugins import get_backbone
 from synnav_cli.predict.writer import Prediction
 
 
@@ -24,7 +25,8 @@ def open_assessor(info: ModelInfo, method: str | None = None) -> DomainAssessor:
     """
     method = method or os.environ.get("SYNNAV_DOMAIN_METHOD") or DEFAULT_METHOD
     index = read_index(info.path)
-    assessor = DomainAssessor(index, method)
+    backbone = get_backbone(info.meta["backbone"])
+    assessor = DomainAssessor(index, method, implausibility=backbone.implausibility)
     if index is None:
         console.info(
             f"Domain: {info.name} has no domain index (trained before synnav kept one): the "

@@ -186,7 +186,9 @@ def prepare_openmp(environ=os.environ) -> str:
         if name in environ:
             return f"OpenMP {name}={environ[name]}"
     if "torch" in sys.modules:
-        return "OpenMP threads spin while they wait: torch was loaded before OMP_WAIT_POLICY was set"
+        return (
+            "OpenMP threads spin while they wait: torch was loaded before OMP_WAIT_POLICY was set"
+        )
     environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return "OpenMP OMP_WAIT_POLICY=PASSIVE"
 

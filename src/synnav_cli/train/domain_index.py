@@ -76,10 +76,9 @@ def build_domain_index(
     write_index(path, train.entries, train.sequences, train_pooled, None)
     # Dev distances against what the file holds (a sample when training is large).
     stored = read_index(folder)
-    distances = nearest_distances(
-        stored.embeddings, stored.standardize(pooled(dev.sequences, "dev"))
-    )
-    thresholds = dev_thresholds(distances)
+    dev_pooled = pooled(dev.sequences, "dev")
+    distances = nearest_distances(stored.embeddings, stored.standardize(dev_pooled))
+    thresholds = dev_thresholds(distances, backbone.implausibility(dev_pooled))
     info = {
         "training_proteins": len(train),
         "embedded_training_proteins": len(stored.embeddings),
