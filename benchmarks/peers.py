@@ -341,11 +341,10 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 def _synnav_attention(encoder) -> str:
     if hasattr(encoder, "resolved_attention_backend"):
         path = "packed, " + encoder.resolved_attention_backend(torch.device("cpu"), torch.float32)
-        onednn = getattr(encoder, "onednn_linear", False) and cpu_linear.onednn_used()
+        onednn = getattr(encoder, "onednn_linear", False)
         return path + (", oneDNN linear in fp32" if onednn else "")
     if getattr(encoder, "packed", False):
-        linear = "oneDNN" if cpu_linear.onednn_used() else "MKL"
-        return f"packed (esm2_packed: one SDPA per protein, {linear} linear in fp32)"
+        return "packed (esm2_packed: one SDPA per protein, oneDNN linear in fp32)"
     return "transformers EsmModel (padded)"
 
 
