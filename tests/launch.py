@@ -137,6 +137,24 @@ def tiny_model_dir(path: Path, labels: list[str] = LABELS[:3], max_length: int =
     return save_model_dir(path, model, meta, encoder_frozen=False)
 
 
+def random_dataset(
+    path: Path, count: int, *, rate: float = 0.1, seed: int = 0, split: str = "dev",
+    prefix: str = "P",
+) -> Path:
+    """Random proteins (30-79 residues), all in ``split``, each of LABELS[:3] true for about
+    ``rate`` of them; entries PREFIX00000, PREFIX00001, ..."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
+    records = []
+    for i in range(count):
+        sequence = "".join(rng.choice(letters, size=int(rng.integers(30, 80))))
+        labels = {name: int(rng.random() < rate) for name in LABELS[:3]}
+        records.append({"entry": f"{prefix}{i:05d}", "sequence": sequence, "labels": labels,
+                        "split": split})
+    path.write_text(json.dumps(records))
+    return path
+
+
 def write_fasta(path: Path, count: int, *, lengths: tuple[int, int] = (10, 40), seed: int = 0) -> Path:
     """``count`` random proteins named p0, p1, ..., written as they are drawn."""
     rng = np.random.default_rng(seed)

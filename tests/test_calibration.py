@@ -8,12 +8,11 @@ import json
 
 import numpy as np
 import pytest
-from launch import LABELS, tiny_model_dir
+from launch import LABELS, random_dataset, tiny_model_dir
 
 from synnav_cli.calibration import (
     METHODS,
     Calibration,
-    LabelCalibration,
     expected_calibration_error,
     fit_calibration,
 )
@@ -119,15 +118,7 @@ def test_a_damaged_calibration_is_one_line_naming_it(tmp_path, runner, why, stor
 
 def _dev_dataset(path, count=160, rate=0.1, seed=0):
     """Random proteins, all in dev, each label true for about ``rate`` of them."""
-    rng = np.random.default_rng(seed)
-    letters = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
-    records = []
-    for i in range(count):
-        sequence = "".join(rng.choice(letters, size=int(rng.integers(30, 80))))
-        labels = {name: int(rng.random() < rate) for name in LABELS[:3]}
-        records.append({"entry": f"P{i:05d}", "sequence": sequence, "labels": labels, "split": "dev"})
-    path.write_text(json.dumps(records))
-    return path
+    return random_dataset(path, count, rate=rate, seed=seed)
 
 
 def _rows(output: str) -> list[dict]:

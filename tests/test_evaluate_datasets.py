@@ -6,24 +6,13 @@ import csv
 import io
 import json
 
-import numpy as np
-import pytest
-from launch import LABELS, tiny_model_dir
+from launch import random_dataset, tiny_model_dir
 
 from synnav_cli.cli.main import cli
 
 
 def _dataset(path, count, seed):
-    rng = np.random.default_rng(seed)
-    letters = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
-    records = []
-    for i in range(count):
-        sequence = "".join(rng.choice(letters, size=int(rng.integers(30, 80))))
-        labels = {name: int(rng.random() < 0.3) for name in LABELS[:3]}
-        records.append({"entry": f"Q{seed}{i:04d}", "sequence": sequence, "labels": labels,
-                        "split": "test"})
-    path.write_text(json.dumps(records))
-    return path
+    return random_dataset(path, count, rate=0.3, seed=seed, split="test", prefix=f"Q{seed}")
 
 
 def _table(output: str) -> list[dict]:
