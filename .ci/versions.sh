@@ -49,7 +49,8 @@ PY
     # ESM2 (transformers' EsmModel and tokenizer files), hub downloads and the cache, model
     # sharing through the Hub, the Python API's DataFrames, and the import-time checks.
     python -m pytest -q -p no:cacheprovider \
-        tests/test_backbones_real.py tests/test_esm2_packed.py tests/test_cache.py \
+        tests/test_backbones_real.py tests/test_esm2_packed.py tests/test_esm2_inference.py \
+        tests/test_cache.py \
         tests/test_hub_reach.py tests/test_model_sharing.py tests/test_api.py \
         tests/test_performance.py tests/test_small_job_imports.py tests/test_plugins.py
 )

@@ -12,7 +12,8 @@ docs/plugins.md documents the same contract, and a test keeps the two in step.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +183,12 @@ class Backbone(abc.ABC):
         initialised, to receive a state dict from a trained synnav model directory.
         """
 
+    def build_inference_encoder(self, device: torch.device, *, offline: bool = False) -> nn.Module:
+        """The pretrained encoder for inference only (no gradients) on ``device``: what
+        ``synnav embed --backbone`` runs. The default is :meth:`build_encoder`'s; override it
+        where a lighter build computes the same numbers (ESM2 on CPU skips transformers)."""
+        return self.build_encoder(pretrained=True, offline=offline)
+
     def implausibility(self, pooled: np.ndarray) -> np.ndarray | None:
         """A score per protein, from its pooled embedding ``[proteins, embedding_dim]``, that
         grows on sequences unlike real proteins (shuffled or random letters), for the ``domain``
@@ -260,6 +267,23 @@ class Backbone(abc.ABC):
     def fingerprint(self) -> str:
         """Identifies the weights an embedding was computed with (embedding-cache key)."""
         return self.id
+
+
+@contextmanager
+def no_weight_init() -> Iterator[None]:
+    """``torch.nn.init`` does nothing inside: for modules built on the meta device only to
+    receive a checkpoint's tensors. Initialising a meta tensor still runs torch's reference
+    implementation, and its first use imports torch._dynamo: 1-2 s of every run's start on an
+    idle CPU (more on a busy one), for values never computed."""
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {name: getattr(nn.init, name) for name in names}
+    for name in names:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
 
 
 class BackboneUnavailable(UserError):

@@ -14,15 +14,14 @@ and file, and loaded by the same code.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from synnav_cli.backbones.base import Backbone, EncoderShape, TokenBatch
+from synnav_cli.backbones.base import Backbone, EncoderShape, TokenBatch, no_weight_init
 from synnav_cli.backbones.esm_alphabet import ESM_VOCABULARY
 from synnav_cli.hookspecs import hookimpl
 from synnav_cli.weights import hub, integrity
@@ -114,29 +113,12 @@ class ESMC(Backbone):
         # Built on the meta device, the encoder gets the checkpoint's (memory-mapped) tensors
         # instead of random ones it would throw away: at 600M that spares seconds of
         # initialisation and a second copy of the weights.
-        with torch.device("meta"), _no_init():
+        with torch.device("meta"), no_weight_init():
             encoder = ESMCEncoder(self.config)
         # Strict apart from the masked-LM head; a mismatch is a UserError naming the keys.
         encoder.load_official_state_dict(state, assign=True)
         # Training and the random-init path both start from fp32, whatever the file stores.
         return encoder.float().eval()
-
-
-@contextmanager
-def _no_init() -> Iterator[None]:
-    """``torch.nn.init`` does nothing inside: for modules built on the meta device only to
-    receive a checkpoint's tensors. Initialising a meta tensor still runs torch's reference
-    implementation, and its first use imports torch._dynamo: 1-2 s of every run's start on an
-    idle CPU (more on a busy one), for values never computed."""
-    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
-    saved = {name: getattr(nn.init, name) for name in names}
-    for name in names:
-        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-    try:
-        yield
-    finally:
-        for name, function in saved.items():
-            setattr(nn.init, name, function)
 
 
 @hookimpl

@@ -84,7 +84,7 @@ def load_encoder(
         )
     runtime = scoring_runtime(backbone, device, backbone.max_length, max_tokens, precision)
     threads.fit_to_backbone(backbone, runtime.device)
-    encoder = backbone.build_encoder(pretrained=True, offline=offline).to(runtime.device)
+    encoder = backbone.build_inference_encoder(runtime.device, offline=offline).to(runtime.device)
     cast_encoder(encoder, runtime)
     identity = {"backbone": backbone.id, "weights": backbone.fingerprint(), "model": None}
     return Encoder(backbone, encoder, runtime, backbone.max_length, identity)
