@@ -341,10 +341,11 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 def _synnav_attention(encoder) -> str:
     if hasattr(encoder, "resolved_attention_backend"):
         path = "packed, " + encoder.resolved_attention_backend(torch.device("cpu"), torch.float32)
-        onednn = getattr(encoder, "onednn_linear", False)
+        onednn = getattr(encoder, "onednn_linear", False) and cpu_linear.onednn_used()
         return path + (", oneDNN linear in fp32" if onednn else "")
     if getattr(encoder, "packed", False):
-        return "packed (esm2_packed: one SDPA per protein, oneDNN linear in fp32)"
+        linear = "oneDNN" if cpu_linear.onednn_used() else "MKL"
+        return f"packed (esm2_packed: one SDPA per protein, {linear} linear in fp32)"
     return "transformers EsmModel (padded)"
 
 

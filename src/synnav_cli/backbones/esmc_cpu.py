@@ -5,8 +5,9 @@ q/k/v projection, ``out_proj`` and the SwiGLU FFN's two) through a "dense" funct
 per forward by :func:`dense_for`. Without gradients, on CPU, in fp32 and outside autocast that
 is :func:`onednn_call`: the same weights through :func:`synnav_cli.backbones.cpu_linear.linear`,
 which on the AMD EPYC build machine ran ESM C's shapes at 2.2-2.7x MKL's rate (docs/
-benchmarks.md, "ESM C forward on CPU"). Everything else - training, ``--explain`` (both need
-gradients), bf16, CUDA - keeps the modules' own calls (:func:`module_call`), as does
+benchmarks.md, "ESM C forward on CPU"). Everything else - Intel CPUs, where MKL is the faster
+(:func:`synnav_cli.backbones.cpu_linear.onednn_used` is False), training, ``--explain`` (both
+need gradients), bf16, CUDA - keeps the modules' own calls (:func:`module_call`), as does
 ``ESMCEncoder.onednn_linear = False``.
 """
 
@@ -42,7 +43,7 @@ def dense_for(x: torch.Tensor) -> Dense:
         not torch.is_grad_enabled()
         and x.device.type == "cpu"
         and x.dtype == torch.float32
-        and cpu_linear._ONEDNN_LINEAR is not None
+        and cpu_linear.onednn_used()
     ):
         return onednn_call
     return module_call
