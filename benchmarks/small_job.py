@@ -8,7 +8,8 @@ residue embeddings) from the same random full-size weights, laid out in a Huggin
 exactly as a download leaves them (tests/hub_weights.py), so nothing touches the network:
 
 ``synnav``
-    ``synnav embed FASTA -b <backbone> -o out.npz --offline --threads 1``.
+    ``synnav embed FASTA -b <backbone> -o out.npz --offline --threads 1 --precision fp32``
+    (``--precision bf16`` with this script's ``--precision bf16``: other numbers, measured too).
 ``esm``
     EvolutionaryScale's ``esm`` package (3.2.1.post1, the environment of benchmarks/peer_venv.sh)
     as its README shows: ``ESMC.from_pretrained("esmc_600m")``, then per protein
@@ -25,7 +26,7 @@ side's embeddings are compared (the same weights must give the same numbers).
 
 Usage (from the repository root, synnav's environment active):
     python benchmarks/small_job.py [--models esmc-600m esm2-8m] [--rounds 2] [--proteins 16]
-        [--peer-python /tmp/synnav-parity-venv/bin/python] [--workdir DIR]
+        [--peer-python /tmp/synnav-parity-venv/bin/python] [--workdir DIR] [--precision bf16]
 """
 
 from __future__ import annotations
@@ -160,6 +161,8 @@ def _command(name: str, model: str, args, workdir: Path, proteins: Path) -> tupl
             "--offline",
             "--threads",
             "1",
+            "--precision",
+            args.precision,
             "-q",
         ], env
     script = ESM_PEER if peer == "esm" else TRANSFORMERS_PEER
@@ -192,6 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workdir", type=Path, help="keep the weights here between runs")
     parser.add_argument("--json", type=Path, help="also write the timings here")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="synnav's --precision (the peers run fp32, as they do on CPU); bf16 changes the "
+        "numbers, and the table's last column says by how much",
+    )
     args = parser.parse_args(argv)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="synnav-small-job-"))
@@ -220,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, "
         f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; {args.proteins} proteins "
         f"(median {int(np.median([len(s) for _, s in proteins]))} residues), one thread, "
-        f"best of {args.rounds}\n"
+        f"best of {args.rounds}, synnav --precision {args.precision}\n"
     )
     print("| model | peer | peer s | synnav s | synnav speed-up | max abs diff of embeddings |")
     print("|---|---|---|---|---|---|")
