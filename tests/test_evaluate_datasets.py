@@ -69,3 +69,38 @@ def test_shift_adds_the_bundled_source_shift_set(tmp_path, runner):
     assert [r["name"] for r in records] == ["m/first", "m/shift"]
     shifted = json.loads(bundled_shift_path().read_text())
     assert records[1]["proteins"] == sum(r["split"] == "test" for r in shifted)
+
+
+def test_files_of_one_name_in_two_folders_get_column_groups_of_their_own(tmp_path, runner):
+    model = tiny_model_dir(tmp_path / "m")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = _dataset(tmp_path / "a" / "data.json", 30, seed=1)
+    second = _dataset(tmp_path / "b" / "data.json", 30, seed=2)
+    result = runner.invoke(cli, ["evaluate", "-m", str(model), "-d", str(first), "-d", str(second),
+                                 "--format", "tsv"])
+    assert result.exit_code == 0, result.output
+    header = _table(result.stdout)[0]
+    assert "m/a/data roc_auc" in header and "m/b/data roc_auc" in header
+    assert "m/data roc_auc" not in header
+
+
+def test_dataset_names_are_the_shortest_that_differ(tmp_path):
+    from synnav_cli.cli.evaluate import dataset_names
+
+    assert dataset_names([tmp_path / "x" / "a" / "data.json", tmp_path / "x" / "b" / "data.json",
+                          tmp_path / "shift.json"]) == ["a/data", "b/data", "shift"]
+    assert dataset_names([tmp_path / "a" / "x" / "d.json", tmp_path / "b" / "x" / "d.json"]) == [
+        "a/x/d", "b/x/d"]
+    # Only the suffix differs: the paths, as given.
+    assert dataset_names([tmp_path / "d.json", tmp_path / "d.json.gz"]) == [
+        str(tmp_path / "d.json"), str(tmp_path / "d.json.gz")]
+
+
+def test_the_same_dataset_twice_is_refused(tmp_path, runner):
+    model = tiny_model_dir(tmp_path / "m")
+    data = _dataset(tmp_path / "data.json", 10, seed=1)
+    result = runner.invoke(cli, ["evaluate", "-m", str(model), "-d", str(data), "-d",
+                                 str(tmp_path / "." / "data.json")])
+    assert result.exit_code == 1
+    assert "is given twice" in result.stderr and "Traceback" not in result.output

@@ -1,5 +1,9 @@
 """ESM2 backbones (Meta, MIT licence), run through transformers' ``EsmModel`` with SDPA attention.
 
+Embedding with a backbone on CPU (``synnav embed --backbone``) skips transformers altogether:
+:meth:`ESM2.build_inference_encoder` fills :mod:`.esm2_inference`'s torch-only modules from the
+same files, for the same packed forward.
+
 Weights come from the ``facebook/esm2_*`` repositories through :mod:`synnav_cli.weights.hub`
 (``config.json`` plus ``model.safetensors``; ``pytorch_model.bin`` only where a repository has
 nothing else). The architecture of each registered size is written down here, so a randomly

@@ -6,8 +6,8 @@ model's own modules and weights, so checkpoints, state dicts and training are un
 faster on CPU because:
 
 - its fp32 linear layers run on oneDNN rather than MKL, which torch's ``F.linear`` uses and
-  which ran these shapes at less than half oneDNN's rate on the AMD EPYC build machine (most
-  of the gain; see :mod:`synnav_cli.backbones.cpu_linear`);
+  which ran these shapes at less than half oneDNN's rate on an AMD EPYC (most of the gain
+  there; on Intel CPUs MKL was the faster and is kept: :mod:`synnav_cli.backbones.cpu_linear`);
 - real tokens are packed into ``[N, d]`` before the first layer, so no projection, FFN or
   attention spends work on padding (``EsmModel`` computes every padded slot of a batch);
 - attention is one unmasked SDPA per protein, which runs torch's CPU flash kernel;

@@ -99,7 +99,8 @@ def evaluate(
     calibration (`synnav calibrate`, or fitted by `synnav train`).
 
     With several datasets (--data twice, or --shift) each model gets a column group per
-    dataset, named MODEL/DATASET (the file's name without its suffix).
+    dataset, named MODEL/DATASET (the file's name without its suffix; with as many of its
+    folders in front as it takes to tell two files of one name apart).
 
     \b
       synnav evaluate --split test --shift     # the test split beside labels of another source
@@ -120,10 +121,11 @@ def evaluate(
     for path in paths:  # a missing file fails before any model runs
         if not path.is_file():
             raise UserError(f"no dataset at {path}")
+    names = dataset_names(paths)
     results, scored = [], []
     for name in models or (None,):
         info, _how = resolve_model(name, offline=offline)
-        for path in paths:
+        for path, dataset_name in zip(paths, names):
             result, scores = evaluate_with_scores(
                 info,
                 path,
@@ -137,7 +139,7 @@ def evaluate(
             result, scores = evaluation_by_column(result, scores)
             result["data"] = str(path)
             if len(paths) > 1:
-                result["name"] = f"{info.name}/{path.name.split('.')[0]}"
+                result["name"] = f"{info.name}/{dataset_name}"
             results.append(result)
             scored.append((result["name"], result, scores))
     click.echo(format_evaluation(results, fmt), nl=False)
@@ -148,6 +150,32 @@ def evaluate(
 
         written = write_plots([ModelScores(*entry) for entry in scored], plots_dir)
         console.info(f"Wrote {len(written)} figures to {plots_dir}.")
+
+
+def dataset_names(paths: list[Path]) -> list[str]:
+    """A column-group name per dataset file: its name without suffixes (``shift`` for
+    ``data/shift.json``), led by as many of its folders as it takes to tell files of one name
+    apart (``a/data``, ``b/data``). The same file twice is a UserError: its columns would be
+    the same figures under one name."""
+    resolved = [path.resolve() for path in paths]
+    for index, path in enumerate(resolved):
+        if path in resolved[:index]:
+            raise UserError(f"dataset {paths[index]} is given twice")
+    parts = [path.parts for path in resolved]
+    depths = [1] * len(parts)
+
+    def name(index: int) -> str:
+        folders = parts[index][-depths[index] : -1]
+        return "/".join((*folders, parts[index][-1].split(".")[0]))
+
+    while True:
+        names = [name(index) for index in range(len(parts))]
+        clashing = [i for i, n in enumerate(names) if names.count(n) > 1]
+        growable = [i for i in clashing if depths[i] < len(parts[i]) - 1]
+        if not growable:  # one folder, names that differ only in suffix: the paths as given
+            return [str(paths[i]) if i in clashing else n for i, n in enumerate(names)]
+        for index in growable:
+            depths[index] += 1
 
 
 @click.command()
