@@ -155,9 +155,30 @@ def _write(path, records):
 
 needs_mmseqs = pytest.mark.skipif(not homology.mmseqs_available(), reason="mmseqs is not installed")
 
+# What `synnav split` got from MMseqs2, per input, for this module's split-command tests.
+_CLUSTERINGS: dict[tuple, list[int]] = {}
+
+
+@pytest.fixture
+def clustered_once(monkeypatch):
+    """MMseqs2 runs once per distinct input across the split-command tests below; later calls
+    get the same answer. An easy-cluster call takes about 15 s even on this handful of proteins
+    (its prefilter builds a k-mer table for the whole alphabet, three times over), and these
+    tests are about the command: the clustering itself, and that it repeats exactly, is
+    test_cluster_sequences_groups_homologs's."""
+    real = homology.cluster_sequences
+
+    def remembered(sequences, *args, **kwargs):
+        key = (tuple(sequences), args, tuple(sorted(kwargs.items())))
+        if key not in _CLUSTERINGS:
+            _CLUSTERINGS[key] = real(sequences, *args, **kwargs)
+        return list(_CLUSTERINGS[key])
+
+    monkeypatch.setattr(homology, "cluster_sequences", remembered)
+
 
 @needs_mmseqs
-def test_split_command_writes_a_homology_aware_copy(runner, tmp_path):
+def test_split_command_writes_a_homology_aware_copy(runner, tmp_path, clustered_once):
     records = _split_records()
     data = _write(tmp_path / "d.json", records)
     before = data.read_bytes()
@@ -181,7 +202,7 @@ def test_split_command_writes_a_homology_aware_copy(runner, tmp_path):
 
 
 @needs_mmseqs
-def test_split_command_is_reproducible_and_seeded(runner, tmp_path):
+def test_split_command_is_reproducible_and_seeded(runner, tmp_path, clustered_once):
     data = _write(tmp_path / "d.json", _split_records())
     outputs = []
     for name, seed in (("a.json", "0"), ("b.json", "0"), ("c.json", "1")):
@@ -193,7 +214,7 @@ def test_split_command_is_reproducible_and_seeded(runner, tmp_path):
 
 
 @needs_mmseqs
-def test_split_command_tsv_gets_a_split_column(runner, tmp_path):
+def test_split_command_tsv_gets_a_split_column(runner, tmp_path, clustered_once):
     records = _split_records()
     data = tmp_path / "d.tsv"
     lines = ["entry\tsequence\tER"] + [f"{r['entry']}\t{r['sequence']}\t{r['labels']['ER']}" for r in records]
@@ -209,7 +230,7 @@ def test_split_command_tsv_gets_a_split_column(runner, tmp_path):
 
 
 @needs_mmseqs
-def test_split_command_never_overwrites_without_force(runner, tmp_path):
+def test_split_command_never_overwrites_without_force(runner, tmp_path, clustered_once):
     data = _write(tmp_path / "d.json", _split_records())
     out = tmp_path / "split.json"
     out.write_text("precious")
