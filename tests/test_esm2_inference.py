@@ -44,6 +44,9 @@ def test_same_numbers_as_the_esm_model_build(tiny_hub):  # noqa: F811
     for name, tensor in light.esm.state_dict().items():
         assert tensor.device.type == "cpu"
         assert torch.equal(tensor, full_state[name]), name
+    # --precision bf16 on CPU casts the encoder (scoring.load.cast_encoder): still the same.
+    light, full = light.to(torch.bfloat16), full.to(torch.bfloat16)
+    assert torch.equal(_outputs(light, backbone), _outputs(full, backbone))
 
 
 def test_reads_pytorch_model_bin_when_that_is_what_the_cache_holds(tiny_hub):  # noqa: F811
