@@ -66,6 +66,7 @@ def test_reads_pytorch_model_bin_when_that_is_what_the_cache_holds(tiny_hub):  #
         ("drop", "missing esm.encoder.layer.1.output.dense.weight"),
         ("extra", "unexpected esm.encoder.layer.0.attention.self.extra"),
         ("shape", "mis-shaped esm.embeddings.word_embeddings.weight"),
+        ("dtype", "non-float esm.encoder.layer.0.LayerNorm.weight (torch.int32)"),
     ],
 )
 def test_a_checkpoint_that_does_not_fit_is_one_clear_error(tiny_hub, change, expected):  # noqa: F811
@@ -75,8 +76,10 @@ def test_a_checkpoint_that_does_not_fit_is_one_clear_error(tiny_hub, change, exp
         del state["esm.encoder.layer.1.output.dense.weight"]
     elif change == "extra":
         state["esm.encoder.layer.0.attention.self.extra"] = torch.zeros(3)
-    else:
+    elif change == "shape":
         state["esm.embeddings.word_embeddings.weight"] = torch.zeros(40, 64)
+    else:
+        state["esm.encoder.layer.0.LayerNorm.weight"] = torch.ones(64, dtype=torch.int32)
     _cache(tiny_hub, {**files, "model.safetensors": save(state)})
     with pytest.raises(UserError, match="does not fit backbone esm2_8m") as error:
         get_backbone("esm2_8m").build_inference_encoder(torch.device("cpu"), offline=True)

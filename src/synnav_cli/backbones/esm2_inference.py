@@ -157,12 +157,16 @@ def build(
             problems.append(f"unexpected {key}")
         elif tensor.shape != expected[name].shape:
             problems.append(f"mis-shaped {key}")
+        elif not tensor.is_floating_point():
+            # An integer tensor would be cast without a word, and the model would then score
+            # every protein alike.
+            problems.append(f"non-float {key} ({tensor.dtype})")
         else:
             state[name] = tensor.float()
     problems += [f"missing esm.{name}" for name in sorted(set(expected) - set(state))]
     if problems:
         raise UserError(
-            f"{misfit}: {len(problems)} weights missing, unexpected or mis-shaped "
+            f"{misfit}: {len(problems)} weights missing, unexpected, mis-shaped or not floats "
             f"(first: {problems[0]})"
         )
     modules.load_state_dict(state, strict=True, assign=True)
@@ -170,7 +174,7 @@ def build(
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors checkpoint's tensors (memory-mapped by safetensors; nothing unpickled)."""
+    """A safetensors checkpoint's tensors (the format holds no code: nothing is unpickled)."""
     from safetensors.torch import load_file
 
     return load_file(str(path))
