@@ -97,6 +97,42 @@ def test_kmer_aligns_across_an_insertion(index_dir):
     assert neighbour.coverage > 0.85
 
 
+def test_kmer_training_tables_are_the_ones_each_protein_gives_alone(tmp_path):
+    """KmerSearch builds its training k-mers in one pass over the joined residues and its
+    k-mer x protein matrix k-mer first; both must equal what one protein at a time gives, also
+    for proteins shorter than a k-mer and windows holding X."""
+    from synnav_cli.domain import kmer
+
+    rng = np.random.default_rng(5)
+    sequences = [_random_protein(rng, int(n)) for n in rng.integers(1, 60, size=30)]
+    sequences[3] = "ACD"  # no k-mer
+    sequences[4] = sequences[4][:10] + "X" + sequences[4][11:] + "X"
+    write_index(tmp_path / INDEX_FILE, [f"t{i}" for i in range(30)], sequences,
+                rng.normal(size=(30, 4)), None)  # fmt: skip
+    index = read_index(tmp_path)
+    search = KmerSearch(index)
+
+    def one_by_one(codes):  # the definition: each window of K standard residues, base 20
+        windows = [codes[i : i + kmer.K] for i in range(len(codes) - kmer.K + 1)]
+        return [-1 if (w == 20).any() else int(sum(int(c) * 20**(kmer.K - 1 - j)
+                for j, c in enumerate(w))) for w in windows]  # fmt: skip
+
+    alone = [one_by_one(index.sequence_codes(i)) for i in range(len(index))]
+    assert [k.tolist() for k in search._kmers] == alone
+    dense = np.zeros((len(index), kmer.SPACE), dtype=bool)
+    for row, values in enumerate(alone):
+        dense[row, [v for v in values if v >= 0]] = True
+    expected = kmer._presence(search._kmers).T.tocsr()
+    assert expected.nnz == dense.sum()
+    for got in (search._training, expected):
+        assert got.shape == (kmer.SPACE, len(index)) and got.has_sorted_indices
+        rows, columns = got.nonzero()
+        assert np.array_equal(np.sort(rows * len(index) + columns),
+                              np.sort(np.nonzero(dense.T.ravel())[0]))  # fmt: skip
+    assert np.array_equal(search._training.indptr, expected.indptr)
+    assert np.array_equal(search._training.indices, expected.indices)
+
+
 def test_classify_reads_identity_then_distance():
     t = Thresholds(distance_in=0.1, distance_out=0.3)
     assert classify(Neighbour(3, 1.0, 1.0), None, t) == "in"
