@@ -68,9 +68,12 @@ def kmers(codes: np.ndarray) -> np.ndarray:
     return values
 
 
-def _presence(rows: Sequence[np.ndarray]) -> sparse.csr_matrix:
-    """A 0/1 matrix [len(rows), 20^K] of the distinct k-mers each row holds (one sort for all
-    rows: a key is row * 20^K + k-mer)."""
+def _presence(rows: Sequence[np.ndarray], *, by_kmer: bool = False) -> sparse.csr_matrix:
+    """A 0/1 matrix [len(rows), 20^K] of the distinct k-mers each row holds; with ``by_kmer``
+    the same matrix transposed, [20^K, len(rows)], built in that layout (the training side, so
+    that each query block's product needs no conversion). One sort for all rows: a key is
+    major index * minor size + minor index; row starts come from counts per major index (a
+    searchsorted over all 20^K k-mers took 0.18 s for the bundled model)."""
     # Imported here: scipy costs every predict and embed run a few tenths of a second to import
     # (writer -> domain.assess imports this module), and only the k-mer search needs it.
     from scipy import sparse
@@ -78,11 +81,19 @@ def _presence(rows: Sequence[np.ndarray]) -> sparse.csr_matrix:
     flat = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
     row_of = np.repeat(np.arange(len(rows), dtype=np.int64), [len(r) for r in rows])
     valid = flat >= 0
-    keys = np.sort(row_of[valid] * SPACE + flat[valid])
+    if by_kmer:
+        major, minor, shape = flat[valid], row_of[valid], (SPACE, len(rows))
+    else:
+        major, minor, shape = row_of[valid], flat[valid], (len(rows), SPACE)
+    width = max(shape[1], 1)
+    # Sorted, then adjacent duplicates dropped: np.unique took 2.9 s on the bundled model's 2.5
+    # million keys (numpy 2.4), this 0.05 s.
+    keys = np.sort(major * width + minor)
     keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
-    indptr = np.searchsorted(keys // SPACE, np.arange(len(rows) + 1))
+    indptr = np.zeros(shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys // width, minlength=shape[0]), out=indptr[1:])
     data = np.ones(len(keys), dtype=np.int32)
-    return sparse.csr_matrix((data, keys % SPACE, indptr), shape=(len(rows), SPACE))
+    return sparse.csr_matrix((data, keys % width, indptr), shape=shape)
 
 
 def _training_kmers(index: DomainIndex) -> list[np.ndarray]:
@@ -91,24 +102,6 @@ def _training_kmers(index: DomainIndex) -> list[np.ndarray]:
     the next (0.4 s a protein at a time for the bundled model's 3,910, a few hundredths so)."""
     every = kmers(index.residues)
     return [every[a : max(a, b - K + 1)] for a, b in itertools.pairwise(index.offsets)]
-
-
-def _presence_by_kmer(rows: Sequence[np.ndarray]) -> sparse.csr_matrix:
-    """``_presence(rows).T.tocsr()``, the same matrix [20^K, len(rows)], built k-mer first:
-    one sort of keys k-mer * len(rows) + row, without the transposition's conversion."""
-    from scipy import sparse  # imported where needed, as in _presence
-
-    count = len(rows)
-    flat = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
-    row_of = np.repeat(np.arange(count, dtype=np.int64), [len(r) for r in rows])
-    valid = flat >= 0
-    keys = np.sort(flat[valid] * max(count, 1) + row_of[valid])
-    keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
-    # Row starts from counts per k-mer (a searchsorted of all 20^K k-mers took 0.18 s).
-    indptr = np.zeros(SPACE + 1, dtype=np.int64)
-    np.cumsum(np.bincount(keys // max(count, 1), minlength=SPACE), out=indptr[1:])
-    data = np.ones(len(keys), dtype=np.int32)
-    return sparse.csr_matrix((data, keys % max(count, 1), indptr), shape=(SPACE, count))
 
 
 def _query_kmers(sequences: Sequence[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -131,8 +124,7 @@ class KmerSearch:
         # Each training protein's k-mer order, sorted when it first becomes a candidate: a run
         # aligns against a few of the thousands, and sorting them all took 0.25 s of its start.
         self._order: dict[int, np.ndarray] = {}
-        # [20^K, training] in row form, so that each query block's product needs no conversion.
-        self._training = _presence_by_kmer(self._kmers)
+        self._training = _presence(self._kmers, by_kmer=True)
 
     def nearest(self, sequences: Sequence[str]) -> list[Neighbour]:
         if not sequences:
